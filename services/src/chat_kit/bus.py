@@ -1,0 +1,192 @@
+"""NATS for every process: connect with backoff, the CHAT stream, request-reply.
+
+Services answer on ``svc.<service>.<verb>`` through ``nats.micro`` (queue
+group per service, so replicas share the load, with PING/INFO/STATS for free).
+Errors travel in the micro error headers: the code header carries our wire
+error code (``not_found``…), the description its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import RePublish, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+
+from chat_contract import subjects
+from chat_contract.errors import ChatError, ErrorCode
+
+from . import metrics
+from .logs import event
+
+log = logging.getLogger("chat_kit.bus")
+
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep", bound=msgspec.Struct)
+
+
+async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NATS:
+    """Connect, retrying with capped backoff until NATS answers (or ``stop`` is set).
+
+    Once connected the client reconnects by itself forever; the readiness
+    probe reports the gap meanwhile.
+    """
+    delay = 0.1
+    while True:
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=10,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnected,
+                reconnected_cb=_on_reconnected,
+                # Gateways subscribe per room; allow bursts without silent drops.
+                pending_size=64 * 1024 * 1024,
+            )
+            metrics.NATS_CONNECTED.set(1)
+            return nc
+        except (OSError, NatsTimeoutError, nats.errors.NoServersError) as exc:
+            if stop is not None and stop.is_set():
+                raise
+            event(log, "nats connect failed", logging.WARNING, url=url, error=repr(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _on_error(exc: Exception) -> None:
+    event(log, "nats error", logging.WARNING, error=repr(exc))
+
+
+async def _on_disconnected() -> None:
+    metrics.NATS_CONNECTED.set(0)
+    event(log, "nats disconnected", logging.WARNING)
+
+
+async def _on_reconnected() -> None:
+    metrics.NATS_CONNECTED.set(1)
+    event(log, "nats reconnected")
+
+
+def chat_stream_config(replicas: int = 1, max_age_s: float = 0.0) -> StreamConfig:
+    """The CHAT stream: stores every chat event and republishes it live.
+
+    RePublish adds ``Nats-Sequence`` (our ``seq``) and ``Nats-Last-Sequence``
+    (the previous sequence on the same room subject: our ``prev_seq``).
+    ``duplicate_window`` is the 2-minute ``client_msg_id`` idempotency window.
+    """
+    return StreamConfig(
+        name=subjects.CHAT_STREAM,
+        subjects=[subjects.CHAT_SUBJECTS],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+        max_age=max_age_s or None,
+        allow_direct=True,
+        republish=RePublish(src=subjects.CHAT_SUBJECTS, dest=subjects.LIVE_DEST_TEMPLATE),
+    )
+
+
+async def ensure_chat_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create the CHAT stream, or bring an existing one to our config (idempotent)."""
+    config = chat_stream_config(replicas)
+    try:
+        await js.stream_info(subjects.CHAT_STREAM)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # another process created it between our two calls
+    await js.update_stream(config)
+
+
+async def call(
+    nc: NATS, subject: str, request: msgspec.Struct, reply_type: type[Rep], timeout: float
+) -> Rep:
+    """One request-reply with a typed reply; failures become :class:`ChatError`.
+
+    No responder or no answer in time → ``unavailable`` (the gateway maps it
+    to 503), a service error → its own code, a garbled reply → ``internal``.
+    """
+    try:
+        msg = await nc.request(subject, msgspec.json.encode(request), timeout=timeout)
+    except NoRespondersError:
+        raise ChatError(ErrorCode.UNAVAILABLE, f"no service answers {subject}") from None
+    except (TimeoutError, NatsTimeoutError):
+        raise ChatError(ErrorCode.UNAVAILABLE, f"{subject} timed out") from None
+    headers = msg.headers or {}
+    code = headers.get(ERROR_CODE_HEADER)
+    if code is not None:
+        raise ChatError(code, headers.get(ERROR_HEADER, code))
+    try:
+        return msgspec.json.decode(msg.data, type=reply_type)
+    except msgspec.DecodeError as exc:
+        event(log, "bad reply", logging.ERROR, subject=subject, error=str(exc))
+        raise ChatError(ErrorCode.INTERNAL, "internal error") from None
+
+
+MicroHandler = Callable[[Request], Awaitable[None]]
+
+
+def endpoint(
+    service: str, name: str, request_type: type[Req],
+    handler: Callable[[Req], Awaitable[msgspec.Struct]],
+) -> MicroHandler:
+    """Wrap a typed handler as a micro endpoint: decode, call, encode, count.
+
+    Bad payloads answer ``bad_request``; a :class:`ChatError` answers its code;
+    anything else is logged with its traceback and answered ``internal``.
+    """
+    decoder = msgspec.json.Decoder(request_type)
+
+    async def handle(req: Request) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            try:
+                payload = decoder.decode(req.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise ChatError(ErrorCode.BAD_REQUEST, f"bad payload: {exc}") from None
+            reply = await handler(payload)
+            await req.respond(msgspec.json.encode(reply))
+        except ChatError as exc:
+            outcome = exc.code.value
+            await req.respond_error(exc.code.value, exc.message)
+        except Exception:
+            outcome = "internal"
+            log.exception("endpoint failed", extra={"fields": {"endpoint": name}})
+            await req.respond_error(ErrorCode.INTERNAL.value, "internal error")
+        finally:
+            metrics.SERVICE_REQUESTS.labels(service, name, outcome).inc()
+            metrics.SERVICE_LATENCY.labels(service, name).observe(time.perf_counter() - started)
+
+    return handle
+
+
+async def start_service(
+    nc: NATS, service: str, version: str, endpoints: dict[str, tuple[str, MicroHandler]]
+) -> Service:
+    """Register a micro service; ``endpoints`` maps name → (subject, handler)."""
+    svc = await add_service(nc, ServiceConfig(name=service, version=version, queue_group=service))
+    for name, (subject, handler) in endpoints.items():
+        await svc.add_endpoint(EndpointConfig(name=name, subject=subject, handler=handler))
+    return svc

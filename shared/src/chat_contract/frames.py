@@ -1,0 +1,134 @@
+"""Client → server frames (PROTOCOL.md §3.2–3.3), a tagged union on ``type``.
+
+Field rules that map to ``bad_request`` (types, room ids, ``limit`` range,
+request ids) live in the types so one decode validates them. Text length maps
+to ``too_large`` instead, so it is checked by :func:`check_text`, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ChatError, ErrorCode
+from .rooms import RoomId
+
+MAX_TEXT_CHARS = 4000
+
+RequestId = Annotated[str, msgspec.Meta(max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class _Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
+    id: RequestId | None = None
+
+
+class Auth(_Frame, tag="auth"):
+    token: str = ""
+
+
+class Join(_Frame, tag="join"):
+    room: RoomId = ""
+    password: str | None = None
+    since: Seq | None = None
+
+
+class Leave(_Frame, tag="leave"):
+    room: RoomId = ""
+
+
+class Send(_Frame, tag="send"):
+    room: RoomId = ""
+    text: str = ""
+    reply_to: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class Edit(_Frame, tag="edit"):
+    room: RoomId = ""
+    msg_id: str = ""
+    text: str = ""
+
+
+class Delete(_Frame, tag="delete"):
+    room: RoomId = ""
+    msg_id: str = ""
+
+
+class Typing(_Frame, tag="typing"):
+    room: RoomId = ""
+    state: Literal["start", "stop"] = "start"
+
+
+class Read(_Frame, tag="read"):
+    room: RoomId = ""
+    seq: Seq = 0
+
+
+class History(_Frame, tag="history"):
+    room: RoomId = ""
+    before: Seq | None = None
+    after: Seq | None = None
+    limit: Limit = 50
+
+
+class Presence(_Frame, tag="presence"):
+    room: RoomId = ""
+
+
+class Ping(_Frame, tag="ping"):
+    pass
+
+
+ClientFrame = Auth | Join | Leave | Send | Edit | Delete | Typing | Read | History | Presence | Ping
+
+# Frames that name a room must name one: "" is the default only so that a
+# missing field and a bad one give the same bad_request.
+_ROOM_FRAMES = (Join, Leave, Send, Edit, Delete, Typing, Read, History, Presence)
+
+_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+
+
+class _IdOnly(msgspec.Struct):
+    id: Any = None
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def decode_frame(data: bytes | str) -> ClientFrame:
+    """Decode and validate one client frame; raise ``ChatError(bad_request)``."""
+    try:
+        frame = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ChatError(ErrorCode.BAD_REQUEST, str(exc)) from None
+    except msgspec.DecodeError:
+        raise ChatError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
+    if isinstance(frame, _ROOM_FRAMES) and not frame.room:
+        raise ChatError(ErrorCode.BAD_REQUEST, "missing room")
+    return frame
+
+
+def request_id_of(data: bytes | str) -> str | None:
+    """Best-effort request id of a frame that failed to decode, to echo it.
+
+    Only a string of at most 64 chars is echoed: anything else is itself the
+    error and echoing it back would let a client reflect arbitrary data.
+    """
+    try:
+        rid = _id_decoder.decode(data).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return rid if isinstance(rid, str) and len(rid) <= 64 else None
+
+
+def check_text(text: str) -> str:
+    """Trimmed message text, or ``bad_request`` (empty) / ``too_large`` (> 4000)."""
+    trimmed = text.strip()
+    if not trimmed:
+        raise ChatError(ErrorCode.BAD_REQUEST, "text is empty")
+    if len(trimmed) > MAX_TEXT_CHARS:  # len() counts code points, as §8 asks
+        raise ChatError(ErrorCode.TOO_LARGE, f"text exceeds {MAX_TEXT_CHARS} characters")
+    return trimmed

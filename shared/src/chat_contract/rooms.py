@@ -1,0 +1,19 @@
+"""Room ids: one NATS subject token each, so the alphabet is closed (PROTOCOL.md §3.3)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+ROOM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
+
+# Used as a field type: msgspec rejects bad ids while decoding a frame.
+RoomId = Annotated[str, msgspec.Meta(pattern=ROOM_ID_PATTERN)]
+
+
+def is_valid_room_id(room: str) -> bool:
+    # fullmatch: "$" alone would accept a trailing newline
+    return _ROOM_ID_RE.fullmatch(room) is not None
