@@ -58,8 +58,10 @@ def uvicorn_config(app: Starlette, host: str, port: int, **extra: object) -> uvi
     )
 
 
-async def serve(name: str, port: int, component: Component, settings: CommonSettings,
-                stop_timeout: float = 10.0) -> None:
+async def serve(
+    name: str, port: int, component: Component, settings: CommonSettings,
+    stop_timeout: float = 10.0, server_options: dict[str, object] | None = None,
+) -> None:
     """Run one process until SIGTERM/SIGINT; see the module docstring for the order."""
     logs.setup(name, settings.log_level, settings.log_format)
     stop_requested = asyncio.Event()
@@ -71,7 +73,7 @@ async def serve(name: str, port: int, component: Component, settings: CommonSett
     rt = Runtime(name=name, settings=settings, nc=nc)
     await component.start(rt)
     app = Starlette(routes=[*component.routes(), *health_routes(rt.is_ready)])
-    server = uvicorn.Server(uvicorn_config(app, settings.host, port))
+    server = uvicorn.Server(uvicorn_config(app, settings.host, port, **(server_options or {})))
     server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
     server_task = asyncio.create_task(server.serve())
     event(log, "started", port=port, nats=settings.nats_url)
@@ -94,7 +96,8 @@ async def serve(name: str, port: int, component: Component, settings: CommonSett
     event(log, "stopped")
 
 
-def main(name: str, port: int, component: Component, settings: CommonSettings) -> None:
+def main(name: str, port: int, component: Component, settings: CommonSettings,
+         server_options: dict[str, object] | None = None) -> None:
     import uvloop
 
-    uvloop.run(serve(name, port, component, settings))
+    uvloop.run(serve(name, port, component, settings, server_options=server_options))

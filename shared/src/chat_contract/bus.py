@@ -17,7 +17,7 @@ from .events import Message, User
 VERSION = 1
 
 
-class _Payload(msgspec.Struct, omit_defaults=True):
+class _Payload(msgspec.Struct):
     """Base of every bus payload; each subclass ends with ``v`` (the version)."""
 
 
@@ -71,6 +71,8 @@ class TokenPair(_Payload):
 
 class RefreshRequest(_Payload):
     refresh_token: str
+    # Client address as the gateway saw it: for the audit log on token reuse.
+    remote: str | None = None
     v: int = VERSION
 
 

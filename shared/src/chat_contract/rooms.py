@@ -10,8 +10,9 @@ import msgspec
 ROOM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
-# Used as a field type: msgspec rejects bad ids while decoding a frame.
-RoomId = Annotated[str, msgspec.Meta(pattern=ROOM_ID_PATTERN)]
+# Used as a field type: msgspec rejects bad ids while decoding a frame. \Z, not
+# $: msgspec searches with `re`, where "$" also matches before a final newline.
+RoomId = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
 
 
 def is_valid_room_id(room: str) -> bool:

@@ -1,0 +1,106 @@
+"""Wiring of one gateway node, and its drain order on SIGTERM.
+
+Drain (PROTOCOL.md §3.5.6): readiness already fails (the runtime sets
+``stopping`` first), new sockets are refused with 1012, open ones are closed
+with 1012 so clients reconnect through the load balancer, then the runtime
+drains NATS. No acked message can be lost: acks are sent only after
+JetStream stored the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from chat_contract import subjects
+from chat_contract.bus import Empty, JwksReply
+from chat_contract.errors import CloseCode
+from chat_kit import bus
+from chat_kit.logs import event
+from chat_kit.runtime import Runtime
+
+from . import endpoint, rest
+from .config import GatewaySettings
+from .connection import Connection
+from .rooms import RoomHub
+from .tokens import TokenVerifier
+
+log = logging.getLogger("chat_gateway")
+STATIC = Path(__file__).parent / "static"
+
+
+class Gateway:
+    """Everything a request handler needs; one per process."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._rt: Runtime | None = None
+        self._hub: RoomHub | None = None
+        self._verifier: TokenVerifier | None = None
+
+    # Set in start(); properties keep the handlers free of Optional checks.
+    @property
+    def nc(self) -> NATS:
+        assert self._rt is not None
+        return self._rt.nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.hub.js
+
+    @property
+    def hub(self) -> RoomHub:
+        assert self._hub is not None
+        return self._hub
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        assert self._verifier is not None
+        return self._verifier
+
+    async def _fetch_jwks(self) -> list[dict[str, Any]]:
+        reply = await bus.call(self.nc, subjects.AUTH_JWKS, Empty(), JwksReply,
+                               self.settings.common.request_timeout)
+        return reply.keys
+
+    async def start(self, rt: Runtime) -> None:
+        self._rt = rt
+        js = rt.nc.jetstream(timeout=self.settings.common.request_timeout)
+        await bus.ensure_chat_stream(js, self.settings.common.stream_replicas)
+        self._hub = RoomHub(rt.nc, js)
+        self._verifier = TokenVerifier(self.settings.jwt_issuer, self.settings.jwt_audience,
+                                       self._fetch_jwks)
+        await self._verifier.start()
+        event(log, "gateway ready", node=self.settings.node_id)
+
+    async def stop(self) -> None:
+        self.draining = True
+        await endpoint.close_all(self, CloseCode.SERVICE_RESTART, "service restart")
+        if self._hub is not None:
+            await self._hub.close_all()
+
+    def routes(self) -> list[BaseRoute]:
+        async def ws(websocket: WebSocket) -> None:
+            await endpoint.ws_endpoint(self, websocket)
+
+        async def index(_: Request) -> Response:
+            return FileResponse(STATIC / "index.html")
+
+        return [WebSocketRoute("/ws", ws), Route("/", index, methods=["GET"]), *rest.routes(self)]
+
+    def server_options(self) -> dict[str, object]:
+        s = self.settings
+        # websockets enforces the frame size (close 1009) and the heartbeat:
+        # a ping every `heartbeat` s, closed when no pong within the idle bound.
+        return {"ws_max_size": s.max_frame_bytes, "ws_ping_interval": float(s.heartbeat),
+                "ws_ping_timeout": max(1.0, s.idle_timeout - s.heartbeat)}

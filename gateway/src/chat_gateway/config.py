@@ -1,0 +1,55 @@
+"""Gateway settings (README "Configuration" lists them with their defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chat_contract.claims import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from chat_kit.settings import (
+    CommonSettings,
+    default_node_id,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    common: CommonSettings
+    port: int
+    node_id: str
+    jwt_issuer: str
+    jwt_audience: str
+    max_frame_bytes: int
+    auth_timeout: float
+    heartbeat: int
+    idle_timeout: float
+    send_rate: float
+    send_burst: int
+    max_rooms: int
+    outbound_buffer_bytes: int
+    create_rooms_on_join: bool
+    drain_timeout: float
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        port = env_int("CHAT_GATEWAY_PORT", 8081, minimum=0)
+        return cls(
+            common=CommonSettings.from_env(),
+            port=port,
+            node_id=env_str("CHAT_GATEWAY_NODE_ID", default_node_id(port)),
+            jwt_issuer=env_str("CHAT_JWT_ISSUER", DEFAULT_ISSUER),
+            jwt_audience=env_str("CHAT_JWT_AUDIENCE", DEFAULT_AUDIENCE),
+            max_frame_bytes=env_int("CHAT_GATEWAY_MAX_FRAME_BYTES", 16 * 1024, minimum=256),
+            auth_timeout=env_float("CHAT_GATEWAY_AUTH_TIMEOUT", 5.0, minimum=0.1),
+            heartbeat=env_int("CHAT_GATEWAY_HEARTBEAT", 25, minimum=1),
+            idle_timeout=env_float("CHAT_GATEWAY_IDLE_TIMEOUT", 60.0, minimum=1.0),
+            send_rate=env_float("CHAT_GATEWAY_SEND_RATE", 10.0, minimum=0.001),
+            send_burst=env_int("CHAT_GATEWAY_SEND_BURST", 20, minimum=1),
+            max_rooms=env_int("CHAT_GATEWAY_MAX_ROOMS", 100, minimum=1),
+            outbound_buffer_bytes=env_int("CHAT_GATEWAY_OUTBOUND_BUFFER", 1 << 20, minimum=1024),
+            create_rooms_on_join=env_bool("CHAT_GATEWAY_CREATE_ROOMS", True),
+            drain_timeout=env_float("CHAT_GATEWAY_DRAIN_TIMEOUT", 5.0, minimum=0.0),
+        )

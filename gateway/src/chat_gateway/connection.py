@@ -1,0 +1,125 @@
+"""One client socket: who it is, which rooms it joined, and how bytes reach it.
+
+Events are written as pre-built frames straight to the socket's transport
+(see :mod:`.wsframe`). That bypasses the ASGI ``send`` but not its ordering:
+uvicorn's sans-I/O protocol also writes its own frames (pong, close)
+synchronously to the same transport, so frames never interleave. The
+transport's write buffer is the per-socket backlog the slow-consumer limit
+watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from chat_contract.errors import CloseCode
+from chat_contract.events import User
+from chat_kit import metrics
+from chat_kit.logs import event
+
+from .limits import TokenBucket
+from .wsframe import text_frame
+
+log = logging.getLogger("chat_gateway.connection")
+
+
+def _raw_protocol(ws: WebSocket) -> Any:
+    """uvicorn's websockets-sansio protocol behind this socket, if that is what runs."""
+    proto = getattr(getattr(ws, "_send", None), "__self__", None)
+    if proto is not None and hasattr(proto, "transport") and hasattr(proto, "close_sent"):
+        return proto
+    return None
+
+
+class Connection:
+    __slots__ = ("ws", "session", "user", "token_exp", "rooms", "bucket", "closed",
+                 "max_buffer", "_proto", "_queue", "_writer", "remote")
+
+    def __init__(self, ws: WebSocket, session: str, user: User, token_exp: int,
+                 bucket: TokenBucket, max_buffer: int) -> None:
+        self.ws = ws
+        self.session = session
+        self.user = user
+        self.token_exp = token_exp
+        self.rooms: set[str] = set()
+        self.bucket = bucket
+        self.closed = False
+        self.max_buffer = max_buffer
+        self.remote = ws.client.host if ws.client else ""
+        self._proto = _raw_protocol(ws)
+        # Without a raw transport (another ASGI server), an ordered queue and
+        # one writer task keep the same ordering at some cost.
+        self._queue: asyncio.Queue[bytes] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        if self._proto is None:
+            self._queue = asyncio.Queue()
+            self._writer = asyncio.create_task(self._drain_queue())
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write one pre-built frame now; False if the socket is gone or closed as slow."""
+        if self.closed:
+            return False
+        proto = self._proto
+        if proto is None:
+            assert self._queue is not None
+            self._queue.put_nowait(frame)
+            return True
+        transport = proto.transport
+        if proto.close_sent or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > self.max_buffer:
+            self.close_slow()
+            return False
+        transport.write(frame)
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        ok = self.write_frame(text_frame(payload))
+        if ok:
+            metrics.WS_MESSAGES_OUT.inc()
+        return ok
+
+    def close_slow(self) -> None:
+        """Close a client that stopped reading: 1013, without waiting on its buffer."""
+        metrics.WS_DROPPED.labels("slow_consumer").inc()
+        event(log, "slow consumer closed", logging.WARNING, session=self.session,
+              user=self.user.id)
+        self.closed = True
+        proto = self._proto
+        if proto is not None and not proto.close_sent:
+            # The close frame queues behind what is buffered; the abort bounds
+            # how long a client that never reads can hold the socket.
+            reason = b"slow consumer"
+            payload = struct.pack("!H", CloseCode.TRY_AGAIN_LATER) + reason
+            proto.transport.write(bytes((0x88, len(payload))) + payload)
+            proto.close_sent = True
+            asyncio.get_running_loop().call_later(2.0, proto.transport.abort)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason[:120])
+
+    async def _drain_queue(self) -> None:
+        assert self._queue is not None
+        while True:
+            frame = await self._queue.get()
+            # Strip our framing: the library frames it again.
+            n = frame[1] & 0x7F
+            start = 2 if n < 126 else (4 if n == 126 else 10)
+            try:
+                await self.ws.send_text(frame[start:].decode())
+            except Exception:
+                return
+
+    def stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()

@@ -1,0 +1,152 @@
+"""What each client frame does. A handler returns the ``ack`` result fields,
+or ``None`` for frames that are not acked; failures raise ``ChatError``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.js.errors import NoStreamResponseError
+
+from chat_contract import frames, subjects
+from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import Pong, encode
+from chat_kit import bus
+
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from .component import Gateway
+
+Result = dict[str, Any] | None
+MAX_MISSED = 500
+_record_decoder = msgspec.json.Decoder(ChatRecord)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_msg_id() -> str:
+    return "m_" + secrets.token_urlsafe(12)
+
+
+async def handle(gw: Gateway, conn: Connection, frame: frames.ClientFrame) -> Result:
+    match frame:
+        case frames.Send():
+            return await send(gw, conn, frame)
+        case frames.Join():
+            return await join(gw, conn, frame)
+        case frames.Leave():
+            return await leave(gw, conn, frame)
+        case frames.History():
+            return await history(gw, conn, frame)
+        case frames.Auth():
+            return await reauth(gw, conn, frame)
+        case frames.Presence():
+            return presence(conn, frame)
+        case frames.Ping():
+            conn.send(encode(Pong()))
+            return None
+        case frames.Typing():
+            _require_joined(conn, frame.room)
+            return None  # relayed once presence-service lands (issue 4)
+        case frames.Edit() | frames.Delete() | frames.Read():
+            kind = type(frame).__name__.lower()
+            raise ChatError(ErrorCode.BAD_REQUEST, f"{kind} is not supported yet")
+    raise ChatError(ErrorCode.BAD_REQUEST, "unknown frame")  # pragma: no cover
+
+
+def _require_joined(conn: Connection, room: str) -> None:
+    if room not in conn.rooms:
+        raise ChatError(ErrorCode.FORBIDDEN, f"not joined to room {room}")
+
+
+async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
+    _require_joined(conn, frame.room)
+    text = frames.check_text(frame.text)
+    if not conn.bucket.take():
+        raise ChatError(ErrorCode.RATE_LIMITED, "too many messages, slow down")
+    record = ChatRecord(room=frame.room, msg_id=new_msg_id(), sender=conn.user,
+                        ts=now_rfc3339(), text=text, reply_to=frame.reply_to)
+    # Scoped by user so one user's client_msg_id can never collide with another's.
+    dedupe = f"{conn.user.id}:{frame.client_msg_id}" if frame.client_msg_id else record.msg_id
+    try:
+        ack = await gw.js.publish(subjects.room_subject(frame.room), encode(record),
+                                  timeout=gw.settings.common.request_timeout,
+                                  headers={subjects.HDR_MSG_ID: dedupe})
+    except (TimeoutError, NoStreamResponseError) as exc:
+        raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable") from exc
+    if ack.duplicate:
+        # The same client_msg_id within the window: answer with the original.
+        stored = await gw.js.get_msg(subjects.CHAT_STREAM, seq=ack.seq, direct=True)
+        record = _record_decoder.decode(stored.data or b"")
+    return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
+
+
+async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
+    if frame.room not in conn.rooms and len(conn.rooms) >= gw.settings.max_rooms:
+        raise ChatError(ErrorCode.FORBIDDEN, f"at most {gw.settings.max_rooms} joined rooms")
+    room = await gw.hub.open(frame.room)
+    try:
+        last_seq = await gw.hub.last_seq(room)
+        missed: list[Any] = []
+        truncated = False
+        floor = last_seq
+        if frame.since is not None and frame.since < last_seq:
+            reply = await bus.call(
+                gw.nc, subjects.HISTORY_MESSAGES,
+                HistoryRequest(room=frame.room, after=frame.since, limit=MAX_MISSED,
+                               min_seq=last_seq),
+                HistoryReply, gw.settings.common.request_timeout)
+            missed = reply.messages
+            truncated = reply.has_more
+            if missed:
+                floor = missed[-1].seq if truncated else max(last_seq, missed[-1].seq)
+    except BaseException:
+        if frame.room not in conn.rooms:
+            await gw.hub.detach(conn, frame.room)
+        raise
+    conn.rooms.add(frame.room)
+    gw.hub.attach(conn, room, floor)
+    result: dict[str, Any] = {"room": frame.room, "members": [], "last_seq": last_seq,
+                              "missed": missed}
+    if truncated:
+        result["missed_truncated"] = True
+    return result
+
+
+async def leave(gw: Gateway, conn: Connection, frame: frames.Leave) -> Result:
+    conn.rooms.discard(frame.room)
+    await gw.hub.detach(conn, frame.room)
+    return {}
+
+
+async def history(gw: Gateway, conn: Connection, frame: frames.History) -> Result:
+    reply = await bus.call(
+        gw.nc, subjects.HISTORY_MESSAGES,
+        HistoryRequest(room=frame.room, before=frame.before, after=frame.after, limit=frame.limit),
+        HistoryReply, gw.settings.common.request_timeout)
+    return {"messages": reply.messages, "has_more": reply.has_more}
+
+
+async def reauth(gw: Gateway, conn: Connection, frame: frames.Auth) -> Result:
+    claims = await gw.verifier.verify_async(frame.token)
+    if claims.sub != conn.user.id:
+        raise ChatError(ErrorCode.FORBIDDEN, "token belongs to another user")
+    conn.token_exp = claims.exp
+    return {}
+
+
+def presence(conn: Connection, frame: frames.Presence) -> Result:
+    _require_joined(conn, frame.room)
+    return {"members": []}  # filled by presence-service (issue 4)
+
+
+def token_seconds_left(conn: Connection) -> float:
+    return conn.token_exp - time.time()

@@ -1,0 +1,186 @@
+"""The REST API (PROTOCOL.md §5) as far as the services behind it exist.
+
+Every route is a thin translation: HTTP in, one NATS request to a service,
+HTTP out. Errors use ``{"error":{"code","message"}}`` and §8's statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from chat_contract import rooms, subjects
+from chat_contract.bus import (
+    Credentials,
+    Empty,
+    HistoryReply,
+    HistoryRequest,
+    JwksReply,
+    RefreshRequest,
+    RegisterReply,
+    TokenPair,
+)
+from chat_contract.claims import AccessClaims
+from chat_contract.errors import ChatError, ErrorCode
+from chat_kit import bus
+
+if TYPE_CHECKING:
+    from .component import Gateway
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(_json.encode(body), status_code=status, media_type="application/json")
+
+
+def error_response(exc: ChatError) -> Response:
+    response = json_response({"error": {"code": exc.code.value, "message": exc.message}},
+                             exc.http_status)
+    if exc.code == ErrorCode.RATE_LIMITED:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+Handler = Callable[["Gateway", Request], Awaitable[Response]]
+
+
+def _route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(gw, request)
+        except ChatError as exc:
+            return error_response(exc)
+
+    return Route(path, endpoint, methods=[method])
+
+
+async def _body(request: Request, type_: type[Any]) -> Any:
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        raise ChatError(ErrorCode.TOO_LARGE, "request body too large")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"bad request body: {exc}") from None
+
+
+class _Login(msgspec.Struct):
+    username: str
+    password: str
+
+
+class _Refresh(msgspec.Struct):
+    refresh_token: str
+
+
+def _remote(request: Request) -> str | None:
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else None
+
+
+async def _caller(gw: Gateway, request: Request) -> AccessClaims:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() != "bearer ":
+        raise ChatError(ErrorCode.UNAUTHORIZED, "missing bearer token")
+    return await gw.verifier.verify_async(header[7:].strip())
+
+
+def _timeout(gw: Gateway) -> float:
+    return gw.settings.common.request_timeout
+
+
+async def register(gw: Gateway, request: Request) -> Response:
+    body = await _body(request, _Login)
+    reply = await bus.call(gw.nc, subjects.AUTH_REGISTER,
+                           Credentials(username=body.username, password=body.password,
+                                       remote=_remote(request)),
+                           RegisterReply, _timeout(gw))
+    return json_response({"user": reply.user}, 201)
+
+
+async def login(gw: Gateway, request: Request) -> Response:
+    body = await _body(request, _Login)
+    reply = await bus.call(gw.nc, subjects.AUTH_LOGIN,
+                           Credentials(username=body.username, password=body.password,
+                                       remote=_remote(request)),
+                           TokenPair, _timeout(gw))
+    return json_response(_pair(reply))
+
+
+def _pair(pair: TokenPair) -> dict[str, Any]:
+    return {"access_token": pair.access_token, "refresh_token": pair.refresh_token,
+            "token_type": pair.token_type, "expires_in": pair.expires_in}
+
+
+async def refresh(gw: Gateway, request: Request) -> Response:
+    body = await _body(request, _Refresh)
+    reply = await bus.call(gw.nc, subjects.AUTH_REFRESH,
+                           RefreshRequest(refresh_token=body.refresh_token), TokenPair,
+                           _timeout(gw))
+    return json_response(_pair(reply))
+
+
+async def logout(gw: Gateway, request: Request) -> Response:
+    body = await _body(request, _Refresh)
+    await bus.call(gw.nc, subjects.AUTH_LOGOUT, RefreshRequest(refresh_token=body.refresh_token),
+                   Empty, _timeout(gw))
+    return Response(status_code=204)
+
+
+async def jwks(gw: Gateway, request: Request) -> Response:
+    reply = await bus.call(gw.nc, subjects.AUTH_JWKS, Empty(), JwksReply, _timeout(gw))
+    return json_response({"keys": reply.keys})
+
+
+async def me(gw: Gateway, request: Request) -> Response:
+    claims = await _caller(gw, request)
+    return json_response({"user": {"id": claims.sub, "name": claims.name}})
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer") from None
+    if value < 0:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be >= 0")
+    return value
+
+
+async def room_messages(gw: Gateway, request: Request) -> Response:
+    await _caller(gw, request)
+    room = request.path_params["room"]
+    if not rooms.is_valid_room_id(room):
+        raise ChatError(ErrorCode.BAD_REQUEST, "invalid room id")
+    limit = _int_param(request, "limit", 50)
+    assert limit is not None
+    if not 1 <= limit <= 100:
+        raise ChatError(ErrorCode.BAD_REQUEST, "limit must be between 1 and 100")
+    reply = await bus.call(gw.nc, subjects.HISTORY_MESSAGES,
+                           HistoryRequest(room=room, before=_int_param(request, "before", None),
+                                          after=_int_param(request, "after", None), limit=limit),
+                           HistoryReply, _timeout(gw))
+    return json_response({"messages": reply.messages, "has_more": reply.has_more})
+
+
+def routes(gw: Gateway) -> list[Route]:
+    return [
+        _route(gw, "/v1/auth/register", register, "POST"),
+        _route(gw, "/v1/auth/login", login, "POST"),
+        _route(gw, "/v1/auth/refresh", refresh, "POST"),
+        _route(gw, "/v1/auth/logout", logout, "POST"),
+        _route(gw, "/.well-known/jwks.json", jwks, "GET"),
+        _route(gw, "/v1/me", me, "GET"),
+        _route(gw, "/v1/rooms/{room}/messages", room_messages, "GET"),
+    ]

@@ -1,0 +1,137 @@
+"""The WebSocket contract at the edges: the three ways to authenticate, bad
+tokens, bad frames, limits that keep the socket open, idempotent sends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from .client import RequestFailed, Session, register_and_login
+from .conftest import unique
+from .stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def user(stack: Stack) -> dict[str, Any]:
+    return await register_and_login(stack.gateway(1).url, unique("edge"))
+
+
+async def _close_code(url: str, **kwargs: Any) -> tuple[int | None, str | None]:
+    async with connect(url, **kwargs) as ws:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code is not None
+        return ws.close_code, ws.close_reason
+
+
+async def test_three_ways_to_authenticate(stack: Stack, user: dict[str, Any]) -> None:
+    token = user["access_token"]
+    by_query = await Session.open(stack.ws_url(1), token)
+    assert by_query.welcome["user"]["id"] == user["user"]["id"]
+    assert by_query.welcome["heartbeat"] == 25 and by_query.welcome["session"].startswith("s_")
+    await by_query.close()
+
+    async with connect(stack.ws_url(2),
+                       additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+
+    async with connect(stack.ws_url(1)) as ws:
+        await ws.send(json.dumps({"type": "join", "id": "early", "room": "x"}))
+        early = json.loads(await ws.recv())
+        assert early == {"type": "error", "id": "early", "code": "unauthorized",
+                         "message": "authenticate first"}
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+async def test_bad_tokens_close_4401(stack: Stack, user: dict[str, Any]) -> None:
+    token = user["access_token"]
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for url in (f"{stack.ws_url(1)}?token=garbage", f"{stack.ws_url(1)}?token={tampered}",
+                stack.ws_url(2)):
+        code, reason = await _close_code(url) if "token" in url else (None, None)
+        if code is None:  # no token at all: the first-frame wait times out... or a bad frame
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": "nope"}))
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                code, reason = ws.close_code, ws.close_reason
+        assert code == 4401, (url, code, reason)
+        assert reason
+
+
+async def test_bad_frames_get_bad_request_and_socket_stays_open(
+        stack: Stack, user: dict[str, Any]) -> None:
+    s = await Session.open(stack.ws_url(1), user["access_token"])
+    room = unique("bad")
+    await s.request("join", room=room)
+    raw_cases = ["not json", "[1,2]", '{"no_type":1}', '{"type":"fly","id":"u1"}',
+                 '{"type":"send","id":"t1","room":"' + room + '","text":5}',
+                 '{"type":"join","id":"r1","room":"a.b"}', '{"type":"join","room":"a*"}',
+                 '{"type":"join","room":"a b"}', '{"type":"join","room":">"}',
+                 '{"type":"join","room":""}', '{"type":"history","room":"' + room + '","limit":0}',
+                 '{"type":"ping","id":' + json.dumps("x" * 65) + "}",
+                 '{"type":"ping","id":7}']
+    for raw in raw_cases:
+        await s.ws.send(raw)
+        err = await s.next_event("error")
+        assert err["code"] == "bad_request", raw
+        if '"id":"' in raw and len(raw) < 200 and '"x' not in raw:
+            assert err.get("id") is not None, raw
+    with pytest.raises(RequestFailed) as too_long:
+        await s.request("send", room=room, text="é" * 4001)
+    assert too_long.value.code == "too_large"
+    with pytest.raises(RequestFailed) as empty:
+        await s.request("send", room=room, text="   ")
+    assert empty.value.code == "bad_request"
+    ok = await s.request("send", room=room, text="é" * 4000)  # code points, not bytes
+    assert ok["seq"] > 0
+    with pytest.raises(RequestFailed) as not_joined:
+        await s.request("send", room=unique("other"), text="hi")
+    assert not_joined.value.code == "forbidden"
+    await s.ws.send(json.dumps({"type": "ping"}))
+    assert (await s.next_event("pong"))["type"] == "pong"
+    history = await s.request("history", room=room)
+    assert len(history["messages"]) == 1  # nothing of the bad input was stored
+    await s.close()
+
+
+async def test_oversized_frame_closes_1009(stack: Stack, user: dict[str, Any]) -> None:
+    s = await Session.open(stack.ws_url(2), user["access_token"])
+    await s.ws.send(json.dumps({"type": "send", "room": "r", "text": "x" * 17000}))
+    await asyncio.wait_for(s._reader, 10)  # type: ignore[arg-type]
+    assert s.close_code == 1009
+
+
+async def test_client_msg_id_makes_send_idempotent(stack: Stack, user: dict[str, Any]) -> None:
+    a = await Session.open(stack.ws_url(1), user["access_token"])
+    b = await Session.open(stack.ws_url(2), user["access_token"])  # same user, other gateway
+    room = unique("idem")
+    await a.request("join", room=room)
+    await b.request("join", room=room)
+    first = await a.request("send", room=room, text="once", client_msg_id="c-1")
+    again = await b.request("send", room=room, text="once", client_msg_id="c-1")
+    assert (again["msg_id"], again["seq"], again["ts"]) == (first["msg_id"], first["seq"],
+                                                            first["ts"])
+    other = await a.request("send", room=room, text="twice", client_msg_id="c-2")
+    assert other["seq"] > first["seq"]
+    page = await a.request("history", room=room)
+    assert [m["text"] for m in page["messages"]] == ["once", "twice"]
+    second_join = await a.request("join", room=room)  # acked again, never doubles delivery
+    assert second_join["last_seq"] == other["seq"]
+    events = await a.messages(2)
+    assert [e["seq"] for e in events] == [first["seq"], other["seq"]]
+    await a.request("send", room=room, text="three")
+    assert (await a.next_event("message"))["text"] == "three"
+    assert a.events.empty()
+    await a.close()
+    await b.close()
