@@ -150,15 +150,31 @@ MicroHandler = Callable[[Request], Awaitable[None]]
 def endpoint(
     service: str, name: str, request_type: type[Req],
     handler: Callable[[Req], Awaitable[msgspec.Struct]],
+    concurrency: int = 64,
 ) -> MicroHandler:
     """Wrap a typed handler as a micro endpoint: decode, call, encode, count.
 
     Bad payloads answer ``bad_request``; a :class:`ChatError` answers its code;
     anything else is logged with its traceback and answered ``internal``.
+
+    nats-py runs a subscription's callback for one message at a time, so a
+    slow request (a password hash, a read waiting for storage to catch up)
+    would hold up every other. Each request runs in its own task instead, at
+    most ``concurrency`` at once; past that the subscription waits, which is
+    the backpressure.
     """
     decoder = msgspec.json.Decoder(request_type)
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
 
     async def handle(req: Request) -> None:
+        await slots.acquire()
+        task = asyncio.create_task(serve(req))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        task.add_done_callback(lambda _: slots.release())
+
+    async def serve(req: Request) -> None:
         started = time.perf_counter()
         outcome = "ok"
         try:

@@ -1,0 +1,257 @@
+"""The whole local stack as an ordered list of supervised processes.
+
+Start order (each ready before the next): nats, postgres, auth, history,
+presence, gateway-1..N, lb. Settings come from the environment:
+
+==========================  =======  ==================================================
+variable                    default  meaning
+==========================  =======  ==================================================
+``CHAT_RUN_DIR``            ``.run`` state, logs and pid files (relative to the cwd)
+``CHAT_NATS_PORT``          4222     nats-server client port
+``CHAT_NATS_MONITOR_PORT``  8222     nats-server HTTP monitor (``/healthz``); 0 = off
+``CHAT_PG_PORT``            5432     PostgreSQL TCP port (database ``chat``)
+``CHAT_LB_PORT``            8080     Caddy load balancer: the URL to open
+``CHAT_GATEWAYS``           2        number of gateway nodes
+``CHAT_GATEWAY_BASE_PORT``  8081     gateway-n listens on base + n - 1 (8081, 8082, ...)
+``CHAT_AUTH_PORT``          8091     auth-service HTTP port
+``CHAT_HISTORY_PORT``       8092     history-service HTTP port
+``CHAT_PRESENCE_PORT``      8093     presence-service HTTP port
+``CHAT_BIN_DIR``            venv     where the ``chat-*`` console scripts are looked up
+==========================  =======  ==================================================
+
+Every port binds 127.0.0.1 only. Children inherit our environment plus
+``CHAT_NATS_URL``, ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``,
+``CHAT_HISTORY_PORT``, ``CHAT_PRESENCE_PORT`` and ``CHAT_LOG_FORMAT=json``
+(unless already set); auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``; gateway-n
+gets ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import caddy, nats, postgres
+from .binaries import venv_bin_dir
+from .ports import LOOPBACK, port_in_use
+from .supervisor import ProcSpec
+
+SERVICES = (  # (process name, console script, port attribute)
+    ("auth", "chat-auth", "auth_port"),
+    ("history", "chat-history", "history_port"),
+    ("presence", "chat-presence", "presence_port"),
+)
+GATEWAY_SCRIPT = "chat-gateway"
+STATE_FILE = "stack.json"
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    run_dir: Path = Path(".run")
+    nats_port: int = 4222
+    nats_monitor_port: int | None = 8222
+    pg_port: int = 5432
+    lb_port: int = 8080
+    gateways: int = 2
+    gateway_base_port: int = 8081
+    auth_port: int = 8091
+    history_port: int = 8092
+    presence_port: int = 8093
+    bin_dir: Path = field(default_factory=venv_bin_dir)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if environ is None else environ
+        d = cls()
+        monitor = _int_env(env, "CHAT_NATS_MONITOR_PORT", 8222)
+        config = cls(
+            run_dir=Path(env.get("CHAT_RUN_DIR") or d.run_dir).resolve(),
+            nats_port=_int_env(env, "CHAT_NATS_PORT", d.nats_port),
+            nats_monitor_port=monitor or None,
+            pg_port=_int_env(env, "CHAT_PG_PORT", d.pg_port),
+            lb_port=_int_env(env, "CHAT_LB_PORT", d.lb_port),
+            gateways=_int_env(env, "CHAT_GATEWAYS", d.gateways),
+            gateway_base_port=_int_env(env, "CHAT_GATEWAY_BASE_PORT", d.gateway_base_port),
+            auth_port=_int_env(env, "CHAT_AUTH_PORT", d.auth_port),
+            history_port=_int_env(env, "CHAT_HISTORY_PORT", d.history_port),
+            presence_port=_int_env(env, "CHAT_PRESENCE_PORT", d.presence_port),
+            bin_dir=Path(env.get("CHAT_BIN_DIR") or d.bin_dir),
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.gateways < 1:
+            raise ValueError("CHAT_GATEWAYS must be at least 1")
+        ports = self.ports()
+        for name, port in ports.items():
+            if not 0 < port < 65536:
+                raise ValueError(f"{name}={port} is not a valid port")
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} both use port {port}")
+            seen[port] = name
+
+    def gateway_ports(self) -> list[int]:
+        return [self.gateway_base_port + i for i in range(self.gateways)]
+
+    def ports(self) -> dict[str, int]:
+        """Every port the stack binds, keyed by what sets it (for error messages)."""
+        ports = {
+            "CHAT_NATS_PORT": self.nats_port,
+            "CHAT_PG_PORT": self.pg_port,
+            "CHAT_LB_PORT": self.lb_port,
+            "CHAT_AUTH_PORT": self.auth_port,
+            "CHAT_HISTORY_PORT": self.history_port,
+            "CHAT_PRESENCE_PORT": self.presence_port,
+        }
+        if self.nats_monitor_port is not None:
+            ports["CHAT_NATS_MONITOR_PORT"] = self.nats_monitor_port
+        for n, port in enumerate(self.gateway_ports(), start=1):
+            ports[f"CHAT_GATEWAY_BASE_PORT (gateway-{n})"] = port
+        return ports
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.lb_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.nats_port}"
+
+    @property
+    def database_url(self) -> str:
+        return postgres.dsn(self.pg_port)
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.run_dir / "auth" / "signing-key.pem"
+
+
+def busy_ports(config: StackConfig) -> list[str]:
+    """``"NAME=port"`` for each port someone else already listens on."""
+    return [f"{name}={port}" for name, port in config.ports().items() if port_in_use(port)]
+
+
+def service_env(config: StackConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment shared by auth, history, presence and the gateways."""
+    env = dict(os.environ if base is None else base)
+    env.update(
+        CHAT_NATS_URL=config.nats_url,
+        CHAT_DATABASE_URL=config.database_url,
+        CHAT_AUTH_PORT=str(config.auth_port),
+        CHAT_HISTORY_PORT=str(config.history_port),
+        CHAT_PRESENCE_PORT=str(config.presence_port),
+        # Unbuffered, so log lines reach the supervisor (and the terminal) as they happen.
+        PYTHONUNBUFFERED="1",
+    )
+    env.setdefault("CHAT_LOG_FORMAT", "json")
+    return env
+
+
+def _script(config: StackConfig, name: str) -> str:
+    path = config.bin_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name} is not installed in {config.bin_dir}; install its package (make venv)"
+        )
+    return str(path)
+
+
+def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) -> list[ProcSpec]:
+    """The processes of the stack, in start order. No side effects."""
+    run = config.run_dir
+    env = service_env(config, base_env)
+    pg_layout = postgres.layout_for(run / "pg")
+    http = f"http://{LOOPBACK}"
+    specs = [
+        ProcSpec(
+            "nats",
+            nats.nats_argv(config.nats_port, run / "nats", config.nats_monitor_port),
+            ready_check=lambda: nats.nats_ready(config.nats_port, config.nats_monitor_port),
+        ),
+        ProcSpec(
+            "postgres",
+            postgres.postgres_argv(config.pg_port, pg_layout),
+            ready_check=lambda: postgres.postgres_ready(config.pg_port),
+            on_ready=lambda: postgres.ensure_database(config.pg_port),
+            stop_signal=signal.SIGINT,  # fast shutdown; SIGTERM waits for clients to leave
+            user=pg_layout.user,
+        ),
+    ]
+    for name, script, attr in SERVICES:
+        port: int = getattr(config, attr)
+        service = dict(env)
+        if name == "auth":
+            service["CHAT_AUTH_SIGNING_KEY_FILE"] = str(config.signing_key_file)
+        specs.append(
+            ProcSpec(
+                name, [_script(config, script)], env=service, ready_url=f"{http}:{port}/readyz"
+            )
+        )
+    for n, port in enumerate(config.gateway_ports(), start=1):
+        gateway = dict(env, CHAT_GATEWAY_PORT=str(port), CHAT_GATEWAY_NODE_ID=f"gw-{n}")
+        specs.append(
+            ProcSpec(
+                f"gateway-{n}",
+                [_script(config, GATEWAY_SCRIPT)],
+                env=gateway,
+                ready_url=f"{http}:{port}/readyz",
+            )
+        )
+    caddy_dir = run / "caddy"
+    specs.append(
+        ProcSpec(
+            "lb",
+            caddy.caddy_argv(caddy_dir / caddy.CADDYFILE),
+            env=caddy.caddy_env(caddy_dir),
+            # Through the proxy: proves Caddy reaches a ready gateway.
+            ready_url=f"{config.url}/readyz",
+        )
+    )
+    return specs
+
+
+def prepare(config: StackConfig) -> None:
+    """One-off work before any process starts: dirs, initdb, Caddyfile. Idempotent."""
+    run = config.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "nats").mkdir(exist_ok=True)
+    auth_dir = config.signing_key_file.parent
+    auth_dir.mkdir(exist_ok=True)
+    auth_dir.chmod(0o700)  # holds the private signing key
+    postgres.prepare(run / "pg")
+    caddy.write_caddyfile(run / "caddy", config.lb_port, config.gateway_ports())
+
+
+def write_state(config: StackConfig) -> None:
+    """Remember the URL, so ``up``/``status`` from another shell can print it."""
+    state = {"url": config.url, "lb_port": config.lb_port}
+    (config.run_dir / STATE_FILE).write_text(json.dumps(state) + "\n")
+
+
+def read_url(run_dir: Path) -> str | None:
+    try:
+        url = json.loads((run_dir / STATE_FILE).read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(url)
+
+
+def clear_state(run_dir: Path) -> None:
+    (run_dir / STATE_FILE).unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""Stack settings from the environment and the process list built from them (no processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from chat_devstack.stack import StackConfig, build_specs, service_env
+
+
+def _bin_dir(tmp_path: Path) -> Path:
+    for name in ("chat-auth", "chat-history", "chat-presence", "chat-gateway"):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    return tmp_path
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = StackConfig.from_env({})
+    assert config.run_dir == tmp_path / ".run"
+    assert (config.nats_port, config.nats_monitor_port, config.pg_port) == (4222, 8222, 5432)
+    assert (config.lb_port, config.gateways, config.gateway_ports()) == (8080, 2, [8081, 8082])
+    assert (config.auth_port, config.history_port, config.presence_port) == (8091, 8092, 8093)
+    assert config.url == "http://127.0.0.1:8080"
+    assert config.database_url == "postgresql://postgres@127.0.0.1:5432/chat"
+    assert config.nats_url == "nats://127.0.0.1:4222"
+
+
+def test_overrides(tmp_path: Path) -> None:
+    config = StackConfig.from_env(
+        {
+            "CHAT_RUN_DIR": str(tmp_path / "r"),
+            "CHAT_NATS_PORT": "14222",
+            "CHAT_NATS_MONITOR_PORT": "0",
+            "CHAT_PG_PORT": "15432",
+            "CHAT_LB_PORT": "18080",
+            "CHAT_GATEWAYS": "3",
+            "CHAT_GATEWAY_BASE_PORT": "18081",
+            "CHAT_AUTH_PORT": "18091",
+            "CHAT_HISTORY_PORT": "18092",
+            "CHAT_PRESENCE_PORT": "18093",
+        }
+    )
+    assert config.run_dir == tmp_path / "r"
+    assert config.nats_monitor_port is None  # 0 turns the monitor off
+    assert config.gateway_ports() == [18081, 18082, 18083]
+    assert config.url == "http://127.0.0.1:18080"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHAT_PG_PORT": "five"}, "CHAT_PG_PORT must be an integer"),
+        ({"CHAT_GATEWAYS": "0"}, "CHAT_GATEWAYS must be at least 1"),
+        ({"CHAT_LB_PORT": "8081"}, "both use port 8081"),  # collides with gateway-1
+        ({"CHAT_GATEWAYS": "11"}, "both use port 8091"),  # gateway-11 would take auth's port
+        ({"CHAT_NATS_PORT": "70000"}, "not a valid port"),
+    ],
+)
+def test_invalid_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StackConfig.from_env(env)
+
+
+def test_specs_order_env_and_signals(tmp_path: Path) -> None:
+    config = StackConfig(run_dir=tmp_path / "run", bin_dir=_bin_dir(tmp_path))
+    specs = build_specs(config, base_env={"PATH": "/usr/bin", "CHAT_LOG_FORMAT": "console"})
+    by_name = {s.name: s for s in specs}
+    assert [s.name for s in specs] == [
+        "nats", "postgres", "auth", "history", "presence", "gateway-1", "gateway-2", "lb",
+    ]  # fmt: skip
+
+    nats_argv = list(by_name["nats"].argv)
+    assert nats_argv[1:] == [
+        "-js", "-a", "127.0.0.1", "-p", "4222", "-sd", str(tmp_path / "run" / "nats"), "-m", "8222",
+    ]  # fmt: skip
+
+    pg = by_name["postgres"]
+    assert pg.stop_signal == signal.SIGINT  # fast shutdown
+    assert pg.user == ("chatpg" if os.geteuid() == 0 else None)
+    assert "listen_addresses=127.0.0.1" in pg.argv
+
+    auth = by_name["auth"]
+    assert auth.env is not None
+    assert auth.env["CHAT_AUTH_SIGNING_KEY_FILE"] == str(tmp_path / "run/auth/signing-key.pem")
+    assert auth.ready_url == "http://127.0.0.1:8091/readyz"
+    assert auth.env["CHAT_LOG_FORMAT"] == "console"  # a developer's choice wins
+    assert auth.env["PATH"] == "/usr/bin"
+
+    gw2 = by_name["gateway-2"]
+    assert gw2.env is not None
+    assert gw2.env["CHAT_GATEWAY_PORT"] == "8082"
+    assert gw2.env["CHAT_GATEWAY_NODE_ID"] == "gw-2"
+    assert gw2.env["CHAT_NATS_URL"] == "nats://127.0.0.1:4222"
+    assert gw2.env["CHAT_DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5432/chat"
+    assert gw2.env["CHAT_PRESENCE_PORT"] == "8093"
+    assert gw2.argv == [str(tmp_path / "chat-gateway")]
+    assert "CHAT_GATEWAY_PORT" not in (by_name["history"].env or {})
+
+    assert by_name["lb"].ready_url == "http://127.0.0.1:8080/readyz"
+
+
+def test_log_format_defaults_to_json() -> None:
+    assert service_env(StackConfig(), base={})["CHAT_LOG_FORMAT"] == "json"
+
+
+def test_missing_service_script_is_named(tmp_path: Path) -> None:
+    config = StackConfig(run_dir=tmp_path / "run", bin_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="chat-auth"):
+        build_specs(config)
