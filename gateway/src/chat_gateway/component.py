@@ -9,6 +9,7 @@ JetStream stored the message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,13 @@ class Gateway:
 
     async def stop(self) -> None:
         self.draining = True
-        await endpoint.close_all(self, CloseCode.SERVICE_RESTART, "service restart")
+        try:
+            await asyncio.wait_for(
+                endpoint.close_all(self, CloseCode.SERVICE_RESTART, "service restart"),
+                self.settings.drain_timeout)
+        except TimeoutError:
+            event(log, "drain timed out; remaining sockets drop with the process",
+                  logging.WARNING, left=len(self.connections))
         if self._hub is not None:
             await self._hub.close_all()
 

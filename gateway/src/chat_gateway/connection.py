@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 from chat_contract.errors import CloseCode
 from chat_contract.events import User
 from chat_kit import metrics
+from chat_kit.http import RAW_SEND
 from chat_kit.logs import event
 
 from .limits import TokenBucket
@@ -31,7 +32,7 @@ log = logging.getLogger("chat_gateway.connection")
 
 def _raw_protocol(ws: WebSocket) -> Any:
     """uvicorn's websockets-sansio protocol behind this socket, if that is what runs."""
-    proto = getattr(getattr(ws, "_send", None), "__self__", None)
+    proto = getattr(ws.scope.get(RAW_SEND), "__self__", None)
     if proto is not None and hasattr(proto, "transport") and hasattr(proto, "close_sent"):
         return proto
     return None

@@ -71,6 +71,9 @@ class TokenVerifier:
         """Load the keys. A failure is logged, not raised: the gateway may start
         before the auth service; the first token with an unknown kid retries."""
         await self.refresh(force=True)
+        # The start-up fetch does not count against the rate limit: a rotation
+        # right after start must still be picked up at once.
+        self._last_refresh = -float("inf")
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Fetch the JWKS unless one was fetched within ``refresh_interval``.
@@ -144,6 +147,8 @@ class TokenVerifier:
             raise _unauthorized("wrong audience") from None
         except jwt.MissingRequiredClaimError as exc:
             raise _unauthorized(f"missing claim {exc.claim}") from None
+        except (jwt.exceptions.InvalidSubjectError, jwt.exceptions.InvalidJTIError):
+            raise _unauthorized("malformed claims") from None
         except jwt.InvalidTokenError:
             raise _unauthorized("invalid token") from None
         try:
@@ -197,6 +202,6 @@ class TokenVerifier:
                 continue
             try:
                 keys[kid] = jwt.PyJWK(jwk, algorithm=alg)
-            except jwt.PyJWKError as exc:
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
                 event(log, "jwks key skipped", logging.WARNING, kid=kid, error=str(exc))
         return keys

@@ -1,0 +1,410 @@
+"""deploy/k8s, deploy/prometheus and deploy/grafana agree with the code and each other.
+
+Plain parsing, no cluster: probes point at /readyz and /healthz on the port
+the image listens on, every variable is one the code reads, secrets come from
+Secrets, and every metric an alert or a panel uses is one the code exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+GRAFANA = ROOT / "deploy" / "grafana"
+COMMON_MEMBERS = ("shared", "services")
+DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service")
+# Variables outside CHAT_* that a chat container may get, and who reads them.
+FOREIGN_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn: trusted X-Forwarded-For sources"}
+NOT_APPLIED = {"secrets.example.yaml"}  # documentation, never in kustomization.yaml
+NATS_REPLICAS = 3
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def member_sources(*members: str) -> list[str]:
+    return [p.read_text() for m in members for p in sorted((ROOT / m / "src").rglob("*.py"))]
+
+
+def is_read(name: str, sources: list[str]) -> bool:
+    """Quoted in the code; ``X_FILE`` also when ``X`` is read with its ``_FILE`` variant."""
+    for text in sources:
+        if f'"{name}"' in text or f"'{name}'" in text:
+            return True
+        if name.endswith("_FILE"):
+            base = name.removesuffix("_FILE")
+            if re.search(rf'env_secret\(\s*"{base}"', text):
+                return True
+            constant = re.search(rf'^(\w+) = "{base}"$', text, re.MULTILINE)
+            if constant and f'f"{{{constant.group(1)}}}_FILE"' in text:
+                return True
+    return False
+
+
+def dockerfile_facts(member: str) -> dict[str, Any]:
+    """The port (EXPOSE), its variable, the user and the CMD of a member's image."""
+    text = re.sub(r"\\\n", " ", (ROOT / member / "Dockerfile").read_text())
+    runtime = text.split(" AS runtime", 1)[1]
+    expose = re.findall(r"^EXPOSE (\d+)$", runtime, re.MULTILINE)
+    env_words = [w for line in re.findall(r"^ENV (.*)$", runtime, re.MULTILINE)
+                 for w in shlex.split(line)]
+    env = dict(w.split("=", 1) for w in env_words)
+    port_var = next(k for k in env if re.fullmatch(r"CHAT_[A-Z]+_PORT", k))
+    cmd = json.loads(re.findall(r"^CMD (\[.*\])$", runtime, re.MULTILINE)[-1])
+    user = re.findall(r"^USER (\S+)$", runtime, re.MULTILINE)[-1]
+    return {"port": int(expose[0]), "port_var": port_var, "cmd": cmd[0], "user": user}
+
+
+def image_members() -> dict[str, str]:
+    """Image name (= console script, e.g. chat-gateway) → member directory."""
+    result = {}
+    for member in DEPLOYABLES:
+        project = tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]
+        script = dockerfile_facts(member)["cmd"]
+        assert script in project.get("scripts", {}), member
+        result[script] = member
+    return result
+
+
+def load_manifests() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((path.name, doc))
+    return docs
+
+
+def probe_path(probe: dict[str, Any]) -> str:
+    return str(probe["httpGet"]["path"])
+
+
+def metric_names() -> set[str]:
+    """Every series name the code exposes (prometheus_client suffixes included)."""
+    pattern = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(chat_[a-z0-9_]+)"')
+    names: set[str] = set()
+    for member in (*COMMON_MEMBERS, *DEPLOYABLES):
+        for path in (ROOT / member / "src").rglob("*.py"):
+            for kind, name in pattern.findall(path.read_text()):
+                if kind == "Counter":
+                    base = name.removesuffix("_total")
+                    names |= {f"{base}_total", f"{base}_created"}
+                elif kind in ("Histogram", "Summary"):
+                    names |= {name, *(f"{name}_{s}" for s in ("bucket", "sum", "count", "created"))}
+                else:
+                    names.add(name)
+    return names
+
+
+def used_metrics(expr: str) -> set[str]:
+    return set(re.findall(r"\bchat_[a-z0-9_]+\b", expr))
+
+
+# --- fixtures ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    return load_manifests()
+
+
+@pytest.fixture(scope="module")
+def by_kind(manifests: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for _, doc in manifests:
+        name = doc["metadata"]["name"] if "metadata" in doc else doc["kind"]
+        kinds = result.setdefault(doc["kind"], {})
+        assert name not in kinds, f"two {doc['kind']} named {name}"
+        kinds[name] = doc
+    return result
+
+
+@pytest.fixture(scope="module")
+def deployments(by_kind: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    return by_kind["Deployment"]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(workload["spec"]["template"]["spec"]["containers"])
+
+
+def env_map(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+# --- kubernetes --------------------------------------------------------------
+
+
+def test_manifests_parse_and_kustomization_lists_them(
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    resources = set(kustomization["resources"])
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert resources == files - NOT_APPLIED
+    assert "namespace" not in kustomization, "namespace-free: set it with -n or an overlay"
+    images = {i["name"] for i in kustomization["images"]}
+    assert images == set(image_members())
+    for kind in ("ConfigMap", "Deployment", "Service", "StatefulSet", "Ingress",
+                 "PodDisruptionBudget", "Secret"):
+        assert kind in by_kind, kind
+
+
+def test_a_deployment_per_deployable(deployments: dict[str, dict[str, Any]]) -> None:
+    images = {c["image"] for d in deployments.values() for c in containers(d)}
+    assert images == set(image_members())
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["replicas"] >= 2, f"{name}: replicas share the load"
+
+
+def test_every_deployment_probes_readyz_and_healthz(
+    deployments: dict[str, dict[str, Any]],
+) -> None:
+    members = image_members()
+    for name, deployment in deployments.items():
+        for container in containers(deployment):
+            facts = dockerfile_facts(members[container["image"]])
+            assert probe_path(container["readinessProbe"]) == "/readyz", name
+            assert probe_path(container["livenessProbe"]) == "/healthz", name
+            if "startupProbe" in container:
+                assert probe_path(container["startupProbe"]) == "/healthz", name
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                if kind in container:
+                    port = container[kind]["httpGet"]["port"]
+                    assert ports.get(port, port) == facts["port"], f"{name} {kind}"
+            env = env_map(container)
+            assert env[facts["port_var"]]["value"] == str(facts["port"]), name
+            assert set(ports.values()) == {facts["port"]}, f"{name}: EXPOSE {facts['port']}"
+
+
+def test_env_names_are_read_by_the_code(
+    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    members = image_members()
+    common = member_sources(*COMMON_MEMBERS)
+    for name, config in by_kind["ConfigMap"].items():
+        if name == "chat-config":
+            for var in config["data"]:
+                # envFrom gives these to every process: chat_kit must read them.
+                assert is_read(var, common), f"chat-config: {var} is not read by chat_kit"
+                assert isinstance(config["data"][var], str), var
+    for name, deployment in deployments.items():
+        for container in containers(deployment):
+            sources = member_sources(*COMMON_MEMBERS, members[container["image"]])
+            for var in env_map(container):
+                if var.startswith("CHAT_"):
+                    assert is_read(var, sources), f"{name}: nothing in its image reads {var}"
+                else:
+                    assert var in FOREIGN_ENV, f"{name}: {var} is read by nobody we know of"
+            for source in container.get("envFrom", []):
+                ref = source["configMapRef"]["name"]
+                assert ref in by_kind["ConfigMap"], f"{name}: no ConfigMap {ref}"
+
+
+def test_pods_run_as_the_image_user(deployments: dict[str, dict[str, Any]]) -> None:
+    members = image_members()
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        for container in containers(deployment):
+            user = dockerfile_facts(members[container["image"]])["user"].split(":")[0]
+            assert str(pod["runAsUser"]) == user, name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+
+
+def test_gateway_drains_before_it_dies(
+    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    gateway = deployments["chat-gateway"]
+    spec = gateway["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert gateway["spec"]["replicas"] == 2
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    # preStop sleep + component stop (10 s) + HTTP shutdown (5 s) + NATS drain (5 s)
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + 20
+    assert gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    pdbs = [p for p in by_kind["PodDisruptionBudget"].values()
+            if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    assert pdbs, "no PodDisruptionBudget covers the gateways"
+
+
+def test_services_select_pods_and_name_their_ports(
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    workloads = [*by_kind["Deployment"].values(), *by_kind["StatefulSet"].values()]
+    for name, service in by_kind["Service"].items():
+        selector = service["spec"]["selector"]
+        matches = [w for w in workloads
+                   if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {name} selects {len(matches)} workloads"
+        port_names = {p["name"] for c in containers(matches[0]) for p in c["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names, f"Service {name}: {port['targetPort']}"
+    for workload in workloads:
+        assert workload["spec"]["selector"]["matchLabels"].items() <= (
+            workload["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_secrets_are_mounted_not_written(
+    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    secrets = by_kind["Secret"]
+    for name, deployment in deployments.items():
+        for container in containers(deployment):
+            env = env_map(container)
+            if "CHAT_DATABASE_URL" in env:
+                ref = env["CHAT_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+                assert ref["key"] in secrets[ref["name"]]["stringData"], name
+    auth = deployments["chat-auth"]
+    (container,) = containers(auth)
+    env = env_map(container)
+    assert env["CHAT_AUTH_DEV_KEY"]["value"] == "false", "production never generates a key"
+    key_file = Path(env["CHAT_AUTH_SIGNING_KEY_FILE"]["value"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(key_file.parent)]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in auth["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    paths = {i["path"]: i["key"] for i in secret["items"]}
+    assert paths[key_file.name] in secrets[secret["secretName"]]["stringData"]
+    # Only auth holds the signing key.
+    for name, deployment in deployments.items():
+        if name != "chat-auth":
+            for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+                assert "secret" not in volume, f"{name} mounts a secret"
+
+
+def test_nats_is_a_jetstream_cluster_of_three(
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    config = by_kind["ConfigMap"]["chat-config"]["data"]
+    assert config["CHAT_STREAM_REPLICAS"] == str(NATS_REPLICAS)
+    url = re.fullmatch(r"nats://([a-z0-9-]+):(\d+)", config["CHAT_NATS_URL"])
+    assert url, config["CHAT_NATS_URL"]
+    service = by_kind["Service"][url.group(1)]
+    assert int(url.group(2)) in {p["port"] for p in service["spec"]["ports"]}
+
+    nats = by_kind["StatefulSet"]["nats"]
+    assert nats["spec"]["replicas"] == NATS_REPLICAS
+    headless = by_kind["Service"][nats["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    conf = by_kind["ConfigMap"]["nats-config"]["data"]["nats.conf"]
+    assert "jetstream" in conf and "store_dir: /data" in conf
+    for n in range(NATS_REPLICAS):
+        assert f"nats://nats-{n}.{headless['metadata']['name']}:6222" in conf
+    (container,) = containers(nats)
+    assert "/data" in {m["mountPath"] for m in container["volumeMounts"]}
+    assert {t["metadata"]["name"] for t in nats["spec"]["volumeClaimTemplates"]} == {"data"}
+
+
+def test_ingress_routes_ws_and_root_to_the_gateways(
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    gateway_service = by_kind["Service"]["chat-gateway"]
+    port_names = {p["name"] for p in gateway_service["spec"]["ports"]}
+    routes = {}
+    for ingress in by_kind["Ingress"].values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == "chat-gateway"
+                assert backend["port"]["name"] in port_names
+                routes[path["path"]] = ingress
+    assert {"/ws", "/"} <= routes.keys()
+    ws = routes["/ws"]["metadata"]["annotations"]
+    assert int(ws["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert int(ws["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+
+
+# --- prometheus and grafana ----------------------------------------------------
+
+
+def compose_scrape_targets() -> set[str]:
+    """host:port of every chat process in docker-compose.yml."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    targets = set()
+    for name, svc in services.items():
+        if "build" in svc:
+            member = Path(svc["build"]["dockerfile"]).parent.name
+            port_var = dockerfile_facts(member)["port_var"]
+            targets.add(f"{name}:{svc['environment'][port_var]}")
+    return targets
+
+
+def test_prometheus_scrapes_every_chat_process() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = set()
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "prometheus":
+            continue
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for static in job["static_configs"]:
+            targets |= set(static["targets"])
+    assert targets == compose_scrape_targets()
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS / rule_file).exists(), rule_file
+
+
+def test_alerts_use_exported_metrics() -> None:
+    rules = [r for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]]
+    exported = metric_names()
+    exprs = " ".join(r["expr"] for r in rules)
+    for rule in rules:
+        assert rule["alert"] and rule["for"] and rule["labels"]["severity"], rule
+        assert rule["annotations"]["summary"], rule["alert"]
+        unknown = used_metrics(rule["expr"]) - exported
+        assert not unknown, f"{rule['alert']}: {unknown} is exported by nothing"
+    # The alerts this project promised (PROTOCOL.md §7 names).
+    assert re.search(r"chat_nats_connected\s*==\s*0", exprs)
+    assert re.search(r"histogram_quantile\(0\.99,[^>]*chat_delivery_latency_seconds_bucket"
+                     r"[^>]*>\s*0\.25", exprs)
+    assert "rate(chat_ws_dropped_total" in exprs
+    assert 'chat_service_requests_total{outcome!="ok"}' in exprs
+
+
+def test_dashboard_uses_exported_metrics() -> None:
+    dashboard = json.loads((GRAFANA / "dashboard.json").read_text())
+    exported = metric_names()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    seen: set[str] = set()
+    for panel in dashboard["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = used_metrics(target["expr"])
+            assert used and not used - exported, f"{panel['title']}: {used - exported}"
+            seen |= used
+    for name in ("chat_ws_connections", "chat_ws_messages_in_total",
+                 "chat_ws_messages_out_total", "chat_ws_dropped_total",
+                 "chat_delivery_latency_seconds_bucket", "chat_nats_connected",
+                 "chat_service_requests_total"):
+        assert name in seen, f"no panel shows {name}"
+
+
+def test_grafana_provisioning_matches_compose() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("."))
+    datasources = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "chat.yml").read_text())["providers"]
+    dashboards_dir = providers[0]["options"]["path"]
+    assert mounts["./deploy/grafana/dashboard.json"].startswith(dashboards_dir + "/")
+    for host_path in mounts:
+        assert (ROOT / host_path).exists(), host_path
