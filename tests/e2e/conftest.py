@@ -9,7 +9,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from servers import nats_server
 
 from .stack import Stack

@@ -83,7 +83,10 @@ class Recorder:
             self.errors[payload.decode()[:120]] += 1
 
 
-def server_processes(stack: Stack, nats_pid: int | None, pg_pid: int | None) -> dict[str, list[psutil.Process]]:
+Procs = dict[str, list[psutil.Process]]
+
+
+def server_processes(stack: Stack, nats_pid: int | None, pg_pid: int | None) -> Procs:
     procs: dict[str, list[psutil.Process]] = {}
     for name, svc in stack.services.items():
         assert svc.proc is not None
@@ -124,16 +127,19 @@ async def register(base: str, n: int) -> list[str]:
         async def one(i: int) -> str:
             async with sem:
                 name = f"bench{i}_{os.getpid()}"
-                r = await http.post("/v1/auth/register", json={"username": name, "password": "benchmark-pw"})
+                creds = {"username": name, "password": "benchmark-pw"}
+                r = await http.post("/v1/auth/register", json=creds)
                 r.raise_for_status()
-                r = await http.post("/v1/auth/login", json={"username": name, "password": "benchmark-pw"})
+                r = await http.post("/v1/auth/login", json=creds)
                 r.raise_for_status()
                 return str(r.json()["access_token"])
         tokens = list(await asyncio.gather(*(one(i) for i in range(n))))
     return tokens
 
 
-async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_pid: int | None) -> dict[str, object]:
+async def run(
+    args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_pid: int | None
+) -> dict[str, object]:
     rec = Recorder()
     # One user per room, its M connections being the room's members: argon2
     # makes registering R*M users the slowest part of a run otherwise.
@@ -149,7 +155,8 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_p
             members.append(member)
     for i, member in enumerate(members):
         assert member.client is not None
-        member.client.send_text(json.dumps({"type": "join", "id": f"j{i}", "room": member.room}).encode())
+        join = {"type": "join", "id": f"j{i}", "room": member.room}
+        member.client.send_text(json.dumps(join).encode())
     await asyncio.sleep(2.0)
 
     procs = server_processes(stack, nats_pid, pg_pid)
@@ -157,9 +164,11 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_p
     if args.profile:
         gw_pid = stack.gateway(1).proc.pid  # type: ignore[union-attr]
         out = Path(tempfile.mkdtemp()) / "gw1.txt"
-        profile = (subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw_pid),
-                                     "-d", str(int(max(1, args.duration - 2))), "-f", "raw", "-o", str(out), "-r", "200"],
-                                    stdout=subprocess.DEVNULL), out)
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw_pid),
+                "-d", str(int(max(1, args.duration - 2))), "-f", "raw", "-o", str(out),
+                "-r", "200"]
+        # py-spy runs beside us for the window; its exit is awaited off the loop.
+        profile = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
 
     loop = asyncio.get_running_loop()
     tick = 0.01
@@ -180,7 +189,9 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_p
             member = members[idx % n_members]
             idx += 7  # walk rooms and gateways evenly
             assert member.client is not None
-            member.client.send_text(b'{"type":"send","room":"%s","text":"%d x"}' % (member.room.encode(), time.time_ns()))
+            frame = b'{"type":"send","room":"%s","text":"%d x"}' % (
+                member.room.encode(), time.time_ns())
+            member.client.send_text(frame)
             sent += 1
             rec.sent_per_room[member.room] += 1
         next_at = start + (sent / args.rate)
@@ -192,7 +203,7 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_p
     await asyncio.sleep(3.0)  # let in-flight deliveries land before counting losses
 
     if profile is not None:
-        profile[0].wait(timeout=60)
+        await asyncio.to_thread(profile[0].wait, 60)
 
     expected = sum(rec.sent_per_room[m.room] for m in members)
     unique = sum(len(m.seen) for m in members)
@@ -202,15 +213,19 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_p
     lat = sorted(rec.latencies)
     q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [float("nan")] * 99
     result = {
-        "rooms": args.rooms, "members": args.members, "rate": args.rate, "duration_s": args.duration,
+        "rooms": args.rooms, "members": args.members, "rate": args.rate,
+        "duration_s": args.duration,
         "sent": sent, "expected_deliveries": expected, "delivered": unique + dup,
         "lost": expected - unique, "duplicated": dup,
         "deliveries_per_s": round(window_deliveries / (t1 - t0)),
-        "latency_ms": {"p50": round(q[49] * 1e3, 2), "p90": round(q[89] * 1e3, 2), "p99": round(q[98] * 1e3, 2),
+        "latency_ms": {"p50": round(q[49] * 1e3, 2), "p90": round(q[89] * 1e3, 2),
+                       "p99": round(q[98] * 1e3, 2),
                        "max": round(lat[-1] * 1e3, 2) if lat else None},
         "cpu_s": {k: round(v, 2) for k, v in sorted(cpu.items())},
         "cpu_us_per_delivery": round(total_cpu / max(1, window_deliveries) * 1e6, 1),
-        "cpu_us_per_delivery_by_process": {k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())},
+        "cpu_us_per_delivery_by_process": {
+            k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())
+        },
         "errors": dict(rec.errors.most_common(5)),
     }
     if profile is not None:
@@ -237,7 +252,8 @@ def summarize_profile(path: Path, top: int = 25) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rooms", type=int, default=50)
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--rate", type=float, default=3000, help="total sends per second")

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from . import bus, logs
-from .http import health_routes
+from .http import expose_raw_send, health_routes
 from .logs import event
 from .settings import CommonSettings
 
@@ -52,7 +52,7 @@ class Component(Protocol):
 
 def uvicorn_config(app: Starlette, host: str, port: int, **extra: object) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False,
+        expose_raw_send(app), host=host, port=port, log_config=None, access_log=False,
         loop="uvloop", http="httptools", ws="websockets-sansio",
         lifespan="off", timeout_graceful_shutdown=5, **extra,  # type: ignore[arg-type]
     )

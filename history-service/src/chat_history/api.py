@@ -1,0 +1,111 @@
+"""``svc.history.messages``: a page of a room's history, fresh as of the request.
+
+Request ``HistoryRequest`` → reply ``HistoryReply`` (chat_contract.bus). Before
+reading PostgreSQL the handler waits until storage covers every stream message
+the answer must include (see :mod:`.freshness`), so a read right after a send
+sees the send; if storage does not catch up within the configured timeout the
+answer is ``unavailable`` rather than a page with a hole in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from chat_contract.bus import HistoryReply, HistoryRequest
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.rooms import is_valid_room_id
+
+from . import metrics
+from .config import MAX_LIMIT
+from .freshness import CommitTracker, last_room_seq
+from .store import MessageStore
+
+# The database is away (restart, network): worth a retry, unlike a bug.
+_DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
+                   asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
+
+
+def validate(req: HistoryRequest) -> None:
+    """Reject what no page can answer (PROTOCOL §8: bad bounds → bad_request)."""
+    if not is_valid_room_id(req.room):
+        raise ChatError(ErrorCode.BAD_REQUEST, "invalid room id")
+    if not 1 <= req.limit <= MAX_LIMIT:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"limit must be 1-{MAX_LIMIT}")
+    for name, value in (("before", req.before), ("after", req.after)):
+        if value is not None and value < 0:
+            raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be >= 0")
+    if req.min_seq < 0:
+        raise ChatError(ErrorCode.BAD_REQUEST, "min_seq must be >= 0")
+
+
+def required_seq(req: HistoryRequest, room_last: int) -> int:
+    """The stream sequence storage must have reached for this answer to be complete.
+
+    With ``before`` only messages below it matter, so the wait stops there.
+    """
+    target = max(req.min_seq, room_last)
+    if req.before is not None:
+        target = min(target, req.before - 1)
+    return target
+
+
+class HistoryApi:
+    def __init__(self, js: JetStreamContext, store: MessageStore, tracker: CommitTracker,
+                 catchup_timeout: float) -> None:
+        self._js = js
+        self._store = store
+        self._tracker = tracker
+        self._catchup_timeout = catchup_timeout
+        # chat_kit runs each request in its own task; counted so stop can wait for them.
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def messages(self, req: HistoryRequest) -> HistoryReply:
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._messages(req)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Let requests in flight finish (once the endpoint stopped taking new ones)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def _messages(self, req: HistoryRequest) -> HistoryReply:
+        validate(req)
+        await self._catch_up(req)
+        try:
+            messages, has_more = await self._store.page(
+                req.room, before=req.before, after=req.after, limit=req.limit)
+        except _DB_UNAVAILABLE:
+            # The consumer logs the outage once; each request only counts it.
+            raise ChatError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
+        return HistoryReply(messages=messages, has_more=has_more)
+
+    async def _catch_up(self, req: HistoryRequest) -> None:
+        started = time.perf_counter()
+        # A page entirely below the known floor needs no stream lookup at all.
+        if req.before is not None and req.before - 1 <= self._tracker.floor:
+            return
+        try:
+            room_last = await last_room_seq(self._js, req.room)
+        except Exception:
+            raise ChatError(ErrorCode.UNAVAILABLE, "chat stream unavailable") from None
+        target = required_seq(req, room_last)
+        if target <= 0:
+            return
+        caught_up = await self._tracker.wait_for(target, self._catchup_timeout)
+        metrics.CATCHUP_SECONDS.observe(time.perf_counter() - started)
+        if not caught_up:
+            metrics.CATCHUP_TIMEOUTS.inc()
+            raise ChatError(ErrorCode.UNAVAILABLE, "history is catching up, retry")

@@ -1,0 +1,42 @@
+"""History-service configuration, read once at start (README "Configuration")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chat_kit.settings import CommonSettings, SettingsError, env_float, env_int, env_secret
+
+# The internal page limit: `join` with `since` asks for 500 (PROTOCOL §3.3);
+# the gateway enforces the client-facing 1–100 rule of `history` itself.
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    common: CommonSettings
+    port: int
+    # May carry a password: read through *_FILE too, and kept out of repr.
+    database_url: str = field(repr=False)
+    batch: int
+    fetch_wait: float
+    catchup_timeout: float
+
+    @classmethod
+    def from_env(cls) -> HistorySettings:
+        batch = env_int("CHAT_HISTORY_BATCH", 500, minimum=1)
+        if batch > 10_000:
+            # One INSERT carries the whole batch; beyond this a batch only adds latency.
+            raise SettingsError(f"CHAT_HISTORY_BATCH: must be <= 10000, got {batch}")
+        return cls(
+            common=CommonSettings.from_env(),
+            port=env_int("CHAT_HISTORY_PORT", 8092, minimum=0),
+            database_url=env_secret(
+                "CHAT_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/chat"
+            ),
+            batch=batch,
+            # A pull that finds the stream idle lingers this long before it
+            # returns what it has: it bounds the extra store latency of a lone
+            # message (and how long a stop waits); busy streams never wait.
+            fetch_wait=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
+            catchup_timeout=env_float("CHAT_HISTORY_CATCHUP_TIMEOUT", 1.5, minimum=0.01),
+        )

@@ -1,0 +1,129 @@
+"""Stream payloads to table rows and table rows to ``message`` events (no I/O).
+
+A CHAT stream message is a ``ChatRecord``; its stream sequence is the ``seq``.
+Anything that cannot become a row is a :class:`BadRecord`: the consumer
+terminates it so it never blocks the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+from chat_contract.bus import ChatRecord
+from chat_contract.events import Message, User
+from chat_contract.rooms import is_valid_room_id
+
+_record_decoder = msgspec.json.Decoder(ChatRecord)
+# msg_id is indexed, and a btree entry over ~2.7 kB fails its whole batch; real
+# ids (gateway-made) are far shorter.
+MAX_MSG_ID = 256
+
+
+class BadRecord(ValueError):
+    """A stream message that can never be stored; ``reason`` labels the metric."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """One row of ``history.messages``."""
+
+    room: str
+    seq: int
+    msg_id: str
+    sender_id: str
+    sender_name: str
+    text: str | None
+    reply_to: str | None
+    ts: datetime
+
+
+def parse_ts(raw: str) -> datetime:
+    """RFC 3339 → aware datetime; a time without an offset is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRecord("bad_ts", f"unparsable ts {raw[:40]!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def format_ts(value: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, as events carry it (PROTOCOL §3.4)."""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
+    """Decode one stream message of subject ``chat.room.<room>`` at sequence ``seq``.
+
+    The room comes from the subject, not the payload: the subject is what the
+    stream orders by and what a reader's freshness check looks up.
+    """
+    if not is_valid_room_id(room):
+        raise BadRecord("bad_room", f"invalid room token {room[:80]!r}")
+    try:
+        record = _record_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRecord("decode", str(exc)[:200]) from None
+    if len(record.msg_id) > MAX_MSG_ID:
+        raise BadRecord("too_long", f"msg_id of {len(record.msg_id)} characters")
+    strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to)
+    # PostgreSQL text cannot hold NUL; such a row would fail its whole batch forever.
+    if any(s is not None and "\x00" in s for s in strings):
+        raise BadRecord("nul", "NUL character in a text field")
+    return MessageRow(
+        room=room,
+        seq=seq,
+        msg_id=record.msg_id,
+        sender_id=record.sender.id,
+        sender_name=record.sender.name,
+        text=record.text,
+        reply_to=record.reply_to,
+        ts=parse_ts(record.ts),
+    )
+
+
+def to_message(row: MessageRow, prev_seq: int) -> Message:
+    return Message(
+        room=row.room,
+        msg_id=row.msg_id,
+        seq=row.seq,
+        prev_seq=prev_seq,
+        sender=User(id=row.sender_id, name=row.sender_name),
+        ts=format_ts(row.ts),
+        text=row.text,
+        reply_to=row.reply_to,
+    )
+
+
+def assemble_page(
+    rows: Sequence[MessageRow], *, limit: int, descending: bool, floor_seq: int
+) -> tuple[list[Message], bool]:
+    """Turn up to ``limit + 1`` rows of one query into (page, has_more).
+
+    ``rows`` are in the query's order: newest first when ``descending`` (the
+    newest page, or ``before`` alone), oldest first otherwise (``after``).
+    The one row beyond the page says ``has_more``; in a descending query it is
+    also the predecessor of the page's oldest item. For ascending queries
+    ``floor_seq`` is that predecessor (the highest stored seq ≤ ``after``, or
+    0). Each item's ``prev_seq`` is the seq of the room's previous stored row.
+    """
+    has_more = len(rows) > limit
+    if descending:
+        page = list(reversed(rows[:limit]))
+        prev = rows[limit].seq if has_more else 0
+    else:
+        page = list(rows[:limit])
+        prev = floor_seq
+    messages: list[Message] = []
+    for row in page:
+        messages.append(to_message(row, prev))
+        prev = row.seq
+    return messages, has_more

@@ -1,0 +1,93 @@
+"""The history Component: what ``chat_kit.runtime`` starts and stops.
+
+Start: database pool → migrations → stream, durable consumer and its pull
+loop → the ``history`` micro service. Stop in reverse: stop taking requests
+and let those in flight finish, let the consumer commit and ack the batch in
+hand, close the pool. NATS itself is drained by the runtime afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+from nats.micro.service import Service
+from starlette.routing import BaseRoute
+
+from chat_contract import subjects
+from chat_contract.bus import HistoryRequest
+from chat_kit.bus import endpoint, start_service
+from chat_kit.db import create_pool, migrate
+from chat_kit.runtime import Runtime
+
+from . import __version__
+from .api import HistoryApi
+from .config import HistorySettings
+from .consumer import HistoryConsumer
+from .freshness import CommitTracker
+from .store import MessageStore
+
+SERVICE = "history"
+SCHEMA = "history"
+_STOP_REQUESTS_TIMEOUT = 5.0
+
+
+class HistoryComponent:
+    def __init__(self, settings: HistorySettings) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._store: MessageStore | None = None
+        self._consumer: HistoryConsumer | None = None
+        self._tracker: CommitTracker | None = None
+        self._api: HistoryApi | None = None
+        self._service: Service | None = None
+
+    @property
+    def store(self) -> MessageStore:
+        assert self._store is not None, "component not started"
+        return self._store
+
+    @property
+    def consumer(self) -> HistoryConsumer:
+        assert self._consumer is not None, "component not started"
+        return self._consumer
+
+    async def start(self, rt: Runtime) -> None:
+        s = self.settings
+        self._pool = await create_pool(s.database_url, stop=rt.stopping)
+        await migrate(self._pool, SCHEMA, "chat_history")
+        self._store = MessageStore(self._pool)
+        self._consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch,
+                                         fetch_wait=s.fetch_wait,
+                                         replicas=rt.settings.stream_replicas)
+        await self._consumer.start(rt.stopping)
+        rt.checks.append(self._consumer.is_ready)
+        # Reads give up on the stream as soon as on storage: same bound for both.
+        js = rt.nc.jetstream(timeout=s.catchup_timeout)
+        self._tracker = CommitTracker(js)
+        self._api = HistoryApi(js, self._store, self._tracker, s.catchup_timeout)
+        handler = endpoint(SERVICE, "messages", HistoryRequest, self._api.messages)
+        self._service = await start_service(
+            rt.nc, SERVICE, __version__, {"messages": (subjects.HISTORY_MESSAGES, handler)})
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+        if self._api is not None:
+            await self._api.wait_idle(_STOP_REQUESTS_TIMEOUT)
+        if self._tracker is not None:
+            await self._tracker.close()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), _STOP_REQUESTS_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    self._pool.terminate()
+            self._pool = None
+
+    def routes(self) -> list[BaseRoute]:
+        return []  # /healthz, /readyz and /metrics come from chat_kit

@@ -1,0 +1,421 @@
+"""history-service against real NATS (JetStream) and PostgreSQL.
+
+Messages go in the way gateways send them: ``ChatRecord`` JSON published with
+JetStream to ``chat.room.<room>``; the publish ack's sequence is the ``seq``
+the history must report. Reads go through the micro endpoint as the gateway
+calls it (``chat_kit.bus.call``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from chat_contract import subjects
+from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import Message, User
+from chat_history.config import HistorySettings
+from chat_history.consumer import DURABLE
+from chat_history.records import MessageRow
+from chat_history.service import HistoryComponent
+from chat_kit.bus import call, ensure_chat_stream
+from chat_kit.runtime import Runtime
+from chat_kit.settings import CommonSettings
+
+pytestmark = pytest.mark.integration
+
+# One unit of patience; slow machines scale it with CHAT_TEST_TIME_FACTOR.
+UNIT = float(os.environ.get("CHAT_TEST_TIME_FACTOR", "1"))
+ANN = User(id="u_ann", name="ann")
+
+
+def make_settings(nats_url: str, db_url: str, *, batch: int = 500,
+                  catchup_timeout: float = 1.5) -> HistorySettings:
+    common = CommonSettings(nats_url=nats_url, log_level="INFO", log_format="text",
+                            request_timeout=2.0, stream_replicas=1, host="127.0.0.1")
+    return HistorySettings(common=common, port=0, database_url=db_url, batch=batch,
+                           fetch_wait=0.05, catchup_timeout=catchup_timeout)
+
+
+@asynccontextmanager
+async def running(nats_url: str, db_url: str, *, batch: int = 500,
+                  catchup_timeout: float = 1.5) -> AsyncIterator[HistoryComponent]:
+    """A history Component on its own NATS connection, as one process would run it."""
+    settings = make_settings(nats_url, db_url, batch=batch, catchup_timeout=catchup_timeout)
+    nc = await nats.connect(nats_url)
+    rt = Runtime("history-test", settings.common, nc)
+    component = HistoryComponent(settings)
+    await component.start(rt)
+    try:
+        assert rt.is_ready() or await _eventually(rt.is_ready)
+        yield component
+    finally:
+        rt.stopping.set()
+        await component.stop()
+        await nc.drain()
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 5 * UNIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[NATS]:
+    """The publishing/reading side (a gateway's connection)."""
+    nc = await nats.connect(nats_url)
+    await ensure_chat_stream(nc.jetstream())
+    yield nc
+    await nc.drain()
+
+
+def new_room() -> str:
+    return "r" + uuid.uuid4().hex[:10]
+
+
+async def send(js: JetStreamContext, room: str, text: str, *, msg_id: str | None = None,
+               dedupe_id: str | None = None) -> int:
+    msg_id = msg_id or "m_" + uuid.uuid4().hex
+    record = ChatRecord(room=room, msg_id=msg_id, sender=ANN, text=text,
+                        ts="2025-06-01T12:00:00.123Z")
+    ack = await js.publish(subjects.room_subject(room), msgspec.json.encode(record),
+                           headers={subjects.HDR_MSG_ID: dedupe_id or msg_id})
+    return int(ack.seq)
+
+
+async def history(nc: NATS, room: str, **kw: int) -> HistoryReply:
+    return await call(nc, subjects.HISTORY_MESSAGES, HistoryRequest(room=room, **kw),
+                      HistoryReply, timeout=5 * UNIT)
+
+
+async def stored_rows(db_url: str, room: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "SELECT * FROM history.messages WHERE room = $1 ORDER BY seq", room)
+        return rows
+    finally:
+        await conn.close()
+
+
+def chain_ok(messages: list[Message], first_prev: int) -> bool:
+    prev = first_prev
+    for m in messages:
+        if m.prev_seq != prev:
+            return False
+        prev = m.seq
+    return True
+
+
+# --- storing ---------------------------------------------------------------------------
+
+
+async def test_published_messages_land_in_postgres_with_their_stream_seq(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    a, b = new_room(), new_room()
+    async with running(nats_url, db_url):
+        sent = [(room, i, await send(js, room, f"hello {i}"))
+                for i in range(20) for room in (a, b)]
+        reply = await history(client, a)  # waits until storage caught up
+        assert [m.text for m in reply.messages] == [f"hello {i}" for i in range(20)]
+    rows = await stored_rows(db_url, a)
+    assert [r["seq"] for r in rows] == [seq for room, _, seq in sent if room == a]
+    first = rows[0]
+    assert (first["sender_id"], first["sender_name"], first["text"]) == ("u_ann", "ann", "hello 0")
+    assert reply.messages[0].ts == "2025-06-01T12:00:00.123Z"
+    assert reply.messages[0].sender == ANN
+
+
+async def test_a_read_right_after_a_send_sees_it(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url):
+        prev = 0
+        for i in range(30):
+            seq = await send(js, room, f"m{i}")
+            reply = await history(client, room, limit=1)
+            assert [(m.seq, m.prev_seq, m.text) for m in reply.messages] == [(seq, prev, f"m{i}")]
+            prev = seq
+        # min_seq: the caller knows a sequence of another room it needs stored too.
+        other = new_room()
+        seq = await send(js, other, "elsewhere")
+        reply = await history(client, room, limit=1, min_seq=seq)
+        assert reply.messages[-1].seq == prev
+
+
+async def test_min_seq_beyond_the_stream_does_not_hang(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    room = new_room()
+    async with running(nats_url, db_url):
+        await send(client.jetstream(), room, "x")
+        started = time.monotonic()
+        reply = await history(client, room, min_seq=10**12)
+        assert [m.text for m in reply.messages] == ["x"]
+        assert time.monotonic() - started < 1.0 * UNIT
+
+
+async def test_empty_room(nats_url: str, db_url: str, client: NATS) -> None:
+    async with running(nats_url, db_url):
+        for kw in ({}, {"after": 0}, {"before": 5}, {"after": 1, "before": 9}):
+            reply = await history(client, new_room(), **kw)
+            assert (reply.messages, reply.has_more) == ([], False)
+
+
+# --- pagination ------------------------------------------------------------------------
+
+
+async def test_pagination(nats_url: str, db_url: str, client: NATS) -> None:
+    js = client.jetstream()
+    room, noise = new_room(), new_room()
+    async with running(nats_url, db_url):
+        seqs = []
+        for i in range(25):
+            seqs.append(await send(js, room, f"m{i}"))
+            await send(js, noise, "noise")  # so a room's seqs are not consecutive
+
+        # Newest page, then older pages with `before`.
+        newest = await history(client, room, limit=10)
+        assert [m.seq for m in newest.messages] == seqs[15:] and newest.has_more
+        older = await history(client, room, limit=10, before=newest.messages[0].seq)
+        assert [m.seq for m in older.messages] == seqs[5:15] and older.has_more
+        oldest = await history(client, room, limit=10, before=older.messages[0].seq)
+        assert [m.seq for m in oldest.messages] == seqs[:5] and not oldest.has_more
+        backwards = oldest.messages + older.messages + newest.messages
+        assert [m.seq for m in backwards] == seqs and chain_ok(backwards, 0)
+
+        # Forward with `after`, from the start.
+        forward: list[Message] = []
+        cursor, has_more = 0, True
+        while has_more:
+            page = await history(client, room, limit=7, after=cursor)
+            forward += page.messages
+            cursor, has_more = page.messages[-1].seq, page.has_more
+        assert [m.seq for m in forward] == seqs and chain_ok(forward, 0)
+        assert forward == backwards
+
+        # Both bounds: a window, ascending from `after`, has_more towards `before`.
+        window = await history(client, room, after=seqs[3], before=seqs[10], limit=3)
+        assert [m.seq for m in window.messages] == seqs[4:7] and window.has_more
+        assert window.messages[0].prev_seq == seqs[3]
+        window = await history(client, room, after=seqs[3], before=seqs[10], limit=6)
+        assert [m.seq for m in window.messages] == seqs[4:10] and not window.has_more
+        window = await history(client, room, after=seqs[10], before=seqs[3])
+        assert (window.messages, window.has_more) == ([], False)
+
+        # Exclusive bounds, and bounds between a room's seqs (a noise seq).
+        page = await history(client, room, after=seqs[23])
+        assert [m.seq for m in page.messages] == [seqs[24]] and not page.has_more
+        page = await history(client, room, after=seqs[24])
+        assert (page.messages, page.has_more) == ([], False)
+        page = await history(client, room, before=seqs[2] + 1, limit=2)
+        assert [m.seq for m in page.messages] == seqs[1:3] and page.has_more
+        assert page.messages[0].prev_seq == seqs[0]
+        page = await history(client, room, after=seqs[5] + 1, limit=1)
+        assert [(m.seq, m.prev_seq) for m in page.messages] == [(seqs[6], seqs[5])]
+
+        # The internal maximum (join `since` asks for up to 500).
+        page = await history(client, room, after=0, limit=500)
+        assert len(page.messages) == 25 and not page.has_more
+
+
+async def test_invalid_requests_answer_bad_request(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    async with running(nats_url, db_url):
+        for room, kw in [("r1", {"limit": 0}), ("r1", {"limit": 501}),
+                         ("a.b", {}), ("has space", {}), ("", {}), ("r1", {"before": -1})]:
+            with pytest.raises(ChatError) as info:
+                await history(client, room, **kw)
+            assert info.value.code is ErrorCode.BAD_REQUEST, (room, kw)
+        # A non-integer bound never becomes a HistoryRequest: the payload is refused.
+        msg = await client.request(subjects.HISTORY_MESSAGES,
+                                   b'{"room":"r1","before":"x","v":1}', timeout=5 * UNIT)
+        assert msg.headers is not None
+        assert msg.headers.get("Nats-Service-Error-Code") == "bad_request"
+
+
+# --- idempotency and redelivery --------------------------------------------------------
+
+
+async def test_republish_and_redelivery_store_each_message_once(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    ids = [f"id-{room}-{i}" for i in range(10)]
+    async with running(nats_url, db_url) as component:
+        first = [await send(js, room, f"m{i}", msg_id=ids[i]) for i in range(10)]
+        # Inside the dedupe window JetStream answers with the original sequence.
+        again = [await send(js, room, f"m{i}", msg_id=ids[i]) for i in range(10)]
+        assert again == first
+        # Past the window (simulated with another Nats-Msg-Id) the same msg_id gets a
+        # new sequence: msg_id stays unique, the first copy wins.
+        await send(js, room, "m0 again", msg_id=ids[0], dedupe_id="late-" + ids[0])
+        reply = await history(client, room)
+        assert [m.seq for m in reply.messages] == first
+        assert component.consumer.stored == 10
+
+    # A new durable consumer redelivers the whole stream: nothing doubles.
+    await js.delete_consumer(subjects.CHAT_STREAM, DURABLE)
+    async with running(nats_url, db_url) as component:
+        reply = await history(client, room)  # waits for the redelivered stream to be acked
+        assert [m.seq for m in reply.messages] == first
+        info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+        assert info.ack_floor is not None and info.ack_floor.stream_seq >= first[-1]
+        assert component.consumer.stored == 0
+    assert [r["seq"] for r in await stored_rows(db_url, room)] == first
+
+
+async def test_store_insert_is_idempotent(nats_url: str, db_url: str, client: NATS) -> None:
+    room = new_room()
+    async with running(nats_url, db_url) as component:
+        await send(client.jetstream(), room, "once")
+        reply = await history(client, room)
+        rows = await stored_rows(db_url, room)
+        again = [MessageRow(r["room"], r["seq"], r["msg_id"], r["sender_id"], r["sender_name"],
+                            r["text"], r["reply_to"], r["ts"]) for r in rows]
+        assert await component.store.insert(again) == 0
+        assert await component.store.insert(again + again) == 0
+        assert (await history(client, room)).messages == reply.messages
+
+
+# --- lifecycle -------------------------------------------------------------------------
+
+
+async def test_messages_sent_while_stopped_appear_after_restart(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url):
+        before = [await send(js, room, f"a{i}") for i in range(5)]
+        await history(client, room)
+    while_stopped = [await send(js, room, f"b{i}") for i in range(40)]
+    with pytest.raises(ChatError) as info:
+        await call(client, subjects.HISTORY_MESSAGES, HistoryRequest(room=room),
+                   HistoryReply, timeout=0.5)
+    assert info.value.code is ErrorCode.UNAVAILABLE  # nobody answers while stopped
+    async with running(nats_url, db_url):
+        reply = await history(client, room, limit=100)
+        assert [m.seq for m in reply.messages] == before + while_stopped
+        assert chain_ok(reply.messages, 0)
+
+
+async def test_two_instances_share_the_consumer_and_store_each_message_once(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    rooms = [new_room() for _ in range(8)]
+    async with running(nats_url, db_url, batch=50) as one, \
+            running(nats_url, db_url, batch=50) as two:
+        sent: dict[str, list[int]] = {room: [] for room in rooms}
+        for burst in range(20):
+            acks = await asyncio.gather(*(
+                js.publish(subjects.room_subject(room), msgspec.json.encode(ChatRecord(
+                    room=room, msg_id=f"{room}-{burst}-{i}", sender=ANN, text="x",
+                    ts="2025-06-01T12:00:00.000Z")))
+                for i in range(10) for room in rooms))
+            for ack, room in zip(acks, [room for _ in range(10) for room in rooms],
+                                 strict=True):
+                sent[room].append(int(ack.seq))
+            await asyncio.sleep(0.01)
+        for room in rooms:
+            reply = await history(client, room, after=0, limit=500)
+            assert [m.seq for m in reply.messages] == sorted(sent[room])
+            assert chain_ok(reply.messages, 0)
+        total = sum(len(v) for v in sent.values())
+        # Every row was inserted by exactly one of them; redeliveries would show as 0-row
+        # inserts, not as extra rows.
+        assert one.consumer.stored + two.consumer.stored == total == 1600
+        assert one.consumer.stored > 0 and two.consumer.stored > 0
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM history.messages") == 1600
+    finally:
+        await conn.close()
+
+
+async def test_unstorable_payloads_do_not_block_later_messages(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    subject = subjects.room_subject(room)
+    async with running(nats_url, db_url) as component:
+        good1 = await send(js, room, "before")
+        for junk in (b"garbage", b"{}", msgspec.json.encode(ChatRecord(
+                room=room, msg_id="nul", sender=ANN, ts="2025-06-01T12:00:00Z", text="a\x00b")),
+                msgspec.json.encode(ChatRecord(room=room, msg_id="badts", sender=ANN,
+                                               ts="noon"))):
+            await js.publish(subject, junk)
+        good2 = await send(js, room, "after")
+        reply = await history(client, room)  # the ack floor passes the terminated ones
+        assert [(m.seq, m.prev_seq) for m in reply.messages] == [(good1, 0), (good2, good1)]
+        assert component.consumer.rejected == 4
+        good3 = await send(js, room, "later")
+        reply = await history(client, room, after=good2)
+        assert [m.seq for m in reply.messages] == [good3]
+
+
+async def test_reads_answer_unavailable_when_storage_cannot_catch_up(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url, catchup_timeout=0.3) as component:
+        await send(js, room, "stored")
+        assert len((await history(client, room)).messages) == 1
+        await component.consumer.stop()  # storage stalls; the endpoint still answers
+        pending = await send(js, room, "not stored yet")
+        with pytest.raises(ChatError) as info:
+            await history(client, room)
+        assert info.value.code is ErrorCode.UNAVAILABLE
+        # A page entirely below what is stored needs no wait.
+        reply = await history(client, room, before=pending)
+        assert [m.text for m in reply.messages] == ["stored"]
+
+
+async def test_a_row_the_database_refuses_is_isolated_and_terminated(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url):  # creates the schema
+        pass
+    # A real constraint makes PostgreSQL refuse one row of an otherwise good batch.
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("ALTER TABLE history.messages ADD CONSTRAINT no_poison"
+                           " CHECK (text IS DISTINCT FROM 'poison')")
+    finally:
+        await conn.close()
+    # Published while stopped, so the restarted consumer fetches them as one batch.
+    texts = [f"m{i}" for i in range(5)] + ["poison"] + [f"n{i}" for i in range(5)]
+    seqs = [await send(js, room, text) for text in texts]
+    async with running(nats_url, db_url) as component:
+        reply = await history(client, room)
+        assert [m.text for m in reply.messages] == [t for t in texts if t != "poison"]
+        assert reply.messages[5].prev_seq == seqs[4]
+        assert component.consumer.rejected == 1
+        assert component.consumer.stored == 10
