@@ -8,6 +8,7 @@ session with a fresh database per test.
 from __future__ import annotations
 
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,9 +28,12 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with postgres_server(tmp_path_factory.mktemp("pg") / "data") as url:
-        yield url
+def pg_url() -> Iterator[str]:
+    # A private dir, not tmp_path_factory: a concurrent pytest run prunes old
+    # numbered basetemps and would delete a live data dir from under us.
+    with tempfile.TemporaryDirectory(prefix="chat-test-pg-") as tmp:
+        with postgres_server(Path(tmp) / "data") as url:
+            yield url
 
 
 def _with_database(url: str, name: str) -> str:

@@ -165,3 +165,23 @@ async def test_messages_sent_while_history_is_down_are_stored(stack: Stack) -> N
     page = await a.request("history", room=room, limit=50)
     assert [m["msg_id"] for m in page["messages"]] == [x["msg_id"] for x in sent]
     await a.close()
+
+
+async def test_every_gateway_serves_the_page_and_probes(stack: Stack) -> None:
+    async with httpx.AsyncClient() as http:
+        for i in (1, 2):
+            base = stack.gateway(i).url
+            page = await http.get(f"{base}/")
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            assert "/ws" in page.text and "innerHTML" not in page.text
+            assert (await http.get(f"{base}/healthz")).status_code == 200
+            assert (await http.get(f"{base}/readyz")).status_code == 200
+            metrics = (await http.get(f"{base}/metrics")).text
+            for name in ("chat_ws_connections", "chat_ws_messages_in_total",
+                         "chat_ws_messages_out_total", "chat_delivery_latency_seconds",
+                         "chat_nats_connected 1.0"):
+                assert name in metrics, name
+        for name in ("auth", "history", "presence"):
+            svc = stack.services[name]
+            assert (await http.get(f"{svc.url}/readyz")).status_code == 200
+            assert "chat_service_requests_total" in (await http.get(f"{svc.url}/metrics")).text

@@ -123,14 +123,16 @@ def _pair(pair: TokenPair) -> dict[str, Any]:
 async def refresh(gw: Gateway, request: Request) -> Response:
     body = await _body(request, _Refresh)
     reply = await bus.call(gw.nc, subjects.AUTH_REFRESH,
-                           RefreshRequest(refresh_token=body.refresh_token), TokenPair,
-                           _timeout(gw))
+                           RefreshRequest(refresh_token=body.refresh_token,
+                                          remote=_remote(request)),
+                           TokenPair, _timeout(gw))
     return json_response(_pair(reply))
 
 
 async def logout(gw: Gateway, request: Request) -> Response:
     body = await _body(request, _Refresh)
-    await bus.call(gw.nc, subjects.AUTH_LOGOUT, RefreshRequest(refresh_token=body.refresh_token),
+    await bus.call(gw.nc, subjects.AUTH_LOGOUT,
+                   RefreshRequest(refresh_token=body.refresh_token, remote=_remote(request)),
                    Empty, _timeout(gw))
     return Response(status_code=204)
 

@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord, record_to_event
 from chat_contract.events import encode
-from chat_kit import metrics
+from chat_kit import bus, metrics
 from chat_kit.logs import event
 
 from .connection import Connection
@@ -79,7 +79,7 @@ class RoomHub:
             )
             # The server must have the subscription before we read the room's
             # last sequence, or an event published in between would be missed.
-            await self.nc.flush()
+            await bus.sync(self.nc)
         except BaseException:
             del self.rooms[name]
             raise

@@ -12,6 +12,7 @@ it: ``none`` and HMAC can never verify, whatever the token's header says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -98,7 +99,8 @@ class TokenVerifier:
             return self._verify(token)
         except _UnknownKidError:
             if self._refreshing is None and not self._too_soon():
-                self._start_refresh()
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing to do
+                    self._start_refresh()
             raise _unauthorized(UNKNOWN_KID) from None
 
     async def verify_async(self, token: str) -> AccessClaims:
@@ -166,7 +168,7 @@ class TokenVerifier:
         return time.monotonic() - self._last_refresh < interval
 
     def _start_refresh(self) -> asyncio.Task[bool]:
-        """Start a fetch; needs a running loop (every caller is on the gateway's loop)."""
+        """Start a fetch on the running loop (RuntimeError without one)."""
         task = asyncio.get_running_loop().create_task(self._do_refresh())
         self._refreshing = task  # also keeps the task referenced while it runs
         task.add_done_callback(self._refresh_done)

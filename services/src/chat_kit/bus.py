@@ -198,6 +198,18 @@ def endpoint(
     return handle
 
 
+async def sync(nc: NATS) -> None:
+    """Return once the server has every SUB this client sent before the call.
+
+    nats-py 2.16's ``flush()`` writes its PING ahead of commands still in the
+    write buffer, so one PONG can come back before the server saw a new SUB
+    (seen as "no responders" in ~3% of tries). The first flush pushes the
+    buffer out; the second PONG is then ordered behind it.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def start_service(
     nc: NATS, service: str, version: str, endpoints: dict[str, tuple[str, MicroHandler]]
 ) -> Service:
@@ -205,4 +217,5 @@ async def start_service(
     svc = await add_service(nc, ServiceConfig(name=service, version=version, queue_group=service))
     for name, (subject, handler) in endpoints.items():
         await svc.add_endpoint(EndpointConfig(name=name, subject=subject, handler=handler))
+    await sync(nc)  # answering from the moment we return
     return svc

@@ -1,0 +1,76 @@
+"""AuthSettings: everything chat-auth reads from the environment, once, at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chat_contract.claims import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from chat_kit.settings import (
+    CommonSettings,
+    SettingsError,
+    env_bool,
+    env_float,
+    env_int,
+    env_secret,
+    env_str,
+)
+
+KEY_VAR = "CHAT_AUTH_SIGNING_KEY"
+KEY_FILE_VAR = f"{KEY_VAR}_FILE"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    port: int
+    database_url: str = field(repr=False)  # may carry a password
+    # PEM of the Ed25519 private key; empty when it is still to be generated.
+    signing_key_pem: str = field(repr=False)
+    # Where a dev key is generated on first run (only when dev_key is on).
+    signing_key_file: Path | None
+    dev_key: bool
+    issuer: str
+    audience: str
+    access_ttl: int
+    refresh_ttl: int
+    # A used refresh token presented again within this many seconds is taken
+    # for two tabs racing (rejected, nothing revoked); later it is a replay.
+    reuse_grace: float
+    common: CommonSettings
+
+    @classmethod
+    def from_env(cls) -> AuthSettings:
+        dev_key = env_bool("CHAT_AUTH_DEV_KEY", True)
+        pem, key_file = _signing_key(dev_key)
+        return cls(
+            port=env_int("CHAT_AUTH_PORT", 8091, minimum=0),
+            database_url=env_str("CHAT_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/chat"),
+            signing_key_pem=pem,
+            signing_key_file=key_file,
+            dev_key=dev_key,
+            issuer=env_str("CHAT_JWT_ISSUER", DEFAULT_ISSUER),
+            audience=env_str("CHAT_JWT_AUDIENCE", DEFAULT_AUDIENCE),
+            access_ttl=env_int("CHAT_AUTH_ACCESS_TTL", 900, minimum=1),
+            refresh_ttl=env_int("CHAT_AUTH_REFRESH_TTL", 30 * 24 * 3600, minimum=1),
+            reuse_grace=env_float("CHAT_AUTH_REUSE_GRACE", 5.0),
+            common=CommonSettings.from_env(),
+        )
+
+
+def _signing_key(dev_key: bool) -> tuple[str, Path | None]:
+    """``env_secret`` semantics, except that a missing ``_FILE`` may become a dev key."""
+    raw_path = os.environ.get(KEY_FILE_VAR)
+    if raw_path and not Path(raw_path).exists():
+        if not dev_key:
+            raise SettingsError(
+                f"{KEY_FILE_VAR}: {raw_path} does not exist "
+                "(set CHAT_AUTH_DEV_KEY=true to generate a development key there)"
+            )
+        return "", Path(raw_path)
+    pem = env_secret(KEY_VAR)
+    if not pem and not dev_key:
+        raise SettingsError(
+            f"{KEY_VAR} or {KEY_FILE_VAR} is required when CHAT_AUTH_DEV_KEY is off"
+        )
+    return pem, None

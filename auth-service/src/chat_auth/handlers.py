@@ -1,0 +1,127 @@
+"""The five auth operations, as typed handlers (no NATS here; see :mod:`.service`).
+
+Refresh-token reuse: a token is spent when rotated. When a spent token comes
+back *after* the grace period (``CHAT_AUTH_REUSE_GRACE``, default 5 s), either
+the client or a thief holds a copy, and we cannot tell which: we revoke the
+whole family (that login's session), so the thief's successor token dies too
+and the user logs in again (OAuth 2.0 Security BCP, refresh token rotation).
+Within the grace period it is most likely two tabs refreshing at once: the
+loser is refused but nothing is revoked, so the winner's session survives.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from chat_contract.bus import (
+    Credentials,
+    Empty,
+    JwksReply,
+    RefreshRequest,
+    RegisterReply,
+    TokenPair,
+)
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import User
+from chat_kit.logs import audit, event
+
+from .keys import SigningKey
+from .passwords import Passwords
+from .store import AuthStore, NameTakenError
+from .tokens import TokenIssuer, new_family, new_refresh_token, refresh_token_hash
+
+log = logging.getLogger("chat_auth.handlers")
+
+USERNAME = re.compile(r"[A-Za-z0-9_.-]{3,32}")
+PASSWORD_MIN, PASSWORD_MAX = 8, 256
+# One message for every login failure: it must not tell "no such user" apart.
+BAD_CREDENTIALS = "invalid username or password"
+BAD_REFRESH = "invalid or expired refresh token"
+# Spent tokens are kept this long past expiry so late reuse is still recognised.
+KEEP_EXPIRED = 7 * 24 * 3600.0
+
+
+def new_user_id() -> str:
+    # 80 random bits, lowercase hex: safe in URLs, subjects and KV keys.
+    return "u_" + secrets.token_hex(10)
+
+
+def _for_log(value: str) -> str:
+    return value[:64]
+
+
+class AuthHandlers:
+    def __init__(self, store: AuthStore, passwords: Passwords, key: SigningKey,
+                 issuer: TokenIssuer, refresh_ttl: int, reuse_grace: float) -> None:
+        self.store = store
+        self.passwords = passwords
+        self.key = key
+        self.issuer = issuer
+        self.refresh_ttl = refresh_ttl
+        self.reuse_grace = reuse_grace
+
+    async def register(self, req: Credentials) -> RegisterReply:
+        if not USERNAME.fullmatch(req.username):
+            raise ChatError(ErrorCode.BAD_REQUEST,
+                            "username must be 3-32 characters of A-Z a-z 0-9 _ . -")
+        if not PASSWORD_MIN <= len(req.password) <= PASSWORD_MAX:
+            raise ChatError(ErrorCode.BAD_REQUEST,
+                            f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
+        password_hash = await self.passwords.hash(req.password)
+        user = User(id=new_user_id(), name=req.username)
+        try:
+            await self.store.create_user(user.id, user.name, password_hash)
+        except NameTakenError:
+            raise ChatError(ErrorCode.CONFLICT, "username is taken") from None
+        event(log, "user registered", user=user.id, remote=req.remote)
+        return RegisterReply(user=user)
+
+    async def login(self, req: Credentials) -> TokenPair:
+        # Same work whether or not the user exists: one lookup, one argon2 verify.
+        row = await self.store.user_by_name(req.username)
+        ok = await self.passwords.verify(row.password_hash if row else None,
+                                         req.password[:PASSWORD_MAX])
+        if row is None or not ok or len(req.password) > PASSWORD_MAX:
+            audit(log, "login failed", username=_for_log(req.username), remote=req.remote,
+                  reason="unknown user" if row is None else "wrong password")
+            raise ChatError(ErrorCode.UNAUTHORIZED, BAD_CREDENTIALS)
+        if self.passwords.needs_rehash(row.password_hash):
+            await self.store.set_password_hash(row.id, await self.passwords.hash(req.password))
+        refresh, refresh_hash = new_refresh_token()
+        await self.store.add_refresh(refresh_hash, row.id, new_family(), self.refresh_ttl)
+        return self._pair(row.id, row.name, refresh)
+
+    async def refresh(self, req: RefreshRequest) -> TokenPair:
+        old_hash = refresh_token_hash(req.refresh_token)
+        refresh, refresh_hash = new_refresh_token()
+        user = await self.store.rotate_refresh(old_hash, refresh_hash, self.refresh_ttl)
+        if user is None:
+            await self._refused(old_hash, req.remote)
+            raise ChatError(ErrorCode.UNAUTHORIZED, BAD_REFRESH)
+        return self._pair(user[0], user[1], refresh)
+
+    async def logout(self, req: RefreshRequest) -> Empty:
+        # Idempotent: unknown, spent or revoked tokens answer the same.
+        await self.store.revoke_family_of(refresh_token_hash(req.refresh_token))
+        return Empty()
+
+    async def jwks(self, _: Empty) -> JwksReply:
+        return JwksReply(keys=self.key.jwks())
+
+    def _pair(self, user_id: str, name: str, refresh: str) -> TokenPair:
+        return TokenPair(access_token=self.issuer.access_token(user_id, name),
+                         refresh_token=refresh, expires_in=self.issuer.access_ttl)
+
+    async def _refused(self, token_hash: bytes, remote: str | None) -> None:
+        """Why a refresh was refused; a replay past the grace period revokes the family."""
+        spent = await self.store.spent_token(token_hash)
+        if spent is None or spent.revoked or spent.expired or spent.used_ago is None:
+            return
+        if spent.used_ago < self.reuse_grace:
+            event(log, "concurrent refresh refused", user=spent.user_id, remote=remote)
+            return
+        revoked = await self.store.revoke_family(spent.family)
+        audit(log, "refresh token reuse: session revoked", user=spent.user_id, remote=remote,
+              used_ago=round(spent.used_ago, 1), revoked=revoked)

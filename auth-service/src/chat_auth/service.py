@@ -1,0 +1,112 @@
+"""The auth Component: database, key and the ``auth`` micro service on NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from nats.micro.service import Service
+from starlette.routing import BaseRoute
+
+from chat_contract import subjects
+from chat_contract.bus import Credentials, Empty, RefreshRequest
+from chat_kit.bus import endpoint, start_service
+from chat_kit.db import create_pool, migrate
+from chat_kit.logs import event
+from chat_kit.runtime import Runtime
+
+from .config import AuthSettings
+from .handlers import KEEP_EXPIRED, AuthHandlers
+from .keys import load_signing_key
+from .passwords import Passwords
+from .store import SCHEMA, AuthStore
+from .tokens import TokenIssuer
+
+log = logging.getLogger("chat_auth.service")
+
+SERVICE = "auth"
+VERSION = "0.1.0"
+DB_CHECK_INTERVAL = 5.0
+DB_CHECK_TIMEOUT = 2.0
+CLEANUP_INTERVAL = 3600.0
+
+
+class AuthService:
+    def __init__(self, settings: AuthSettings, passwords: Passwords | None = None) -> None:
+        self.settings = settings
+        self.passwords = passwords or Passwords()
+        self.handlers: AuthHandlers | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._service: Service | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._db_ok = False
+
+    def routes(self) -> list[BaseRoute]:
+        return []  # only the kit's /healthz /readyz /metrics
+
+    async def start(self, rt: Runtime) -> None:
+        s = self.settings
+        key = load_signing_key(s)
+        self._pool = await create_pool(s.database_url, stop=rt.stopping)
+        await migrate(self._pool, SCHEMA, "chat_auth")
+        self._db_ok = True
+        rt.checks.append(lambda: self._db_ok)
+        await self.passwords.warm_up()
+        h = self.handlers = AuthHandlers(
+            AuthStore(self._pool), self.passwords, key,
+            TokenIssuer(key, s.issuer, s.audience, s.access_ttl), s.refresh_ttl, s.reuse_grace)
+        self._watch = asyncio.create_task(self._watch_db(h.store))
+        # endpoint() runs requests concurrently (a login waits ~50 ms on argon2);
+        # the hashing pool and the DB pool bound the real work.
+        self._service = await start_service(rt.nc, SERVICE, VERSION, {
+            "register": (subjects.AUTH_REGISTER,
+                         endpoint(SERVICE, "register", Credentials, h.register)),
+            "login": (subjects.AUTH_LOGIN, endpoint(SERVICE, "login", Credentials, h.login)),
+            "refresh": (subjects.AUTH_REFRESH,
+                        endpoint(SERVICE, "refresh", RefreshRequest, h.refresh)),
+            "logout": (subjects.AUTH_LOGOUT,
+                       endpoint(SERVICE, "logout", RefreshRequest, h.logout)),
+            "jwks": (subjects.AUTH_JWKS, endpoint(SERVICE, "jwks", Empty, h.jwks)),
+        })
+        event(log, "auth service started", kid=key.kid, issuer=s.issuer, audience=s.audience)
+
+    async def stop(self) -> None:
+        """Stop taking requests, then close the pool (which waits for queries in flight)."""
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        self._db_ok = False
+        self.passwords.close()
+
+    async def _watch_db(self, store: AuthStore) -> None:
+        """Readiness follows the database; expired refresh tokens are swept hourly."""
+        loop = asyncio.get_running_loop()
+        next_cleanup = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(DB_CHECK_TIMEOUT):
+                    await store.ping()
+                if not self._db_ok:
+                    event(log, "database reachable again")
+                self._db_ok = True
+                if loop.time() >= next_cleanup:
+                    next_cleanup = loop.time() + CLEANUP_INTERVAL
+                    deleted = await store.delete_expired(KEEP_EXPIRED)
+                    if deleted:
+                        event(log, "expired refresh tokens deleted", count=deleted)
+            except (OSError, TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                if self._db_ok:
+                    event(log, "database unreachable", logging.WARNING, error=repr(exc))
+                self._db_ok = False
+            await asyncio.sleep(DB_CHECK_INTERVAL)
