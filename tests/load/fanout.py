@@ -9,8 +9,9 @@ of every server process per delivery over the measured window.
 
     .venv/bin/python tests/load/fanout.py --rooms 50 --members 10 --rate 3000 --duration 20
 
-``--profile`` also samples gateway-1 with py-spy during the window and
-prints where its CPU goes.
+``--profile gateway-1`` (repeatable) also samples that process with py-spy
+during the window and prints where its CPU goes (sampling costs some CPU:
+quote CPU figures from runs without it).
 """
 
 from __future__ import annotations
@@ -160,15 +161,15 @@ async def run(
     await asyncio.sleep(2.0)
 
     procs = server_processes(stack, nats_pid, pg_pid)
-    profile = None
-    if args.profile:
-        gw_pid = stack.gateway(1).proc.pid  # type: ignore[union-attr]
-        out = Path(tempfile.mkdtemp()) / "gw1.txt"
-        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw_pid),
+    profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for name in args.profile:
+        pid = stack.services[name].proc.pid  # type: ignore[union-attr]
+        out = Path(tempfile.mkdtemp()) / f"{name}.txt"
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
                 "-d", str(int(max(1, args.duration - 2))), "-f", "raw", "-o", str(out),
-                "-r", "200"]
+                "-r", "100"]
         # py-spy runs beside us for the window; its exit is awaited off the loop.
-        profile = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
+        profiles[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
 
     loop = asyncio.get_running_loop()
     tick = 0.01
@@ -202,8 +203,8 @@ async def run(
     window_deliveries = rec.window_deliveries
     await asyncio.sleep(3.0)  # let in-flight deliveries land before counting losses
 
-    if profile is not None:
-        await asyncio.to_thread(profile[0].wait, 60)
+    for proc, _ in profiles.values():
+        await asyncio.to_thread(proc.wait, 60)
 
     expected = sum(rec.sent_per_room[m.room] for m in members)
     unique = sum(len(m.seen) for m in members)
@@ -228,8 +229,8 @@ async def run(
         },
         "errors": dict(rec.errors.most_common(5)),
     }
-    if profile is not None:
-        result["profile_gateway_1"] = summarize_profile(profile[1])
+    for name, (_, out) in profiles.items():
+        result[f"profile_{name}"] = summarize_profile(out)
     for member in members:
         if member.client is not None:
             member.client.close()
@@ -258,7 +259,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--rate", type=float, default=3000, help="total sends per second")
     ap.add_argument("--duration", type=float, default=20)
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", action="append", default=[], metavar="PROCESS",
+                    help="sample this process (gateway-1, history, ...) with py-spy; repeatable")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 

@@ -41,6 +41,31 @@ Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
 
 
+class Client(NATS):
+    """nats-py's client with a cheaper header parser.
+
+    Every republished chat event carries ~6 headers, parsed once per gateway;
+    the stock parser checks each name with a per-character generator, which
+    showed as ~8% of a gateway's CPU under load. Same rules, fewer steps.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if len(key.split()) != 1:  # empty, or white space inside the name
+                continue
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NATS:
     """Connect, retrying with capped backoff until NATS answers (or ``stop`` is set).
 
@@ -50,11 +75,12 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
     delay = 0.1
     while True:
         try:
-            nc = await nats.connect(
+            nc = Client()
+            await nc.connect(
                 url,
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=1,
                 ping_interval=10,
                 error_cb=_on_error,
                 disconnected_cb=_on_disconnected,
@@ -84,6 +110,36 @@ async def _on_disconnected() -> None:
 async def _on_reconnected() -> None:
     metrics.NATS_CONNECTED.set(1)
     event(log, "nats reconnected")
+
+
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_puback = msgspec.json.Decoder(PubAck)
+
+
+async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float,
+                          headers: dict[str, str] | None = None) -> PubAck:
+    """Publish to JetStream and wait until it is stored; the ack, decoded once.
+
+    What ``JetStreamContext.publish`` does, minus its std-json decode and
+    dataclass building per message. No stream → ``unavailable``.
+    """
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+    except NoRespondersError:
+        raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable") from None
+    except (TimeoutError, NatsTimeoutError):
+        raise ChatError(ErrorCode.UNAVAILABLE, "message store timed out") from None
+    ack = _puback.decode(msg.data)
+    if ack.error is not None or ack.seq <= 0:
+        event(log, "publish refused", logging.ERROR, subject=subject, error=ack.error)
+        raise ChatError(ErrorCode.UNAVAILABLE, "message store refused the message")
+    return ack
 
 
 def chat_stream_config(replicas: int = 1, max_age_s: float = 0.0) -> StreamConfig:
