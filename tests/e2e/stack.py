@@ -98,3 +98,6 @@ class Stack:
 
     async def astop(self, name: str) -> None:
         await asyncio.to_thread(self.services[name].stop)
+
+    async def akill(self, name: str) -> None:
+        await asyncio.to_thread(self.services[name].kill)
