@@ -1,0 +1,91 @@
+"""The gateway repairs gaps in the live feed from the stream (real NATS).
+
+Core NATS may drop a republished event; the next event's prev_seq then points
+past the last one relayed, and the hub must fetch the missing ones from the
+CHAT stream and relay them first, in order, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import msgspec
+import nats
+import pytest
+
+from chat_contract import subjects
+from chat_contract.bus import ChatRecord
+from chat_contract.events import User
+from chat_gateway.rooms import RoomHub
+from chat_kit import bus
+
+pytestmark = pytest.mark.integration
+
+
+class FakeConn:
+    """Stands in for a socket: records the frames the hub writes to it."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def events(self) -> list[dict[str, object]]:
+        # unmasked server frames here are < 64 KiB: a 2- or 4-byte header
+        return [json.loads(f[4:] if f[1] == 126 else f[2:]) for f in self.frames]
+
+
+async def _publish(nc: nats.NATS, room: str, n: int) -> list[int]:
+    seqs = []
+    for i in range(n):
+        record = ChatRecord(room=room, msg_id=f"m{i}", sender=User(id="u_1", name="a"),
+                            ts="2026-01-01T00:00:00.000Z", text=f"t{i}")
+        ack = await bus.publish_durable(nc, subjects.room_subject(room),
+                                        msgspec.json.encode(record), 2.0)
+        seqs.append(ack.seq)
+    return seqs
+
+
+async def _until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await bus.ensure_chat_stream(js)
+    other = await _publish(nc, "other", 2)  # another room's seqs interleave in the stream
+    hub = RoomHub(nc, js)
+    room = await hub.open("r1")
+    baseline = await hub.last_seq(room)
+    conn = FakeConn()
+    hub.attach(conn, room, baseline)  # type: ignore[arg-type]
+
+    first = await _publish(nc, "r1", 1)
+    await _until(lambda: len(conn.frames) == 1)
+    # Lose the next two live events: no subscription while they are republished.
+    assert room.sub is not None
+    callback = room.sub._cb
+    await room.sub.unsubscribe()
+    lost = await _publish(nc, "r1", 2)
+    await _publish(nc, "other", 1)
+    room.sub = await nc.subscribe(subjects.live_subject("r1"), cb=callback)
+    await bus.sync(nc)
+    after = await _publish(nc, "r1", 1)
+    await _until(lambda: len(conn.frames) == 4)
+    await asyncio.sleep(0.2)  # and nothing more arrives
+
+    events = conn.events()
+    assert [e["seq"] for e in events] == first + lost + after
+    assert [e["prev_seq"] for e in events] == [0, first[0], lost[0], lost[1]]
+    assert all(e["type"] == "message" and e["room"] == "r1" for e in events)
+    assert other[0] < first[0]
+    await hub.close_all()
+    await nc.drain()
