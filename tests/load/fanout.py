@@ -177,6 +177,8 @@ async def run(
     sent = 0
     start = loop.time()
     cpu0 = cpu_seconds(procs)
+    me = psutil.Process()
+    client0 = sum(me.cpu_times()[:2])
     t0 = time.monotonic()
     rec.measuring = True
     carry = 0.0
@@ -200,6 +202,7 @@ async def run(
     rec.measuring = False
     t1 = time.monotonic()
     cpu1 = cpu_seconds(procs)
+    client_cpu = sum(me.cpu_times()[:2]) - client0
     window_deliveries = rec.window_deliveries
     await asyncio.sleep(3.0)  # let in-flight deliveries land before counting losses
 
@@ -223,6 +226,9 @@ async def run(
                        "p99": round(q[98] * 1e3, 2),
                        "max": round(lat[-1] * 1e3, 2) if lat else None},
         "cpu_s": {k: round(v, 2) for k, v in sorted(cpu.items())},
+        # The load generator shares the 2 cores: its share explains queueing latency.
+        "client_cpu_s": round(client_cpu, 2),
+        "window_s": round(t1 - t0, 2),
         "cpu_us_per_delivery": round(total_cpu / max(1, window_deliveries) * 1e6, 1),
         "cpu_us_per_delivery_by_process": {
             k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())
