@@ -38,6 +38,11 @@ class AuthSettings:
     # for two tabs racing (rejected, nothing revoked); later it is a replay.
     reuse_grace: float
     common: CommonSettings
+    # Login throttling (chat_auth.throttle): failures per username / per
+    # address within the window; 0 turns a limit off.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_window: float = 300.0
 
     @classmethod
     def from_env(cls) -> AuthSettings:
@@ -55,6 +60,10 @@ class AuthSettings:
             refresh_ttl=env_int("CHAT_AUTH_REFRESH_TTL", 30 * 24 * 3600, minimum=1),
             reuse_grace=env_float("CHAT_AUTH_REUSE_GRACE", 5.0),
             common=CommonSettings.from_env(),
+            login_max_failures=env_int("CHAT_AUTH_LOGIN_MAX_FAILURES", 5, minimum=0),
+            login_max_failures_per_address=env_int("CHAT_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS",
+                                                   50, minimum=0),
+            login_window=env_float("CHAT_AUTH_LOGIN_WINDOW", 300.0, minimum=1.0),
         )
 
 

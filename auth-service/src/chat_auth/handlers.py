@@ -30,6 +30,7 @@ from chat_kit.logs import audit, event
 from .keys import SigningKey
 from .passwords import Passwords
 from .store import AuthStore, NameTakenError
+from .throttle import LoginThrottle
 from .tokens import TokenIssuer, new_family, new_refresh_token, refresh_token_hash
 
 log = logging.getLogger("chat_auth.handlers")
@@ -54,13 +55,15 @@ def _for_log(value: str) -> str:
 
 class AuthHandlers:
     def __init__(self, store: AuthStore, passwords: Passwords, key: SigningKey,
-                 issuer: TokenIssuer, refresh_ttl: int, reuse_grace: float) -> None:
+                 issuer: TokenIssuer, refresh_ttl: int, reuse_grace: float,
+                 throttle: LoginThrottle | None = None) -> None:
         self.store = store
         self.passwords = passwords
         self.key = key
         self.issuer = issuer
         self.refresh_ttl = refresh_ttl
         self.reuse_grace = reuse_grace
+        self.throttle = throttle
 
     async def register(self, req: Credentials) -> RegisterReply:
         if not USERNAME.fullmatch(req.username):
@@ -79,6 +82,12 @@ class AuthHandlers:
         return RegisterReply(user=user)
 
     async def login(self, req: Credentials) -> TokenPair:
+        if self.throttle is not None:
+            try:
+                self.throttle.check(req.username, req.remote)
+            except ChatError:
+                audit(log, "login throttled", username=_for_log(req.username), remote=req.remote)
+                raise
         # Same work whether or not the user exists: one lookup, one argon2 verify.
         row = await self.store.user_by_name(req.username)
         ok = await self.passwords.verify(row.password_hash if row else None,
@@ -86,6 +95,8 @@ class AuthHandlers:
         if row is None or not ok or len(req.password) > PASSWORD_MAX:
             audit(log, "login failed", username=_for_log(req.username), remote=req.remote,
                   reason="unknown user" if row is None else "wrong password")
+            if self.throttle is not None:
+                self.throttle.failed(req.username, req.remote)
             raise ChatError(ErrorCode.UNAUTHORIZED, BAD_CREDENTIALS)
         if self.passwords.needs_rehash(row.password_hash):
             await self.store.set_password_hash(row.id, await self.passwords.hash(req.password))

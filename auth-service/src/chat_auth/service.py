@@ -22,6 +22,7 @@ from .handlers import KEEP_EXPIRED, AuthHandlers
 from .keys import load_signing_key
 from .passwords import Passwords
 from .store import SCHEMA, AuthStore
+from .throttle import LoginThrottle
 from .tokens import TokenIssuer
 
 log = logging.getLogger("chat_auth.service")
@@ -56,7 +57,8 @@ class AuthService:
         await self.passwords.warm_up()
         h = self.handlers = AuthHandlers(
             AuthStore(self._pool), self.passwords, key,
-            TokenIssuer(key, s.issuer, s.audience, s.access_ttl), s.refresh_ttl, s.reuse_grace)
+            TokenIssuer(key, s.issuer, s.audience, s.access_ttl), s.refresh_ttl, s.reuse_grace,
+            LoginThrottle(s.login_max_failures, s.login_max_failures_per_address, s.login_window))
         self._watch = asyncio.create_task(self._watch_db(h.store))
         # endpoint() runs requests concurrently (a login waits ~50 ms on argon2);
         # the hashing pool and the DB pool bound the real work.

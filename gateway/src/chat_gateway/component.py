@@ -31,7 +31,9 @@ from chat_kit.runtime import Runtime
 from . import endpoint, rest
 from .config import GatewaySettings
 from .connection import Connection
+from .presence import PresenceHub
 from .rooms import RoomHub
+from .sessions import SessionRegistry
 from .tokens import TokenVerifier
 
 log = logging.getLogger("chat_gateway")
@@ -47,7 +49,9 @@ class Gateway:
         self.draining = False
         self._rt: Runtime | None = None
         self._hub: RoomHub | None = None
+        self._presence: PresenceHub | None = None
         self._verifier: TokenVerifier | None = None
+        self._sessions: SessionRegistry | None = None
 
     # Set in start(); properties keep the handlers free of Optional checks.
     @property
@@ -65,6 +69,16 @@ class Gateway:
         return self._hub
 
     @property
+    def sessions(self) -> SessionRegistry:
+        assert self._sessions is not None
+        return self._sessions
+
+    @property
+    def presence(self) -> PresenceHub:
+        assert self._presence is not None
+        return self._presence
+
+    @property
     def verifier(self) -> TokenVerifier:
         assert self._verifier is not None
         return self._verifier
@@ -79,13 +93,24 @@ class Gateway:
         js = rt.nc.jetstream(timeout=self.settings.common.request_timeout)
         await bus.ensure_chat_stream(js, self.settings.common.stream_replicas)
         self._hub = RoomHub(rt.nc, js)
+        self._presence = PresenceHub(rt.nc, js, self.settings.node_id,
+                                     self.settings.common.request_timeout)
+        await self._presence.start()
         self._verifier = TokenVerifier(self.settings.jwt_issuer, self.settings.jwt_audience,
                                        self._fetch_jwks)
         await self._verifier.start()
+        s = self.settings
+        self._sessions = SessionRegistry(rt.nc, js, s.node_id, s.max_connections_per_user,
+                                         s.session_ttl, s.common.request_timeout)
+        await self._sessions.start()
         event(log, "gateway ready", node=self.settings.node_id)
 
     async def stop(self) -> None:
         self.draining = True
+        if self._presence is not None:
+            # Before the sockets close: their presence entries are left to
+            # expire, so clients that reconnect elsewhere do not flap.
+            self._presence.draining = True
         try:
             await asyncio.wait_for(
                 endpoint.close_all(self, CloseCode.SERVICE_RESTART, "service restart"),
@@ -93,8 +118,12 @@ class Gateway:
         except TimeoutError:
             event(log, "drain timed out; remaining sockets drop with the process",
                   logging.WARNING, left=len(self.connections))
+        if self._sessions is not None:
+            await self._sessions.close()
         if self._hub is not None:
             await self._hub.close_all()
+        if self._presence is not None:
+            await self._presence.stop()
 
     def routes(self) -> list[BaseRoute]:
         async def ws(websocket: WebSocket) -> None:

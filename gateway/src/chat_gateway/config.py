@@ -32,6 +32,12 @@ class GatewaySettings:
     outbound_buffer_bytes: int
     create_rooms_on_join: bool
     drain_timeout: float
+    # Hardening (README "Limits"): abuse → 1008, per-user connection cap → 4409.
+    abuse_strikes: int = 30
+    abuse_window: float = 10.0
+    max_connections_per_user: int = 10
+    session_ttl: float = 30.0
+    room_member_cap: int = 0
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
@@ -52,4 +58,10 @@ class GatewaySettings:
             outbound_buffer_bytes=env_int("CHAT_GATEWAY_OUTBOUND_BUFFER", 1 << 20, minimum=1024),
             create_rooms_on_join=env_bool("CHAT_GATEWAY_CREATE_ROOMS", True),
             drain_timeout=env_float("CHAT_GATEWAY_DRAIN_TIMEOUT", 5.0, minimum=0.0),
+            abuse_strikes=env_int("CHAT_GATEWAY_ABUSE_STRIKES", 30, minimum=0),
+            abuse_window=env_float("CHAT_GATEWAY_ABUSE_WINDOW", 10.0, minimum=0.1),
+            max_connections_per_user=env_int("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", 10,
+                                             minimum=0),
+            session_ttl=env_float("CHAT_GATEWAY_SESSION_TTL", 30.0, minimum=3.0),
+            room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
         )

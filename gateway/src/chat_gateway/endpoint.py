@@ -25,7 +25,7 @@ from chat_kit.logs import audit, event
 
 from . import handlers
 from .connection import Connection
-from .limits import TokenBucket
+from .limits import StrikeCounter, TokenBucket
 
 if TYPE_CHECKING:
     from .component import Gateway
@@ -98,14 +98,17 @@ async def ws_endpoint(gw: Gateway, ws: WebSocket) -> None:
     try:
         conn.send(encode(Welcome(session=conn.session, user=conn.user, node=s.node_id,
                                  heartbeat=s.heartbeat)))
+        gw.sessions.opened_conn(conn)
         await _read_loop(gw, conn)
     finally:
         expiry.cancel()
+        gw.sessions.closed_conn(conn)
         gw.connections.discard(conn)
         metrics.WS_CONNECTIONS.dec()
         conn.stop_writer()
         for room in list(conn.rooms):
             await gw.hub.detach(conn, room)
+            await gw.presence.leave(conn, room)
         conn.rooms.clear()
 
 
@@ -121,6 +124,7 @@ async def _expire(conn: Connection) -> None:
 
 async def _read_loop(gw: Gateway, conn: Connection) -> None:
     ws = conn.ws
+    strikes = StrikeCounter(gw.settings.abuse_strikes, gw.settings.abuse_window)
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
@@ -129,6 +133,8 @@ async def _read_loop(gw: Gateway, conn: Connection) -> None:
         data = message.get("text")
         if data is None:
             conn.send(encode(Error(code="bad_request", message="binary frames are not accepted")))
+            if await _struck(gw, conn, strikes, "binary frame"):
+                return
             continue
         request_id: str | None = None
         try:
@@ -141,6 +147,11 @@ async def _read_loop(gw: Gateway, conn: Connection) -> None:
             if exc.code == ErrorCode.FORBIDDEN:
                 audit(log, "forbidden", user=conn.user.id, reason=exc.message)
             conn.send(encode(Error(code=exc.code.value, message=exc.message, id=request_id)))
+            if exc.code in _STRIKES:
+                if exc.code == ErrorCode.RATE_LIMITED:
+                    metrics.WS_DROPPED.labels("rate_limited").inc()
+                if await _struck(gw, conn, strikes, exc.code.value):
+                    return
             continue
         except Exception:
             log.exception("frame handler failed", extra={"fields": {"session": conn.session}})
@@ -150,6 +161,20 @@ async def _read_loop(gw: Gateway, conn: Connection) -> None:
             conn.send(encode_ack(request_id, result))
         if conn.closed:
             return
+
+
+_STRIKES = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.RATE_LIMITED, ErrorCode.TOO_LARGE})
+
+
+async def _struck(gw: Gateway, conn: Connection, strikes: StrikeCounter, why: str) -> bool:
+    """Count a refused frame; past the abuse limit close with 1008 (README "Limits")."""
+    if not strikes.strike():
+        return False
+    metrics.WS_DROPPED.labels("abuse").inc()
+    audit(log, "abusive connection closed", user=conn.user.id, session=conn.session,
+          remote=conn.remote, last=why, strikes=strikes.limit, window=strikes.window)
+    await conn.close(CloseCode.POLICY, "too many bad or rate-limited frames")
+    return True
 
 
 async def close_all(gw: Gateway, code: int, reason: str) -> None:

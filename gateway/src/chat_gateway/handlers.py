@@ -62,13 +62,14 @@ async def handle(gw: Gateway, conn: Connection, frame: frames.ClientFrame) -> Re
         case frames.Auth():
             return await reauth(gw, conn, frame)
         case frames.Presence():
-            return presence(conn, frame)
+            return await presence(gw, conn, frame)
         case frames.Ping():
             conn.send(encode(Pong()))
             return None
         case frames.Typing():
             _require_joined(conn, frame.room)
-            return None  # relayed once presence-service lands (issue 4)
+            await gw.presence.typing(conn, frame.room, frame.state)
+            return None
         case frames.Edit() | frames.Delete() | frames.Read():
             kind = type(frame).__name__.lower()
             raise ChatError(ErrorCode.BAD_REQUEST, f"{kind} is not supported yet")
@@ -103,6 +104,8 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
 async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
     if frame.room not in conn.rooms and len(conn.rooms) >= gw.settings.max_rooms:
         raise ChatError(ErrorCode.FORBIDDEN, f"at most {gw.settings.max_rooms} joined rooms")
+    if gw.settings.room_member_cap and frame.room not in conn.rooms:
+        await _check_room_cap(gw, conn, frame.room)
     room = await gw.hub.open(frame.room)
     try:
         last_seq = await gw.hub.last_seq(room)
@@ -125,16 +128,31 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
         raise
     conn.rooms.add(frame.room)
     gw.hub.attach(conn, room, floor)
-    result: dict[str, Any] = {"room": frame.room, "members": [], "last_seq": last_seq,
+    members = await gw.presence.join(conn, frame.room)
+    result: dict[str, Any] = {"room": frame.room, "members": members, "last_seq": last_seq,
                               "missed": missed}
     if truncated:
         result["missed_truncated"] = True
     return result
 
 
+async def _check_room_cap(gw: Gateway, conn: Connection, room: str) -> None:
+    """At most ``room_member_cap`` users in the room at once (the user's other
+    tabs do not count twice). Counted from presence, so two joins racing on
+    two gateways may overshoot by one; presence down → not enforced."""
+    try:
+        members = await gw.presence.members(room)
+    except ChatError:
+        return
+    cap = gw.settings.room_member_cap
+    if len(members) >= cap and all(m.id != conn.user.id for m in members):
+        raise ChatError(ErrorCode.FORBIDDEN, f"room {room} is full ({cap} members)")
+
+
 async def leave(gw: Gateway, conn: Connection, frame: frames.Leave) -> Result:
     conn.rooms.discard(frame.room)
     await gw.hub.detach(conn, frame.room)
+    await gw.presence.leave(conn, frame.room)
     return {}
 
 
@@ -154,9 +172,9 @@ async def reauth(gw: Gateway, conn: Connection, frame: frames.Auth) -> Result:
     return {}
 
 
-def presence(conn: Connection, frame: frames.Presence) -> Result:
+async def presence(gw: Gateway, conn: Connection, frame: frames.Presence) -> Result:
     _require_joined(conn, frame.room)
-    return {"members": []}  # filled by presence-service (issue 4)
+    return {"members": await gw.presence.members(frame.room)}
 
 
 def token_seconds_left(conn: Connection) -> float:

@@ -27,3 +27,32 @@ class TokenBucket:
 
     def retry_after(self) -> float:
         return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+class StrikeCounter:
+    """Repeated abuse: more than ``limit`` strikes within ``window`` seconds.
+
+    A strike is a frame the server refused as the client's fault: malformed or
+    invalid (``bad_request``), over a limit (``rate_limited``, ``too_large``),
+    or sent before authenticating. One mistake costs nothing; a client that
+    keeps hammering is closed with 1008. ``limit`` 0 turns it off.
+    """
+
+    __slots__ = ("limit", "window", "stamps")
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.stamps: list[float] = []
+
+    def strike(self, now: float | None = None) -> bool:
+        """Count one strike; True once the limit is exceeded."""
+        if self.limit <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        stamps = self.stamps
+        stamps.append(now)
+        cutoff = now - self.window
+        if stamps[0] < cutoff:
+            self.stamps = stamps = [t for t in stamps if t >= cutoff]
+        return len(stamps) > self.limit

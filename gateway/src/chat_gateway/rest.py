@@ -6,6 +6,7 @@ HTTP out. Errors use ``{"error":{"code","message"}}`` and §8's statuses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,8 @@ def error_response(exc: ChatError) -> Response:
     response = json_response({"error": {"code": exc.code.value, "message": exc.message}},
                              exc.http_status)
     if exc.code == ErrorCode.RATE_LIMITED:
-        response.headers["Retry-After"] = "1"
+        retry = exc.retry_after if exc.retry_after is not None else 1.0
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry)))
     return response
 
 

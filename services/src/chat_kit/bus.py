@@ -36,6 +36,7 @@ log = logging.getLogger("chat_kit.bus")
 
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+RETRY_AFTER_HEADER = "Chat-Retry-After"  # seconds, on ``rate_limited`` errors
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
@@ -99,6 +100,12 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
 
 
 async def _on_error(exc: Exception) -> None:
+    if isinstance(exc, nats.errors.SlowConsumerError):
+        # nats-py dropped a message because a subscription's pending limit
+        # overflowed; gateways repair the gap from the stream. Counted, and
+        # not logged per message.
+        metrics.WS_DROPPED.labels("nats_slow_consumer").inc()
+        return
     event(log, "nats error", logging.WARNING, error=repr(exc))
 
 
@@ -128,7 +135,13 @@ async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float
 
     What ``JetStreamContext.publish`` does, minus its std-json decode and
     dataclass building per message. No stream → ``unavailable``.
+
+    While NATS is unreachable it answers ``unavailable`` at once instead of
+    letting nats-py buffer the publish and replay it after the reconnect (a
+    message the client was told failed would then be stored after all).
     """
+    if not nc.is_connected:
+        raise ChatError(ErrorCode.UNAVAILABLE, "message bus unavailable")
     try:
         msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except NoRespondersError:
@@ -182,7 +195,10 @@ async def call(
 
     No responder or no answer in time → ``unavailable`` (the gateway maps it
     to 503), a service error → its own code, a garbled reply → ``internal``.
+    NATS unreachable → ``unavailable`` at once (no replay after reconnect).
     """
+    if not nc.is_connected:
+        raise ChatError(ErrorCode.UNAVAILABLE, "message bus unavailable")
     try:
         msg = await nc.request(subject, msgspec.json.encode(request), timeout=timeout)
     except NoRespondersError:
@@ -192,7 +208,12 @@ async def call(
     headers = msg.headers or {}
     code = headers.get(ERROR_CODE_HEADER)
     if code is not None:
-        raise ChatError(code, headers.get(ERROR_HEADER, code))
+        retry = headers.get(RETRY_AFTER_HEADER)
+        try:
+            retry_after = float(retry) if retry else None
+        except ValueError:
+            retry_after = None
+        raise ChatError(code, headers.get(ERROR_HEADER, code), retry_after)
     try:
         return msgspec.json.decode(msg.data, type=reply_type)
     except msgspec.DecodeError as exc:
@@ -242,7 +263,9 @@ def endpoint(
             await req.respond(msgspec.json.encode(reply))
         except ChatError as exc:
             outcome = exc.code.value
-            await req.respond_error(exc.code.value, exc.message)
+            extra = ({RETRY_AFTER_HEADER: f"{exc.retry_after:.0f}"}
+                     if exc.retry_after is not None else None)
+            await req.respond_error(exc.code.value, exc.message, headers=extra)
         except Exception:
             outcome = "internal"
             log.exception("endpoint failed", extra={"fields": {"endpoint": name}})

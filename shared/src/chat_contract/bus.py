@@ -110,6 +110,9 @@ class HistoryReply(_Payload):
 
 class MembersRequest(_Payload):
     room: str
+    # KV revision the answer must reflect (a gateway's own presence put), so a
+    # join ack always lists the joiner; 0 = whatever the service knows now.
+    min_rev: int = 0
     v: int = VERSION
 
 
@@ -118,5 +121,63 @@ class MembersReply(_Payload):
     v: int = VERSION
 
 
+class PresenceEntry(_Payload):
+    """Value of one live key ``<room>.<user>.<session>`` in the PRESENCE bucket.
+
+    A gateway puts it when a connection joins a room and re-puts it on its
+    heartbeat; the bucket's TTL removes it when a gateway dies.
+    """
+
+    user: User
+    node: str
+    v: int = VERSION
+
+
+class PresenceNotice(_Payload, tag_field="op", tag="presence"):
+    """On ``presence.<room>``, from presence-service: a user came or went."""
+
+    room: str
+    event: Literal["join", "leave"]
+    user: User
+    ts: str
+    v: int = VERSION
+
+
+class TypingNotice(_Payload, tag_field="op", tag="typing"):
+    """On ``presence.<room>``, from the typist's gateway (coalesced).
+
+    ``age_ms``: how long ago the client sent the ``start`` this notice
+    carries (a delayed, coalesced refresh), so receivers expire it on time.
+    """
+
+    room: str
+    user: User
+    state: Literal["start", "stop"]
+    age_ms: int = 0
+    v: int = VERSION
+
+
+RoomSignal = PresenceNotice | TypingNotice
+
+
 def encode(payload: msgspec.Struct) -> bytes:
     return msgspec.json.encode(payload)
+
+
+class SessionEntry(_Payload):
+    """One live connection in the sessions bucket (key ``<user>.<session>``)."""
+
+    user: str
+    session: str
+    node: str
+    opened_ms: int
+    v: int = VERSION
+
+
+class SessionKick(_Payload):
+    """Asks whichever gateway holds ``session`` to close it with 4409."""
+
+    user: str
+    session: str
+    reason: str = "too many sessions"
+    v: int = VERSION

@@ -54,10 +54,13 @@ class CloseCode(IntEnum):
 class ChatError(Exception):
     """A failure the client may see: its ``code`` is one of :class:`ErrorCode`."""
 
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
+    def __init__(self, code: ErrorCode | str, message: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
         self.message = message
+        # Seconds until a retry may succeed (``rate_limited``): HTTP ``Retry-After``.
+        self.retry_after = retry_after
 
     @property
     def http_status(self) -> int:

@@ -106,6 +106,8 @@ def decode_frame(data: bytes | str) -> ClientFrame:
         raise ChatError(ErrorCode.BAD_REQUEST, str(exc)) from None
     except msgspec.DecodeError:
         raise ChatError(ErrorCode.BAD_REQUEST, "malformed JSON") from None
+    except RecursionError:  # msgspec's bound on nesting depth
+        raise ChatError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
     if isinstance(frame, _ROOM_FRAMES) and not frame.room:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing room")
     return frame
@@ -119,7 +121,7 @@ def request_id_of(data: bytes | str) -> str | None:
     """
     try:
         rid = _id_decoder.decode(data).id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     return rid if isinstance(rid, str) and len(rid) <= 64 else None
 

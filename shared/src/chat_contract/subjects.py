@@ -29,6 +29,22 @@ AUTH_JWKS = "svc.auth.jwks"
 HISTORY_MESSAGES = "svc.history.messages"
 PRESENCE_MEMBERS = "svc.presence.members"
 
+# JetStream KV buckets of presence-service (presence-service/README.md).
+# Live entries, one key per (room, user, connection), expiring by the bucket TTL.
+PRESENCE_BUCKET = "PRESENCE"
+# What has been announced: one key per (room, user) present; no TTL.
+PRESENCE_ANNOUNCED_BUCKET = "PRESENCE_ANNOUNCED"
+# The leader lease: one key, expiring unless its holder renews it.
+PRESENCE_LEADER_BUCKET = "PRESENCE_LEADER"
+PRESENCE_KV_PREFIX = f"$KV.{PRESENCE_BUCKET}."
+PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+
+# Per-user connection cap across gateways (gateway/README, README "Limits"):
+# a KV bucket with one key per live connection, ``<user id>.<session id>``,
+# and the subject on which a gateway asks the others to close a session (4409).
+SESSIONS_BUCKET = "CHAT_SESSIONS"
+SESSION_KICK_PREFIX = "sessions.kick"
+
 
 def _checked(room: str) -> str:
     if not is_valid_room_id(room):
@@ -46,6 +62,12 @@ def live_subject(room: str) -> str:
 
 def presence_subject(room: str) -> str:
     return f"presence.{_checked(room)}"
+
+
+def presence_key(room: str, user_id: str, session: str) -> str:
+    """Live KV key of one connection in one room (user and session ids are
+    ``[A-Za-z0-9_-]``, so the key splits back on ``.``)."""
+    return f"{_checked(room)}.{user_id}.{session}"
 
 
 def room_of_subject(subject: str) -> str:
