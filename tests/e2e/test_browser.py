@@ -113,6 +113,29 @@ async def test_two_browsers_on_two_gateways_chat(stack: Stack, browser: Browser)
     await bob_page.context.close()
 
 
+async def test_presence_and_typing_show_up(stack: Stack, browser: Browser) -> None:
+    alice_page = await _open(browser, stack.gateway(1).url + "/")
+    bob_page = await _open(browser, stack.gateway(2).url + "/")
+    alice, bob, room = unique("alice"), unique("bob"), unique("pres")
+    await _register(alice_page, alice)
+    await _register(bob_page, bob)
+    await _join(alice_page, room)
+    await _join(bob_page, room)
+    members = alice_page.locator("#memberList li")
+    await expect(members.filter(has_text=bob)).to_have_count(1)
+    await expect(members.filter(has_text=alice)).to_have_count(1)
+
+    await bob_page.locator("#text").press_sequentially("typing something", delay=20)
+    await expect(alice_page.locator("#typing")).to_have_text(f"{bob} is typing…")
+    await bob_page.click("#sendForm button")  # sending says stop
+    await expect(alice_page.locator("#typing")).to_have_text("")
+    await alice_page.screenshot(path=str(SHOTS / "presence.png"))
+
+    await bob_page.context.close()  # the last tab of bob closes: he leaves
+    await expect(members.filter(has_text=bob)).to_have_count(0)
+    await alice_page.context.close()
+
+
 async def test_user_text_is_rendered_as_text(stack: Stack, browser: Browser) -> None:
     sender = await _open(browser, stack.gateway(1).url + "/")
     reader = await _open(browser, stack.gateway(2).url + "/")
