@@ -42,7 +42,7 @@ async def running(nats_url: str, db_url: str) -> AsyncIterator[tuple[HistoryComp
     common = CommonSettings(nats_url=nats_url, log_level="INFO", log_format="text",
                             request_timeout=2.0, stream_replicas=1, host="127.0.0.1")
     settings = HistorySettings(common=common, port=0, database_url=db_url, batch=500,
-                               fetch_wait=0.05, catchup_timeout=1.0)
+                               linger=0.05, catchup_timeout=1.0)
     nc = await bus.connect(nats_url, "history-test")  # reconnects forever, like the service
     rt = Runtime("history-test", common, nc)
     component = HistoryComponent(settings)

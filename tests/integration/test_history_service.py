@@ -9,11 +9,13 @@ calls it (``chat_kit.bus.call``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -21,13 +23,23 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, User
+from chat_history import consumer as consumer_module
 from chat_history.config import HistorySettings
-from chat_history.consumer import DURABLE
+from chat_history.consumer import (
+    DELIVER_GROUP,
+    DELIVER_SUBJECT,
+    DURABLE,
+    LEGACY_DURABLE,
+    MAX_ACK_PENDING,
+    consumer_config,
+)
 from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call, ensure_chat_stream
@@ -42,18 +54,19 @@ ANN = User(id="u_ann", name="ann")
 
 
 def make_settings(nats_url: str, db_url: str, *, batch: int = 500,
-                  catchup_timeout: float = 1.5) -> HistorySettings:
+                  catchup_timeout: float = 1.5, linger: float = 0.05) -> HistorySettings:
     common = CommonSettings(nats_url=nats_url, log_level="INFO", log_format="text",
                             request_timeout=2.0, stream_replicas=1, host="127.0.0.1")
     return HistorySettings(common=common, port=0, database_url=db_url, batch=batch,
-                           fetch_wait=0.05, catchup_timeout=catchup_timeout)
+                           linger=linger, catchup_timeout=catchup_timeout)
 
 
 @asynccontextmanager
-async def running(nats_url: str, db_url: str, *, batch: int = 500,
-                  catchup_timeout: float = 1.5) -> AsyncIterator[HistoryComponent]:
+async def running(nats_url: str, db_url: str, *, batch: int = 500, catchup_timeout: float = 1.5,
+                  linger: float = 0.05) -> AsyncIterator[HistoryComponent]:
     """A history Component on its own NATS connection, as one process would run it."""
-    settings = make_settings(nats_url, db_url, batch=batch, catchup_timeout=catchup_timeout)
+    settings = make_settings(nats_url, db_url, batch=batch, catchup_timeout=catchup_timeout,
+                             linger=linger)
     nc = await nats.connect(nats_url)
     rt = Runtime("history-test", settings.common, nc)
     component = HistoryComponent(settings)
@@ -419,3 +432,193 @@ async def test_a_row_the_database_refuses_is_isolated_and_terminated(
         assert reply.messages[5].prev_seq == seqs[4]
         assert component.consumer.rejected == 1
         assert component.consumer.stored == 10
+
+
+async def test_texts_and_times_survive_the_round_trip(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    texts = ['quote " backslash \\ slash / end', "line\nbreak\ttab\r\x01\x1f", "emoji 🎉 ÿ 中文",
+             "separators \u2028 \u2029 and \ufeff", "<script>&amp;</script>", "x" * 4000]
+    times = {"2025-06-01T12:00:00.123456+05:30": datetime(2025, 6, 1, 6, 30, 0, 123456, UTC),
+             "2025-06-01T12:00:00": datetime(2025, 6, 1, 12, 0, tzinfo=UTC),
+             "2025-12-31T23:59:59.999Z": datetime(2025, 12, 31, 23, 59, 59, 999000, UTC)}
+    records = [ChatRecord(room=room, msg_id=f"t{i}", sender=User(id="u_é", name='"ann" 🎉'),
+                          text=text, reply_to="m_1" if i % 2 else None, ts=ts)
+               for i, (text, ts) in enumerate(zip(texts, list(times) * 2, strict=True))]
+    async with running(nats_url, db_url):
+        for r in records:
+            await js.publish(subjects.room_subject(room), msgspec.json.encode(r))
+        reply = await history(client, room)
+    assert [m.text for m in reply.messages] == texts
+    rows = await stored_rows(db_url, room)
+    assert [(r["text"], r["reply_to"], r["sender_id"], r["sender_name"], r["ts"])
+            for r in rows] == [(rec.text, rec.reply_to, "u_é", '"ann" 🎉', times[rec.ts])
+                               for rec in records]
+
+
+async def test_a_quiet_stream_is_stored_without_lingering(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    # Messages 0.3 s apart are too few to linger for (fewer than LINGER_MIN per 1 s
+    # linger); each read would time out if its message waited for the linger.
+    async with running(nats_url, db_url, linger=1.0, catchup_timeout=0.5) as component:
+        for i in range(5):
+            seq = await send(js, room, f"m{i}")
+            reply = await history(client, room, limit=1)
+            assert [m.seq for m in reply.messages] == [seq]
+            await asyncio.sleep(0.3)
+        assert component.consumer.batches == 5
+
+
+async def test_a_busy_stream_is_stored_in_few_batches(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    rooms = [new_room() for _ in range(5)]
+    async with running(nats_url, db_url, linger=0.2) as component:
+        seqs: list[int] = []
+        for burst in range(25):  # ~1000 messages/s for half a second
+            acks = await asyncio.gather(*(
+                js.publish(subjects.room_subject(room), msgspec.json.encode(ChatRecord(
+                    room=room, msg_id=f"{room}-{burst}-{i}", sender=ANN, text="x",
+                    ts="2025-06-01T12:00:00.000Z")))
+                for i in range(4) for room in rooms))
+            seqs += [int(a.seq) for a in acks]
+            await asyncio.sleep(0.02)
+        reply = await history(client, rooms[0], limit=500)
+        assert len(reply.messages) == 100
+        assert component.consumer.stored >= 400
+        # One linger is ~40 messages here; without lingering it would be ~25+ batches.
+        assert component.consumer.batches <= 12, component.consumer.batches
+
+
+async def test_stop_leaves_nothing_delivered_unacked(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url, linger=5.0):
+        await asyncio.gather(*(
+            js.publish(subjects.room_subject(room), msgspec.json.encode(ChatRecord(
+                room=room, msg_id=f"s{i}", sender=ANN, text="x", ts="2025-06-01T12:00:00Z")))
+            for i in range(300)))
+    # Stopped right after the burst: what was delivered is stored and acked (none
+    # waits for ACK_WAIT, which would stall fresh reads on other instances).
+    info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+    assert info.num_ack_pending == 0
+    assert info.ack_floor is not None and info.delivered is not None
+    assert info.ack_floor.stream_seq == info.delivered.stream_seq
+    assert len(await stored_rows(db_url, room)) == info.ack_floor.stream_seq
+    async with running(nats_url, db_url):
+        assert len((await history(client, room, limit=500)).messages) == 300
+
+
+# --- the durable consumer --------------------------------------------------------------
+
+
+async def test_the_consumer_is_a_push_consumer_with_a_deliver_group(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    # An existing durable keeps its start position and gets our other settings.
+    old = consumer_config(start_seq=1)
+    old.max_ack_pending = 10
+    await js.add_consumer(subjects.CHAT_STREAM, old)
+    async with running(nats_url, db_url):
+        info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+    c = info.config
+    assert (c.deliver_subject, c.deliver_group) == (DELIVER_SUBJECT, DELIVER_GROUP)
+    assert (c.deliver_policy, c.opt_start_seq) == (DeliverPolicy.BY_START_SEQUENCE, 1)
+    assert c.ack_policy == AckPolicy.EXPLICIT and c.max_ack_pending == MAX_ACK_PENDING
+    assert c.flow_control and c.idle_heartbeat
+
+
+async def test_a_deleted_consumer_is_recreated_while_running(
+    nats_url: str, db_url: str, client: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL", 0.1)
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url) as component:
+        first = await send(js, room, "before")
+        await history(client, room)
+        await js.delete_consumer(subjects.CHAT_STREAM, DURABLE)
+        await asyncio.sleep(0.05)
+        second = await send(js, room, "while it was gone")
+
+        async def present() -> bool:
+            try:
+                await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+            except NotFoundError:
+                return False
+            return True
+
+        deadline = time.monotonic() + 5 * UNIT
+        while not await present():
+            assert time.monotonic() < deadline, "consumer not re-created"
+            await asyncio.sleep(0.05)
+        third = await send(js, room, "after")
+        reply = await history(client, room)
+        assert [m.seq for m in reply.messages] == [first, second, third]
+        assert component.consumer.stored == 3
+
+
+async def test_an_older_versions_pull_durable_is_taken_over_at_its_ack_floor(
+    nats_url: str, db_url: str, client: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL", 0.1)
+    js = client.jetstream()
+    room = new_room()
+    # What an older version leaves: the pull durable "history", acked (stored) up to
+    # a point, two more delivered but not acked.
+    await js.add_consumer(subjects.CHAT_STREAM, ConsumerConfig(
+        durable_name=LEGACY_DURABLE, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0))
+    seqs = [await send(js, room, f"m{i}") for i in range(10)]
+    old = await js.pull_subscribe_bind(durable=LEGACY_DURABLE, stream=subjects.CHAT_STREAM)
+    fetched = await old.fetch(6, timeout=2 * UNIT)
+    for msg in fetched[:4]:
+        await msg.ack()
+    floor = 0
+    while floor < seqs[3]:
+        info = await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        await asyncio.sleep(0.01)
+
+    async def old_instance_pulling() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                for msg in await old.fetch(10, timeout=0.3):
+                    await msg.ack()
+
+    pulling = asyncio.create_task(old_instance_pulling())
+    try:
+        async with running(nats_url, db_url) as component:
+            info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+            assert info.config.deliver_policy == DeliverPolicy.BY_START_SEQUENCE
+            assert info.config.opt_start_seq == seqs[3] + 1
+            reply = await history(client, room)
+            assert [m.seq for m in reply.messages] == seqs[4:]
+            assert component.consumer.stored == 6
+            # An older instance still pulls from it: it stays meanwhile.
+            await asyncio.sleep(1.0)
+            await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+
+            pulling.cancel()
+            deadline = time.monotonic() + 5 * UNIT
+            while True:
+                try:
+                    await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+                except NotFoundError:
+                    break
+                assert time.monotonic() < deadline, "legacy durable not retired"
+                await asyncio.sleep(0.05)
+            later = await send(js, room, "later")
+            reply = await history(client, room, after=seqs[-1])
+            assert [m.seq for m in reply.messages] == [later]
+    finally:
+        pulling.cancel()
+        await asyncio.gather(pulling, return_exceptions=True)

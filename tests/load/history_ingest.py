@@ -1,28 +1,45 @@
 """Ingest benchmark of the history service on real NATS and PostgreSQL.
 
-Run from the repo root: ``.venv/bin/python tests/load/history_ingest.py [N]``.
+Run from the repo root: ``.venv/bin/python tests/load/history_ingest.py [N]``
+(``--rate R --seconds S`` shape the steady phase, ``--no-steady`` skips it).
 (A benchmark; it belongs beside the others under tests/load/ if the lead wants it there.)
 
-1. ``store``: MessageStore.insert of N rows in batches of CHAT_HISTORY_BATCH (no NATS).
-2. ``catch-up``: N ChatRecords wait in the CHAT stream, then one Component
+1. ``catch-up``: N ChatRecords wait in the CHAT stream, then one Component
    starts; the time until the durable's ack floor reaches the last sequence
-   (fetch → decode → insert → ack) gives stored messages per second.
+   (deliver → decode → insert → ack) gives stored messages per second, and
+   the CPU time of this process over that span gives CPU per message (this
+   process only polls consumer info meanwhile).
+2. ``store``: MessageStore.insert of N rows in batches of CHAT_HISTORY_BATCH (no NATS).
 3. ``read-after-send``: publish one message, then request the newest page;
    latency percentiles of that pair while the stream is otherwise idle.
+4. ``steady``: the service as its own process (``python -m chat_history.main``,
+   as deployed), fed R messages/s over 50 rooms for S seconds by this process;
+   its CPU (user + system, psutil) per message over the window, as the fan-out
+   benchmark counts it, and the batches it made (its /metrics).
+
+Settings come from the environment (``HistorySettings.from_env``), so the
+script also runs against an older checkout put first on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats
+import psutil
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
@@ -36,21 +53,40 @@ from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call, ensure_chat_stream
 from chat_kit.runtime import Runtime
-from chat_kit.settings import CommonSettings
 
 ANN = User(id="u_bench", name="bench")
 ROOMS = 50
 
 
-async def bench(n: int, workdir: Path) -> None:
+def record(i: int, prefix: str = "m") -> bytes:
+    room = f"room{i % ROOMS}"
+    return msgspec.json.encode(ChatRecord(room=room, msg_id=f"{prefix}{i}", sender=ANN,
+                                          text="x" * 80, ts="2025-06-01T12:00:00.000Z"))
+
+
+async def wait_for_floor(js: JetStreamContext, last: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+        if info.ack_floor is not None and info.ack_floor.stream_seq >= last:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ack floor stuck below {last}: {info.ack_floor}")
+        await asyncio.sleep(0.01)
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> None:
+    n: int = args.n
     nats_server = NatsServer.start(free_port(), workdir / "nats")
     pg = PostgresServer.start(free_port(), workdir / "pg")
+    env = {"CHAT_NATS_URL": nats_server.url, "CHAT_DATABASE_URL": pg.url,
+           "CHAT_LOG_LEVEL": "warning", "CHAT_LOG_FORMAT": "text",
+           "CHAT_HISTORY_BATCH": "500", "CHAT_HISTORY_FETCH_WAIT": "0.05",
+           "CHAT_HISTORY_CATCHUP_TIMEOUT": "5.0"}
+    os.environ.update(env)
+    os.environ["CHAT_HISTORY_PORT"] = "0"
     try:
-        common = CommonSettings(nats_url=nats_server.url, log_level="WARNING",
-                                log_format="text", request_timeout=2.0, stream_replicas=1,
-                                host="127.0.0.1")
-        settings = HistorySettings(common=common, port=0, database_url=pg.url, batch=500,
-                                   fetch_wait=0.05, catchup_timeout=5.0)
+        settings = HistorySettings.from_env()
         client = await nats.connect(nats_server.url)
         js = client.jetstream()
         await ensure_chat_stream(js)
@@ -59,26 +95,22 @@ async def bench(n: int, workdir: Path) -> None:
         last = 0
         for chunk in range(0, n, 1000):
             acks = await asyncio.gather(*(
-                js.publish(subjects.room_subject(f"room{i % ROOMS}"), msgspec.json.encode(
-                    ChatRecord(room=f"room{i % ROOMS}", msg_id=f"m{i}", sender=ANN,
-                               text="x" * 80, ts="2025-06-01T12:00:00.000Z")))
+                js.publish(subjects.room_subject(f"room{i % ROOMS}"), record(i))
                 for i in range(chunk, min(n, chunk + 1000))))
             last = max(last, *(a.seq for a in acks))
         print(f"published {n} in {time.perf_counter() - started:.2f}s")
 
         nc = await nats.connect(nats_server.url)
-        rt = Runtime("bench", common, nc)
+        rt = Runtime("bench", settings.common, nc)
         component = HistoryComponent(settings)
         started = time.perf_counter()
+        cpu0 = time.process_time()
         await component.start(rt)
-        while True:
-            info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
-            if info.ack_floor is not None and info.ack_floor.stream_seq >= last:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for_floor(js, last)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
         print(f"catch-up: {n} stored in {elapsed:.2f}s = {n / elapsed:,.0f} msg/s "
-              f"(incl. component start)")
+              f"(incl. component start); CPU {cpu:.2f}s = {cpu / n * 1e6:.1f} us/msg")
 
         ts = datetime(2025, 6, 1, tzinfo=UTC)
         rows = [MessageRow("direct", seq, f"d{seq}", "u", "n", "x" * 80, None, ts)
@@ -107,16 +139,87 @@ async def bench(n: int, workdir: Path) -> None:
         rt.stopping.set()
         await component.stop()
         await nc.drain()
+
+        if args.steady:
+            await steady(args, js, env)
         await client.drain()
     finally:
         pg.stop()
         nats_server.stop()
 
 
+async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, str]) -> None:
+    """The service as its own process at a fixed publish rate: CPU per message."""
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
+        [sys.executable, "-m", "chat_history.main"],
+        env={**os.environ, **env, "CHAT_HISTORY_PORT": str(port)})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "history process not ready"
+                await asyncio.sleep(0.1)
+            ps = psutil.Process(proc.pid)
+            loop = asyncio.get_running_loop()
+            tick = 0.01
+            sent = 0
+            pending: set[asyncio.Future[PubAck]] = set()
+            window: tuple[float, float, int] | None = None  # (t0, cpu0, sent0)
+            start = loop.time()
+            warmup = 2.0
+            while (now := loop.time()) - start < warmup + args.seconds:
+                if window is None and now - start >= warmup:
+                    t = ps.cpu_times()
+                    window = (time.monotonic(), t.user + t.system, sent)
+                due = int((now - start) * args.rate)
+                for i in range(sent, due):
+                    fut = asyncio.ensure_future(
+                        js.publish(subjects.room_subject(f"room{i % ROOMS}"), record(i, "s")))
+                    pending.add(fut)
+                    fut.add_done_callback(pending.discard)
+                sent = max(sent, due)
+                await asyncio.sleep(tick)
+            t = ps.cpu_times()
+            assert window is not None
+            t0, cpu0, sent0 = window
+            cpu, secs, msgs = t.user + t.system - cpu0, time.monotonic() - t0, sent - sent0
+            await asyncio.gather(*pending)
+            info = await js.stream_info(subjects.CHAT_STREAM)
+            await wait_for_floor(js, info.state.last_seq)
+            metrics = (await http.get("/metrics")).text
+        batches = _metric(metrics, "chat_history_batch_size_count")
+        stored = _metric(metrics, "chat_history_batch_size_sum")
+        print(f"steady: {msgs} msgs in {secs:.1f}s ({msgs / secs:,.0f}/s): history process "
+              f"CPU {cpu:.2f}s = {cpu / msgs * 1e6:.1f} us/msg; "
+              f"{batches:.0f} batches, {stored / max(batches, 1):.0f} msgs/batch on average")
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return float("nan")
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("n", nargs="?", type=int, default=50_000, help="messages to catch up on")
+    ap.add_argument("--rate", type=float, default=3000, help="steady phase: messages/s")
+    ap.add_argument("--seconds", type=float, default=10, help="steady phase: measured seconds")
+    ap.add_argument("--no-steady", dest="steady", action="store_false")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="history-bench-") as tmp:
-        asyncio.run(bench(n, Path(tmp)))
+        asyncio.run(bench(args, Path(tmp)))
 
 
 if __name__ == "__main__":

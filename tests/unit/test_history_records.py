@@ -165,7 +165,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
                  "CHAT_HISTORY_CATCHUP_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     s = HistorySettings.from_env()
-    assert (s.port, s.batch, s.fetch_wait, s.catchup_timeout) == (8092, 500, 0.05, 1.5)
+    assert (s.port, s.batch, s.linger, s.catchup_timeout) == (8092, 500, 0.05, 1.5)
     assert s.database_url == "postgresql://postgres@127.0.0.1:5432/chat"
 
 
@@ -176,7 +176,7 @@ def test_settings_from_env_hide_the_database_url(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CHAT_HISTORY_FETCH_WAIT", "0.2")
     monkeypatch.setenv("CHAT_HISTORY_CATCHUP_TIMEOUT", "3")
     s = HistorySettings.from_env()
-    assert (s.port, s.batch, s.fetch_wait, s.catchup_timeout) == (9000, 100, 0.2, 3.0)
+    assert (s.port, s.batch, s.linger, s.catchup_timeout) == (9000, 100, 0.2, 3.0)
     assert "secret" not in repr(s)
 
 

@@ -3,7 +3,7 @@
 config      HistorySettings from CHAT_HISTORY_* / CHAT_DATABASE_URL
 records     stream payload → row → ``message`` event; page assembly (pure)
 store       history.messages in PostgreSQL: idempotent batch insert, pages
-consumer    the ``history`` durable pull consumer: fetch, insert, then ack
+consumer    the ``history-push`` durable push consumer: buffer, insert, then ack
 freshness   read-your-writes: the room's last stream seq vs the ack floor
 api         the svc.history.messages endpoint
 service     the Component: pool, migrations, consumer, micro service

@@ -18,7 +18,7 @@ class HistorySettings:
     # May carry a password: read through *_FILE too, and kept out of repr.
     database_url: str = field(repr=False)
     batch: int
-    fetch_wait: float
+    linger: float
     catchup_timeout: float
 
     @classmethod
@@ -34,9 +34,11 @@ class HistorySettings:
                 "CHAT_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/chat"
             ),
             batch=batch,
-            # A pull that finds the stream idle lingers this long before it
-            # returns what it has: it bounds the extra store latency of a lone
-            # message (and how long a stop waits); busy streams never wait.
-            fetch_wait=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
+            # The linger: while the stream is busy, a batch gathers this long
+            # after the previous one began unless it reaches CHAT_HISTORY_BATCH
+            # first, so one INSERT and one burst of acks per linger instead of
+            # per handful of messages. A quiet stream never waits (consumer.py).
+            # The name is from when this was the pull's fetch timeout.
+            linger=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
             catchup_timeout=env_float("CHAT_HISTORY_CATCHUP_TIMEOUT", 1.5, minimum=0.01),
         )

@@ -1,7 +1,29 @@
-"""The ``history`` durable pull consumer: CHAT stream → PostgreSQL, ack after commit.
+"""The ``history-push`` durable push consumer: CHAT stream → PostgreSQL, ack after commit.
 
-Every instance pulls from the same durable, so JetStream spreads batches over
-them. Acks are explicit and per message, sent only after the batch committed:
+Delivery. JetStream pushes the stream to the deliver subject
+:data:`DELIVER_SUBJECT`; every instance subscribes to it in the queue group
+:data:`DELIVER_GROUP` (the consumer's deliver group), so the server hands
+each message to one instance. ``max_ack_pending`` bounds the messages pushed
+but not yet acked, across all instances: at that many the server stops
+pushing until acks arrive. Flow control and idle heartbeats are on, as
+JetStream recommends for push consumers; whichever member of the group a
+flow-control request (or a heartbeat naming a stalled one) reaches answers it.
+
+Per message, the subscription callback only files the message in an
+in-memory buffer keyed by stream sequence; a redelivery replaces its earlier
+copy, so the buffer holds no more distinct messages than the server lets be
+unacked (and it is capped at that, for copies gone stale). One writer task
+turns the buffer into batches. On a busy stream it lets a batch gather until
+``CHAT_HISTORY_BATCH`` messages are there or ``linger`` has passed since the
+previous batch began, so the stream costs one INSERT and one burst of acks
+per ``linger`` rather than per handful of messages. Busy means: messages
+arrive at ``LINGER_MIN`` or more per ``linger`` (a rate smoothed over the
+last few batches), and they keep coming while the writer works (the last
+batch held several, or more were waiting after it). Otherwise it stores
+whatever is there at once: a lone message, or a sender that waits for each
+message to be stored before it sends the next, is never kept waiting.
+
+Acks are explicit and per message, sent only after the batch committed:
 AckAll would be unsafe with several instances, since one instance's ack would
 also cover lower sequences another instance holds uncommitted. Unacked
 messages come back after ``ACK_WAIT`` (a crash) or at once (``nak`` on stop),
@@ -15,8 +37,17 @@ Failure handling, none of it per-message logging:
   the offending row is terminated;
 - any other database error keeps the batch unacked and retries it with
   backoff (``in_progress`` keeps JetStream from redelivering it meanwhile);
-- fetch failures (consumer deleted, JetStream unavailable) re-create the
-  stream and consumer, then continue; NATS reconnects are the client's job.
+- a periodic check re-creates the stream and consumer if they disappear (a
+  push consumer that is gone is silent); NATS reconnects, and re-subscribing
+  the deliver subject after one, are the client's job.
+
+Upgrade from the pull consumer. Older versions pulled from the durable
+``history``; a pull consumer cannot become a push consumer in place, so this
+one has a new name. When it does not exist yet it is created to start right
+after the old durable's ack floor (everything at or below it is stored), and
+the old durable is deleted once nothing pulls from it any more (an older
+instance still running during a rolling upgrade keeps it alive meanwhile;
+both store the same messages then, which the idempotent insert absorbs).
 """
 
 from __future__ import annotations
@@ -25,13 +56,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from itertools import islice
 
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
 from chat_kit.bus import ensure_chat_stream
@@ -43,147 +77,351 @@ from .store import MessageStore
 
 log = logging.getLogger("chat_history.consumer")
 
-DURABLE = "history"
-# Time a fetched message may stay unacked before JetStream hands it to another
+DURABLE = "history-push"
+# The pull consumer of versions before the push consumer; retired on upgrade.
+LEGACY_DURABLE = "history"
+# Where JetStream pushes the stream; every instance subscribes in DELIVER_GROUP.
+# Not under chat.room.* (the stream's own subjects: that would form a cycle).
+DELIVER_SUBJECT = "chat.deliver.history"
+DELIVER_GROUP = "history"
+# Time a delivered message may stay unacked before JetStream hands it to another
 # instance: longer than any healthy batch, short enough to recover from a crash.
 ACK_WAIT = 30.0
-# Room for every instance's batch in flight at once; beyond it JetStream
-# stops delivering until acks arrive.
+# Bound on messages pushed and not yet acked, all instances together: room for
+# every instance's batches in flight; beyond it JetStream stops pushing.
 MAX_ACK_PENDING = 20_000
+IDLE_HEARTBEAT = 5.0
+# How often each instance checks that the consumer still exists.
+CHECK_INTERVAL = 5.0
+# The writer lingers once the stream is busy enough that a linger gathers at
+# least this many messages (80/s at the default 50 ms); below that rate each
+# message is stored at once.
+LINGER_MIN = 4
+_RATE_DECAY = 0.5  # per batch, for the arrival rate the writer estimates
+# On stop, time to keep storing what is buffered; the rest is handed back (nak).
+STOP_BUDGET = 3.0
 # Errors that mean "this row can never be stored", not "the database is away".
 _ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
                asyncpg.ProgramLimitExceededError)
 _MAX_BACKOFF = 5.0
+_ACK = b""  # an empty payload acks
+_NAK = b"-NAK"
+_PROGRESS = b"+WPI"
+_TERM = b"+TERM"
+_JS_ACK_PREFIX = "$JS.ACK."
+_STATUS = "Status"
+_CONSUMER_STALLED = "Nats-Consumer-Stalled"
 
 
-def consumer_config() -> ConsumerConfig:
+def consumer_config(start_seq: int = 0) -> ConsumerConfig:
+    """Our durable; ``start_seq`` > 0 starts it there instead of at the stream's start."""
     return ConsumerConfig(
         name=DURABLE,
         durable_name=DURABLE,
         description="history-service: stores every chat event in PostgreSQL",
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_subject=DELIVER_SUBJECT,
+        deliver_group=DELIVER_GROUP,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 0 else DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 0 else None,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT,
         max_ack_pending=MAX_ACK_PENDING,
+        flow_control=True,
+        idle_heartbeat=IDLE_HEARTBEAT,
     )
 
 
+def _updated_config(current: ConsumerConfig) -> ConsumerConfig:
+    """Our config for an existing durable: what JetStream cannot change stays as it is."""
+    if not current.deliver_subject:
+        raise RuntimeError(f"consumer {DURABLE!r} exists as a pull consumer; delete it")
+    config = consumer_config()
+    config.deliver_policy = current.deliver_policy
+    config.opt_start_seq = current.opt_start_seq
+    config.opt_start_time = current.opt_start_time
+    config.flow_control = current.flow_control
+    config.idle_heartbeat = current.idle_heartbeat
+    return config
+
+
+def stream_seq(reply: str) -> int | None:
+    """The stream sequence in a JetStream ack subject, None if ``reply`` is not one.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``, or
+    with ``<domain>.<account hash>`` after ``ACK`` (and a trailing token) in the
+    newer form.
+    """
+    if not reply.startswith(_JS_ACK_PREFIX):
+        return None
+    tokens = reply.split(".")
+    n = len(tokens)
+    try:
+        if n == 9:
+            return int(tokens[5])
+        if n >= 11:
+            return int(tokens[7])
+    except ValueError:
+        pass
+    return None
+
+
 class HistoryConsumer:
-    def __init__(self, nc: NATS, store: MessageStore, *, batch: int, fetch_wait: float,
+    def __init__(self, nc: NATS, store: MessageStore, *, batch: int, linger: float,
                  replicas: int = 1) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self._store = store
         self._batch = batch
-        self._fetch_wait = fetch_wait
+        self._linger = linger
         self._replicas = replicas
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        # Delivered, not yet taken by the writer: stream seq → latest delivery.
+        self._buf: dict[int, Msg] = {}
+        self._wake = asyncio.Event()  # the buffer is not empty (or we stop)
+        self._full = asyncio.Event()  # the buffer holds a whole batch (or we stop)
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._healthy = False
-        self._failing: str | None = None  # what is failing now: logged once per outage
-        # Rows this instance inserted and payloads it terminated (tests, operators).
+        self._closing = False  # stop() began: no lingering, store what is there
+        self._drained = False  # nothing more will be delivered: the writer may finish
+        self._stop_deadline = 0.0
+        self._writer: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        # What is failing now, by kind ("db", "nats"): logged once per outage.
+        self._failing: dict[str, str] = {}
+        # Retiring the legacy pull durable: its delivered seq when last seen idle.
+        self._legacy_gone = False
+        self._legacy_mark: int | None = None
+        # Rows this instance inserted, payloads it terminated, batches it wrote
+        # (tests, operators).
         self.stored = 0
         self.rejected = 0
+        self.batches = 0
+        # Called after a batch is acked (the read side polls the ack floor then).
+        self.on_stored: Callable[[], None] | None = None
 
     async def start(self, stopping: asyncio.Event | None = None) -> None:
-        """Set up stream and consumer (retrying until they exist), then pull in a task."""
+        """Set up stream and consumer (retrying until they exist), subscribe, start writing."""
         delay = 0.1
         while True:
             try:
                 await self._ensure()
-                await self._bind()
+                await self._subscribe()
                 break
             except Exception as exc:
                 if stopping is not None and stopping.is_set():
                     raise
-                self._trouble("consumer setup failed", exc)
+                metrics.CONSUMER_ERRORS.inc()
+                self._trouble("nats", "consumer setup failed", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
-        self._task = asyncio.create_task(self._run(), name="history-consumer")
+        self._recovered("nats")
+        self._writer = asyncio.create_task(self._write_loop(), name="history-writer")
+        self._checker = asyncio.create_task(self._check_loop(), name="history-consumer-check")
 
     async def stop(self) -> None:
-        """Finish the batch in hand (commit and ack it), then stop pulling."""
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        """Stop deliveries, store what was delivered (within STOP_BUDGET), hand back the rest."""
+        if not self._closing:
+            self._closing = True
+            self._stop_deadline = asyncio.get_running_loop().time() + STOP_BUDGET
+            self._stop.set()
+            sub, self._sub = self._sub, None
+            if sub is not None:
+                # Drain: no new deliveries, and what the server already sent
+                # reaches the buffer (unsubscribing would drop it until ACK_WAIT).
+                try:
+                    await asyncio.wait_for(sub.drain(), 2.0)  # type: ignore[no-untyped-call]
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+            self._drained = True
+            self._wake.set()
+            self._full.set()
+        tasks = [t for t in (self._writer, self._checker) if t is not None]
+        if self._checker is not None:
+            self._checker.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Acks are fire-and-forget publishes: make sure they left before NATS drains.
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=2)
 
     def is_ready(self) -> bool:
-        return self._task is not None and not self._task.done() and self._healthy
+        return self._writer is not None and not self._writer.done() and not self._failing
 
-    # --- the loop -------------------------------------------------------------------
+    # --- setup ----------------------------------------------------------------------
 
     async def _ensure(self) -> None:
+        """Create or update the stream and our durable; retire the legacy one when unused."""
         await ensure_chat_stream(self._js, self._replicas)
-        # Create or update: a changed config (e.g. max_ack_pending) applies on restart.
-        await self._js.add_consumer(subjects.CHAT_STREAM, consumer_config())
+        try:
+            info = await self._js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+        except NotFoundError:
+            config = await self._new_config()
+        else:
+            # Update: a changed config (e.g. max_ack_pending) applies on restart.
+            config = _updated_config(info.config)
+        await self._js.add_consumer(subjects.CHAT_STREAM, config)
+        await self._retire_legacy()
 
-    async def _bind(self) -> JetStreamContext.PullSubscription:
+    async def _new_config(self) -> ConsumerConfig:
+        try:
+            legacy = await self._js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+        except NotFoundError:
+            return consumer_config()
+        floor = legacy.ack_floor.stream_seq if legacy.ack_floor is not None else 0
+        # Everything at or below the old durable's ack floor is in PostgreSQL.
+        event(log, "creating the push consumer after the legacy pull consumer's ack floor",
+              durable=DURABLE, legacy=LEGACY_DURABLE, start_seq=floor + 1)
+        return consumer_config(start_seq=floor + 1)
+
+    async def _retire_legacy(self) -> None:
+        """Delete the legacy pull durable once nothing pulls from it (seen idle twice)."""
+        if self._legacy_gone:
+            return
+        try:
+            info = await self._js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+        except NotFoundError:
+            self._legacy_gone = True
+            return
+        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+        # An older instance always has a pull request waiting, or gets deliveries.
+        idle = not info.num_waiting
+        if idle and self._legacy_mark == delivered:
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(subjects.CHAT_STREAM, LEGACY_DURABLE)
+            event(log, "legacy pull consumer deleted", legacy=LEGACY_DURABLE)
+            self._legacy_gone = True
+        else:
+            self._legacy_mark = delivered if idle else None
+
+    async def _subscribe(self) -> None:
         if self._sub is None:
-            self._sub = await self._js.pull_subscribe_bind(durable=DURABLE,
-                                                           stream=subjects.CHAT_STREAM)
-        return self._sub
+            self._sub = await self._nc.subscribe(
+                DELIVER_SUBJECT, queue=DELIVER_GROUP, cb=self._on_msg,
+                # Never reached: the server stops at MAX_ACK_PENDING unacked.
+                pending_msgs_limit=4 * MAX_ACK_PENDING, pending_bytes_limit=512 * 1024 * 1024)
 
-    async def _run(self) -> None:
-        delay = 0.1
-        ensure = False
+    async def _check_loop(self) -> None:
+        """A push consumer that disappeared is silent: look for it now and then."""
         while not self._stop.is_set():
+            await self._pause(CHECK_INTERVAL)
+            if self._stop.is_set():
+                return
             try:
-                if ensure:
+                try:
+                    await self._js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+                except NotFoundError as exc:
+                    metrics.CONSUMER_ERRORS.inc()
+                    self._trouble("nats", "consumer missing, re-creating it", exc)
                     await self._ensure()
-                    ensure = False
-                sub = await self._bind()
-                msgs = await sub.fetch(self._batch, timeout=self._fetch_wait)
-            except TimeoutError:
-                # Idle stream, or NATS reconnecting. nats-py raises its own
-                # TimeoutError or asyncio's depending on where the pull expired;
-                # both are the builtin's subclasses.
-                if self._nc.is_connected and not ensure:
-                    self._recovered()
-                continue
-            except ConnectionClosedError:
-                break  # the connection was closed under us: the process is stopping
-            except Exception as exc:  # consumer deleted, JetStream unavailable…
+                else:
+                    await self._retire_legacy()
+            except Exception as exc:  # NATS away, JetStream unavailable…
                 metrics.CONSUMER_ERRORS.inc()
-                self._trouble("consumer fetch failed", exc)
-                # Re-create stream and consumer but keep the subscription: a message
-                # already in its inbox is taken by the next fetch, whereas a new inbox
-                # would strand it (and the ack floor, so fresh reads) until ACK_WAIT.
-                # The client itself re-subscribes the inbox after a reconnect.
-                ensure = True
-                await self._pause(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                self._trouble("nats", "consumer check failed", exc)
                 continue
-            delay = 0.1
-            self._recovered()
-            metrics.BATCH_SIZE.observe(len(msgs))
-            await self._handle(msgs)
+            self._recovered("nats")
 
-    async def _handle(self, msgs: list[Msg]) -> None:
+    # --- delivery -------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        """Subscription callback: file the message, nothing else (the writer does the work)."""
+        seq = stream_seq(msg.reply)
+        if seq is None:
+            await self._control(msg)
+            return
+        buf = self._buf
+        if len(buf) >= MAX_ACK_PENDING and seq not in buf:
+            # The server stops at MAX_ACK_PENDING unacked, so only copies gone
+            # stale get us here (redelivered to and acked by another instance
+            # while our database was away). Dropped unacked: JetStream
+            # redelivers it after ACK_WAIT.
+            metrics.DROPPED.inc()
+            return
+        buf[seq] = msg  # a redelivery replaces the copy still waiting here
+        if len(buf) >= self._batch:
+            self._full.set()
+        self._wake.set()
+
+    async def _control(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if msg.data or headers.get(_STATUS) != "100":
+            # Not from JetStream (someone published to the deliver subject): nothing to ack.
+            metrics.BAD_RECORDS.labels("not_jetstream").inc()
+            return
+        # Flow control: a request carries the reply to answer; a heartbeat names a
+        # stalled one (its request went to a member that did not answer).
+        reply = msg.reply or headers.get(_CONSUMER_STALLED)
+        if reply:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(reply)
+
+    # --- the writer -----------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # when the previous batch was taken
+        # The arrival rate, as decaying sums of messages taken and time between
+        # batches: one short gap between two lone messages does not make a
+        # quiet stream look busy, a steady rate soon does.
+        taken = 0.0
+        elapsed = 1.0
+        busy = False  # messages arrive fast enough to linger for
+        while True:
+            if not self._buf:
+                if self._drained:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._closing and loop.time() > self._stop_deadline:
+                await self._settle([msg for _, msg in self._take(len(self._buf))], _NAK)
+                return
+            if busy and not self._closing and len(self._buf) < self._batch:
+                delay = started + self._linger - loop.time()
+                if delay > 0:
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), delay)
+            now = loop.time()
+            batch = self._take(self._batch)
+            taken = taken * _RATE_DECAY + len(batch)
+            elapsed = elapsed * _RATE_DECAY + min(now - started, 1.0)
+            started = now
+            metrics.BATCH_SIZE.observe(len(batch))
+            self.batches += 1
+            if not await self._write(batch):
+                # Stopping with the database away: hand everything back now.
+                await self._settle([msg for _, msg in self._take(len(self._buf))], _NAK)
+                return
+            # Linger next time if a linger would gather several messages, and
+            # messages do come while we work: not a lone sender waiting for
+            # each message to be stored before it sends the next, whom a linger
+            # would only slow down.
+            busy = (taken * self._linger >= LINGER_MIN * elapsed
+                    and (len(batch) > 1 or bool(self._buf)))
+
+    def _take(self, n: int) -> list[tuple[int, Msg]]:
+        buf = self._buf
+        if len(buf) <= n:
+            self._buf = {}
+            return list(buf.items())
+        keys = list(islice(buf, n))
+        return [(seq, buf.pop(seq)) for seq in keys]
+
+    async def _write(self, batch: list[tuple[int, Msg]]) -> bool:
+        """Decode, insert, ack. False if it gave up (stopping, database away): all nak'ed."""
         rows: list[MessageRow] = []
         kept: list[Msg] = []
-        for msg in msgs:
+        for seq, msg in batch:
             try:
-                seq = msg.metadata.sequence.stream
-            except Exception as exc:  # not a JetStream reply subject: cannot happen on a pull
-                await self._reject(msg, BadRecord("metadata", repr(exc)[:200]))
-                continue
-            try:
-                rows.append(row_from_payload(subjects.room_of_subject(msg.subject), seq, msg.data))
+                rows.append(row_from_payload(subjects.room_of_subject(msg.subject), seq,
+                                             msg.data))
             except BadRecord as exc:
-                await self._reject(msg, exc)
+                await self._reject(msg, seq, exc)
                 continue
             kept.append(msg)
-        await self._commit(rows, kept)
+        return await self._commit(rows, kept)
 
-    async def _commit(self, rows: list[MessageRow], msgs: list[Msg]) -> None:
+    async def _commit(self, rows: list[MessageRow], msgs: list[Msg]) -> bool:
         """Insert, then ack; never the other way round. Returns once all are settled."""
         pending = list(zip(rows, msgs, strict=True))
         one_by_one = False  # after a data error: find the row the database refuses
@@ -195,63 +433,62 @@ class HistoryConsumer:
                 inserted = await self._store.insert([row for row, _ in chunk])
             except _ROW_ERRORS as exc:
                 if len(chunk) == 1:
-                    await self._reject(chunk[0][1], BadRecord("rejected", repr(exc)[:200]))
+                    row, msg = chunk[0]
+                    await self._reject(msg, row.seq, BadRecord("rejected", repr(exc)[:200]))
                     pending = pending[1:]
                 else:
                     one_by_one = True
                 continue
             except Exception as exc:  # connection lost, server restarting, timeout…
                 metrics.DB_ERRORS.inc()
-                self._trouble("batch insert failed", exc)
+                self._trouble("db", "batch insert failed", exc)
                 if self._stop.is_set():
                     # Hand them back now rather than after ACK_WAIT.
-                    await self._settle([msg for _, msg in pending], "nak")
-                    return
+                    await self._settle([msg for _, msg in pending], _NAK)
+                    return False
                 await self._pause(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
-                await self._settle([msg for _, msg in pending], "in_progress")
+                await self._settle([msg for _, msg in pending], _PROGRESS)
                 continue
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
             metrics.STORED.inc(inserted)
             self.stored += inserted
-            await self._settle([msg for _, msg in chunk], "ack")
+            await self._settle([msg for _, msg in chunk], _ACK)
             pending = pending[len(chunk):]
-            self._recovered()
+            self._recovered("db")
+            if self.on_stored is not None:
+                self.on_stored()
+        return True
 
-    async def _reject(self, msg: Msg, exc: BadRecord) -> None:
+    async def _reject(self, msg: Msg, seq: int, exc: BadRecord) -> None:
         metrics.BAD_RECORDS.labels(exc.reason).inc()
         self.rejected += 1
-        seq = None
-        with contextlib.suppress(Exception):
-            seq = msg.metadata.sequence.stream
         # Terminated messages are never redelivered, so this logs once per message.
         event(log, "unstorable stream message terminated", logging.WARNING,
               subject=msg.subject[:120], seq=seq, reason=exc.reason, error=str(exc))
-        with contextlib.suppress(Exception):
-            await msg.term()
+        await self._settle([msg], _TERM)
 
-    async def _settle(self, msgs: list[Msg], how: str) -> None:
-        # Publishes only (buffered by the client); on a dead connection JetStream
-        # redelivers after ACK_WAIT and the idempotent insert absorbs the repeat.
-        for msg in msgs:
-            try:
-                await getattr(msg, how)()
-            except Exception as exc:
-                self._trouble(f"{how} failed", exc)
-                return
+    async def _settle(self, msgs: list[Msg], payload: bytes) -> None:
+        # Publishes only (buffered by the client, written in one go by its flusher);
+        # on a dead connection JetStream redelivers after ACK_WAIT and the idempotent
+        # insert absorbs the repeat.
+        publish = self._nc.publish
+        try:
+            for msg in msgs:
+                await publish(msg.reply, payload)
+        except Exception as exc:
+            self._trouble("nats", "ack failed", exc)
 
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
-    def _trouble(self, what: str, exc: BaseException) -> None:
-        self._healthy = False
-        if self._failing != what:
-            self._failing = what
+    def _trouble(self, kind: str, what: str, exc: BaseException) -> None:
+        if self._failing.get(kind) != what:
+            self._failing[kind] = what
             event(log, what, logging.WARNING, error=repr(exc)[:300])
 
-    def _recovered(self) -> None:
-        self._healthy = True
-        if self._failing is not None:
-            event(log, "recovered", previous=self._failing)
-            self._failing = None
+    def _recovered(self, kind: str) -> None:
+        what = self._failing.pop(kind, None)
+        if what is not None:
+            event(log, "recovered", previous=what)

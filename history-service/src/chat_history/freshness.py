@@ -11,13 +11,15 @@ that any number of instances agree:
   below the floor is committed to PostgreSQL, whichever instance stored it.
 
 The floor is polled from consumer info by one poller per process, only while
-some read waits, at most every ``interval``; between polls it is cached (the
-floor never goes back, committed rows stay committed).
+some read waits, every ``interval``, and also right after this process acked
+a batch (:meth:`CommitTracker.nudge`: the floor has likely moved); between
+polls it is cached (the floor never goes back, committed rows stay committed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
@@ -61,7 +63,13 @@ class CommitTracker:
         self._poll_timeout = poll_timeout
         self._waiters: list[_Waiter] = []
         self._poller: asyncio.Task[None] | None = None
+        self._nudged = asyncio.Event()
         self.floor = 0
+
+    def nudge(self) -> None:
+        """This process just acked stored messages: poll now if a read waits."""
+        if self._waiters:
+            self._nudged.set()
 
     async def wait_for(self, target: int, timeout: float) -> bool:
         """Wait until every stream message up to ``target`` is stored; False on timeout."""
@@ -89,6 +97,7 @@ class CommitTracker:
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiters:
+            self._nudged.clear()  # a nudge from here on means a poll after this one
             started = loop.time()
             try:
                 info = await self._js.consumer_info(
@@ -109,4 +118,6 @@ class CommitTracker:
                         if not waiter.done.done():
                             waiter.done.set_result(None)
             if self._waiters:
-                await asyncio.sleep(max(0.0, self._interval - (loop.time() - started)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudged.wait(),
+                                           max(0.0, self._interval - (loop.time() - started)))

@@ -24,8 +24,12 @@ BATCH_SECONDS = Histogram(
 )
 BATCH_SIZE = Histogram(
     "chat_history_batch_size",
-    "Messages per fetched batch",
+    "Messages per inserted batch",
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
+DROPPED = Counter(
+    "chat_history_deliveries_dropped_total",
+    "Deliveries left unacked because the buffer was full (redelivered after ack_wait)",
 )
 DB_ERRORS = Counter(
     "chat_history_db_errors_total",
@@ -33,7 +37,7 @@ DB_ERRORS = Counter(
 )
 CONSUMER_ERRORS = Counter(
     "chat_history_consumer_errors_total",
-    "Fetch or setup failures of the durable consumer (followed by a re-setup)",
+    "Setup or check failures of the durable consumer (a missing one is re-created)",
 )
 ACK_FLOOR = Gauge(
     "chat_history_ack_floor",

@@ -1,9 +1,10 @@
 """The history Component: what ``chat_kit.runtime`` starts and stops.
 
-Start: database pool → migrations → stream, durable consumer and its pull
-loop → the ``history`` micro service. Stop in reverse: stop taking requests
-and let those in flight finish, let the consumer commit and ack the batch in
-hand, close the pool. NATS itself is drained by the runtime afterwards.
+Start: database pool → migrations → stream, durable push consumer, its
+subscription and writer → the ``history`` micro service. Stop in reverse:
+stop taking requests and let those in flight finish, let the consumer store
+and ack what it was delivered (or hand it back), close the pool. NATS
+itself is drained by the runtime afterwards.
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ class HistoryComponent:
         self._pool = await create_pool(s.database_url, stop=rt.stopping)
         await migrate(self._pool, SCHEMA, "chat_history")
         self._store = MessageStore(self._pool)
-        self._consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch,
-                                         fetch_wait=s.fetch_wait,
+        self._consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch, linger=s.linger,
                                          replicas=rt.settings.stream_replicas)
         await self._consumer.start(rt.stopping)
         rt.checks.append(self._consumer.is_ready)
         # Reads give up on the stream as soon as on storage: same bound for both.
         js = rt.nc.jetstream(timeout=s.catchup_timeout)
         self._tracker = CommitTracker(js)
+        self._consumer.on_stored = self._tracker.nudge
         self._api = HistoryApi(js, self._store, self._tracker, s.catchup_timeout)
         handler = endpoint(SERVICE, "messages", HistoryRequest, self._api.messages)
         self._service = await start_service(

@@ -1,10 +1,13 @@
 """``history.messages`` in PostgreSQL: idempotent batch inserts and pages by seq.
 
-Inserts are one ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING``:
-one statement (so one implicit transaction) and one round trip per batch,
-with no temp table to manage per connection. ``ON CONFLICT`` without a target
-covers both keys: a redelivered (room, seq) and a msg_id already stored under
-another seq are skipped rather than failing the batch forever.
+Inserts are one ``INSERT … SELECT FROM json_to_recordset($1) ON CONFLICT DO
+NOTHING``: one statement (so one implicit transaction) and one round trip per
+batch, with no temp table to manage per connection. The batch travels as one
+JSON array (msgspec encodes the rows in C; PostgreSQL parses it in C), which
+costs this process a fraction of what eight typed arrays cost asyncpg to
+encode element by element. ``ON CONFLICT`` without a target covers both keys:
+a redelivered (room, seq) and a msg_id already stored under another seq are
+skipped rather than failing the batch forever.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 
 from chat_contract.events import Message
 
@@ -23,12 +27,16 @@ _NO_BEFORE = 2**63 - 1
 
 _COLUMNS = "room, seq, msg_id, sender_id, sender_name, text, reply_to, ts"
 
+# ts arrives as RFC 3339 with its offset (MessageRow.ts is aware), so the
+# session time zone plays no part.
 _INSERT = f"""
 INSERT INTO history.messages ({_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::timestamptz[])
+SELECT {_COLUMNS} FROM json_to_recordset($1::json) AS r(
+    room text, seq bigint, msg_id text, sender_id text, sender_name text,
+    text text, reply_to text, ts timestamptz)
 ON CONFLICT DO NOTHING
 """
+_encode_rows = msgspec.json.Encoder().encode
 
 # Newest page or `before` alone: the limit+1 highest seqs below the bound.
 _PAGE_DESC = f"""
@@ -73,18 +81,9 @@ class MessageStore:
         """Store ``rows`` atomically; return how many were new (duplicates are skipped)."""
         if not rows:
             return 0
-        columns = (
-            [r.room for r in rows],
-            [r.seq for r in rows],
-            [r.msg_id for r in rows],
-            [r.sender_id for r in rows],
-            [r.sender_name for r in rows],
-            [r.text for r in rows],
-            [r.reply_to for r in rows],
-            [r.ts for r in rows],
-        )
+        batch = _encode_rows(rows).decode()
         async with self._pool.acquire(timeout=self._timeout) as conn:
-            status: str = await conn.execute(_INSERT, *columns, timeout=self._timeout)
+            status: str = await conn.execute(_INSERT, batch, timeout=self._timeout)
         # Status is "INSERT 0 <rows inserted>".
         return int(status.rsplit(" ", 1)[-1])
 
