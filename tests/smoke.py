@@ -1,7 +1,8 @@
 """Smoke check of a running stack through the load balancer (issue 2's "done when").
 
 Registers two users, logs in, opens one socket each — reconnecting until the
-two land on different gateways — joins a room and chats both ways.
+two land on different gateways — joins a room, sees each other present, and
+chats both ways.
 
     .venv/bin/python tests/smoke.py [http://127.0.0.1:8080]
 """
@@ -52,9 +53,13 @@ async def main(base: str) -> None:
     b, node_b = await open_ws(ws_url, bob, node_a)
     print(f"alice on {node_a}, bob on {node_b}")
     room = f"smoke_{tag}"
+    acks = []
     for ws in (a, b):
         await ws.send(json.dumps({"type": "join", "id": "j", "room": room}))
-        await until(ws, "ack")
+        acks.append(await until(ws, "ack"))
+    print(f"bob's join ack lists {[m['name'] for m in acks[1]['members']]}")  # type: ignore[index]
+    joined = await until(a, "presence")
+    print(f"alice saw presence {joined['event']} of {joined['user']['name']}")  # type: ignore[index]
     await a.send(json.dumps({"type": "send", "id": "s", "room": room, "text": "hi bob"}))
     got = await until(b, "message")
     print(f"bob got {got['text']!r} seq={got['seq']} from {got['sender']}")
