@@ -158,7 +158,19 @@ async def run(
         assert member.client is not None
         join = {"type": "join", "id": f"j{i}", "room": member.room}
         member.client.send_text(json.dumps(join).encode())
+    slow: list[WsClient] = []
+    for i in range(args.slow_clients):
+        # Joined like everyone else, then never read: the gateway must close
+        # them (1013) once their buffer is full, without slowing the others.
+        r = i % args.rooms
+        client = await WsClient.connect("127.0.0.1", stack.gateway(1 + i % 2).port,
+                                        f"/ws?token={tokens[r]}", lambda p: None)
+        client.send_text(b'{"type":"join","room":"bench%d"}' % r)
+        slow.append(client)
     await asyncio.sleep(2.0)
+    for client in slow:
+        assert client.transport is not None
+        client.transport.pause_reading()
 
     procs = server_processes(stack, nats_pid, pg_pid)
     profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -234,6 +246,8 @@ async def run(
             k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())
         },
         "errors": dict(rec.errors.most_common(5)),
+        "slow_clients": args.slow_clients,
+        "slow_clients_closed_by_server": sum(1 for c in slow if c.closed.done()),
     }
     for name, (_, out) in profiles.items():
         result[f"profile_{name}"] = summarize_profile(out)
@@ -267,14 +281,22 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--profile", action="append", default=[], metavar="PROCESS",
                     help="sample this process (gateway-1, history, ...) with py-spy; repeatable")
+    ap.add_argument("--slow-clients", type=int, default=0,
+                    help="extra members that join and then never read")
+    ap.add_argument("--outbound-buffer", type=int, default=0,
+                    help="CHAT_GATEWAY_OUTBOUND_BUFFER for the run (0: the default)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         tmpdir = Path(tmp)
         with nats_server(tmpdir / "nats") as nats_url, postgres_server(tmpdir / "pg") as pg_url:
+            # One user per room holds all its sockets: lift the per-user cap too.
             env = {"CHAT_GATEWAY_SEND_RATE": "1000000", "CHAT_GATEWAY_SEND_BURST": "1000000",
+                   "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",
                    "CHAT_LOG_LEVEL": "WARNING"}
+            if args.outbound_buffer:
+                env["CHAT_GATEWAY_OUTBOUND_BUFFER"] = str(args.outbound_buffer)
             stack = Stack(nats_url, pg_url, tmpdir, extra_env=env)
             stack.start()
             try:
