@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -288,29 +289,39 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
+    # One user per room holds all its sockets: lift the per-user cap too.
+    env = {"CHAT_GATEWAY_SEND_RATE": "1000000", "CHAT_GATEWAY_SEND_BURST": "1000000",
+           "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000", "CHAT_LOG_LEVEL": "WARNING"}
+    if args.outbound_buffer:
+        env["CHAT_GATEWAY_OUTBOUND_BUFFER"] = str(args.outbound_buffer)
+    run_benchmark(env, lambda stack, nats_pid, pg_pid: run(args, stack, nats_pid, pg_pid),
+                  json_path=args.json)
+
+
+Runner = Callable[[Stack, "int | None", "int | None"], Awaitable[dict[str, object]]]
+
+
+def run_benchmark(env: dict[str, str], runner: Runner, *, json_path: Path | None = None,
+                  log_dir: Path | None = None) -> None:
+    """Start a fresh stack (NATS, PostgreSQL, services, two gateways), run, print JSON."""
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         tmpdir = Path(tmp)
         with nats_server(tmpdir / "nats") as nats_url, postgres_server(tmpdir / "pg") as pg_url:
-            # One user per room holds all its sockets: lift the per-user cap too.
-            env = {"CHAT_GATEWAY_SEND_RATE": "1000000", "CHAT_GATEWAY_SEND_BURST": "1000000",
-                   "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",
-                   "CHAT_LOG_LEVEL": "WARNING"}
-            if args.outbound_buffer:
-                env["CHAT_GATEWAY_OUTBOUND_BUFFER"] = str(args.outbound_buffer)
-            stack = Stack(nats_url, pg_url, tmpdir, extra_env=env)
+            logs = log_dir or tmpdir
+            logs.mkdir(parents=True, exist_ok=True)
+            stack = Stack(nats_url, pg_url, logs, extra_env=env)
             stack.start()
             try:
                 nats_pid = find_pid(f"-p {nats_url.rsplit(':', 1)[1]}")
                 pg_pid = find_pid(f"-p {pg_url.rsplit(':', 1)[1].split('/')[0]}")
                 import uvloop
-                result = uvloop.run(run(args, stack, nats_pid, pg_pid))
+                result = uvloop.run(runner(stack, nats_pid, pg_pid))
             finally:
                 stack.stop()
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text)
-
+    if json_path:
+        json_path.write_text(text)
 
 if __name__ == "__main__":
     main()

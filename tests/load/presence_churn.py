@@ -24,7 +24,6 @@ import base64
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -36,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(Path(__file__).parent)]
 
 from e2e.stack import Stack  # noqa: E402
-from fanout import cpu_seconds, find_pid, register, server_processes  # noqa: E402
-from servers import nats_server, postgres_server  # noqa: E402
+from fanout import cpu_seconds, register, run_benchmark, server_processes  # noqa: E402
 from wsclient import WsClient  # noqa: E402
 
 
@@ -196,27 +194,9 @@ def main() -> None:
     ap.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
-        tmpdir = Path(tmp)
-        with nats_server(tmpdir / "nats") as nats_url, postgres_server(tmpdir / "pg") as pg_url:
-            env = {"CHAT_LOG_LEVEL": "WARNING",
-                   "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000"}
-            log_dir = args.logs or tmpdir
-            log_dir.mkdir(parents=True, exist_ok=True)
-            stack = Stack(nats_url, pg_url, log_dir, extra_env=env)
-            stack.start()
-            try:
-                nats_pid = find_pid(f"-p {nats_url.rsplit(':', 1)[1]}")
-                pg_pid = find_pid(f"-p {pg_url.rsplit(':', 1)[1].split('/')[0]}")
-                import uvloop
-                result = uvloop.run(run(args, stack, nats_pid, pg_pid))
-            finally:
-                stack.stop()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-
+    env = {"CHAT_LOG_LEVEL": "WARNING", "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000"}
+    run_benchmark(env, lambda stack, nats_pid, pg_pid: run(args, stack, nats_pid, pg_pid),
+                  json_path=args.json, log_dir=args.logs)
 
 if __name__ == "__main__":
     main()
