@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,7 +120,7 @@ def validate_caddyfile(caddyfile: Path) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class Caddy:
+class Caddy(procs.ServerProcess):
     """A Caddy child process load-balancing ``upstream_ports`` on ``lb_port``."""
 
     lb_port: int
@@ -155,21 +154,6 @@ class Caddy:
     @property
     def log_path(self) -> Path:
         return self.config_dir / "caddy.log"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, timeout: float = procs.STOP_TIMEOUT) -> None:
-        if self._proc is not None:
-            procs.stop_child(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-
-    def __enter__(self) -> Caddy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         path = write_caddyfile(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,12 @@ def nats_ready(port: int, monitor_port: int | None = None) -> bool:
 
 
 @dataclass
-class NatsServer:
-    """A nats-server child process; ``store_dir`` keeps JetStream data across restarts."""
+class NatsServer(procs.ServerProcess):
+    """A nats-server child process; ``store_dir`` keeps JetStream data across restarts.
+
+    ``stop`` is SIGTERM (JetStream flushes its store); ``kill`` is a crash that
+    JetStream recovers from its files on restart.
+    """
 
     port: int
     store_dir: Path
@@ -67,37 +70,6 @@ class NatsServer:
     @property
     def url(self) -> str:
         return f"nats://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, timeout: float = procs.STOP_TIMEOUT) -> None:
-        """Graceful shutdown (SIGTERM); JetStream flushes its store."""
-        if self._proc is not None:
-            procs.stop_child(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash: JetStream must recover from its files on restart."""
-        if self._proc is not None:
-            procs.kill_child(self._proc)
-            self._proc = None
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same port and store."""
-        self.stop()
-        self._launch()
-
-    def __enter__(self) -> NatsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)

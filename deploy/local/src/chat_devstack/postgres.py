@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
@@ -316,8 +316,15 @@ def ensure_database(port: int, name: str = DATABASE) -> None:
 
 
 @dataclass
-class PostgresServer:
-    """A postmaster child process; ``data_dir`` persists across stop/start."""
+class PostgresServer(procs.ServerProcess):
+    """A postmaster child process; ``data_dir`` persists across stop/start.
+
+    ``stop`` is SIGINT, PostgreSQL's fast shutdown (roll back, checkpoint,
+    exit); SIGTERM would wait for every client to leave. ``kill`` takes the
+    postmaster and its backends down as in a crash (WAL recovery on restart).
+    """
+
+    stop_signal: ClassVar[int] = signal.SIGINT
 
     port: int
     data_dir: Path
@@ -349,39 +356,6 @@ class PostgresServer:
     def url(self) -> str:
         """``postgresql://postgres@127.0.0.1:PORT/<database>`` (trust auth, loopback only)."""
         return dsn(self.port, self.database)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, timeout: float = procs.STOP_TIMEOUT) -> None:
-        """Fast shutdown (SIGINT): roll back open transactions, checkpoint, exit.
-
-        SIGTERM would be a "smart" shutdown that waits for every client to leave.
-        """
-        if self._proc is not None:
-            procs.stop_child(self._proc, signal.SIGINT, timeout)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and its backends, as in a crash (WAL recovery on restart)."""
-        if self._proc is not None:
-            procs.kill_child(self._proc)
-            self._proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self._launch()
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         if self.log_path is None:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar, Self
 
 STOP_TIMEOUT = 10.0
 
@@ -202,3 +202,48 @@ def _stop_leftovers() -> None:
         leftovers = list(_at_exit.values())
     for proc, stop_signal in reversed(leftovers):
         stop_child(proc, stop_signal, timeout=5.0)
+
+
+class ServerProcess:
+    """The lifecycle shared by the servers the launcher and the tests start.
+
+    Subclasses (dataclasses with a ``_proc`` field) implement ``_launch``: spawn,
+    then wait until the server answers.
+    """
+
+    stop_signal: ClassVar[int] = signal.SIGTERM
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Graceful stop with the server's own ``stop_signal``."""
+        if self._proc is not None:
+            stop_child(self._proc, self.stop_signal, timeout)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group, as in a crash."""
+        if self._proc is not None:
+            kill_child(self._proc)
+            self._proc = None
+
+    def restart(self) -> None:
+        """Stop (if running) and start again with the same port and data."""
+        self.stop()
+        self._launch()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _launch(self) -> None:
+        raise NotImplementedError
