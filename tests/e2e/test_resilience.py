@@ -69,6 +69,11 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
             await s.request("send", room=room, text="while down")
         assert exc.value.code == "unavailable"
         assert time.monotonic() - started < 2.0 + 1.5  # the request timeout, not a hang
+        started = time.monotonic()
+        with pytest.raises(RequestFailed) as join_exc:
+            await s.request("join", room=room + "x")
+        assert join_exc.value.code == "unavailable"
+        assert time.monotonic() - started < 2.0 + 1.5
         await s.ws.send(json.dumps({"type": "ping"}))
         assert (await s.next_event("pong"))["type"] == "pong"
         assert s.close_code is None  # the socket survives

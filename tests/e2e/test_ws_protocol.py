@@ -48,8 +48,9 @@ async def test_three_ways_to_authenticate(stack: Stack, user: dict[str, Any]) ->
         early = json.loads(await ws.recv())
         assert early == {"type": "error", "id": "early", "code": "unauthorized",
                          "message": "authenticate first"}
-        await ws.send(json.dumps({"type": "auth", "token": token}))
+        await ws.send(json.dumps({"type": "auth", "id": "a1", "token": token}))
         assert json.loads(await ws.recv())["type"] == "welcome"
+        assert json.loads(await ws.recv()) == {"type": "ack", "id": "a1"}
 
 
 async def test_bad_tokens_close_4401(stack: Stack, user: dict[str, Any]) -> None:
@@ -136,3 +137,65 @@ async def test_client_msg_id_makes_send_idempotent(stack: Stack, user: dict[str,
     assert [e for e in leftover if e["type"] == "message"] == []  # presence events may remain
     await a.close()
     await b.close()
+
+
+async def test_join_ack_comes_before_any_event_of_the_room(
+        stack: Stack, user: dict[str, Any]) -> None:
+    """Reconnecting with `since` while the room is busy: the ack (with `missed`)
+    is the first frame about the room, and missed + live form one chain."""
+    writer = await Session.open(stack.ws_url(1), user["access_token"])
+    room = unique("order")
+    await writer.request("join", room=room)
+    first = await writer.request("send", room=room, text="m0")
+
+    async def pump() -> None:
+        for i in range(1, 19):  # within the default burst of 20
+            await writer.request("send", room=room, text=f"m{i}")
+            await asyncio.sleep(0.03)  # still sending while the other joins
+
+    pumping = asyncio.create_task(pump())
+    await asyncio.sleep(0.05)
+    async with connect(f"{stack.ws_url(2)}?token={user['access_token']}") as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        await ws.send(json.dumps({"type": "join", "id": "j", "room": room,
+                                  "since": first["seq"]}))
+        frames = []
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if frame["type"] in ("ack", "message"):
+                frames.append(frame)
+            if frame["type"] == "ack":
+                break
+        assert frames[-1]["type"] == "ack" and len(frames) == 1, "an event overtook the ack"
+        chain = frames[0]["missed"]
+        await pumping
+        while not chain or chain[-1]["text"] != "m18":
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if frame["type"] == "message":
+                chain.append(frame)
+    assert [m["text"] for m in chain] == [f"m{i}" for i in range(1, 19)]
+    assert [m["prev_seq"] for m in chain[1:]] == [m["seq"] for m in chain[:-1]]
+    assert chain[0]["prev_seq"] == first["seq"]
+    await writer.close()
+
+
+async def test_rest_bodies_and_bounds_are_capped(stack: Stack, user: dict[str, Any]) -> None:
+    import httpx
+
+    base = stack.gateway(1).url
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        big = b'{"username":"' + b"x" * 70_000 + b'","password":"p"}'
+        r = await http.post("/v1/auth/login", content=big,
+                            headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+        async def chunked():  # type: ignore[no-untyped-def]  # no Content-Length
+            for _ in range(20):
+                yield b"x" * 8192
+
+        r = await http.post("/v1/auth/register", content=chunked())
+        assert r.status_code == 413
+        headers = {"Authorization": f"Bearer {user['access_token']}"}
+        r = await http.get("/v1/rooms/r1/messages", params={"before": str(2**63)},
+                           headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"

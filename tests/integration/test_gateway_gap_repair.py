@@ -89,3 +89,35 @@ async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: st
     assert other[0] < first[0]
     await hub.close_all()
     await nc.drain()
+
+
+async def test_a_leave_elsewhere_never_unsubscribes_a_room_mid_join(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await bus.ensure_chat_stream(js)
+    hub = RoomHub(nc, js)
+    a, b = FakeConn(), FakeConn()
+    room = await hub.open("r2")
+    hub.attach(a, room, await hub.last_seq(room))  # type: ignore[arg-type]
+    joining = await hub.open("r2")  # b's join is in progress...
+    assert joining is room
+    await hub.detach(a, "r2")  # type: ignore[arg-type]  # ...when a leaves
+    await hub.detach(FakeConn(), "r2")  # type: ignore[arg-type]  # and a stranger's stray leave
+    assert hub.rooms.get("r2") is room and room.sub is not None
+    hub.attach(b, room, await hub.last_seq(room))  # type: ignore[arg-type]
+    await _publish(nc, "r2", 1)
+    await _until(lambda: len(b.frames) == 1)
+    await hub.detach(b, "r2")  # type: ignore[arg-type]
+    assert "r2" not in hub.rooms  # the last member gone and no join pending: unsubscribed
+    await nc.drain()
+
+
+def test_a_join_whose_floor_left_the_replay_buffer_sees_a_hole() -> None:
+    from chat_gateway.rooms import Room
+
+    room = Room("r3")
+    assert not RoomHub.has_hole(room, 0)
+    room.recent.extend([(10, 7, b""), (12, 10, b"")])
+    assert not RoomHub.has_hole(room, 7)  # the buffer reaches back to the floor
+    assert not RoomHub.has_hole(room, 9)
+    assert RoomHub.has_hole(room, 5)  # events in (5, 7] are gone from the buffer

@@ -58,6 +58,8 @@ BAD = [
     '{"type":"history","room":"x","before":1.5}', '{"type":"typing","room":"x","state":"go"}',
     '{"type":"ping","id":7}', '{"type":"ping","id":"' + "i" * 65 + '"}',
     '{"type":"send","room":"x","client_msg_id":""}',
+    '{"type":"history","room":"x","before":9223372036854775808}',
+    '{"type":"join","room":"x","since":18446744073709551615}',
 ]
 
 

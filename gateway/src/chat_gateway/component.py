@@ -53,6 +53,9 @@ class Gateway:
         self._verifier: TokenVerifier | None = None
         self._sessions: SessionRegistry | None = None
 
+    def is_draining(self) -> bool:
+        return self.draining
+
     # Set in start(); properties keep the handlers free of Optional checks.
     @property
     def nc(self) -> NATS:

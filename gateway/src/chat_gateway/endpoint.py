@@ -43,8 +43,9 @@ def _token_from_upgrade(ws: WebSocket) -> str | None:
     return None
 
 
-async def _first_frame_token(gw: Gateway, ws: WebSocket) -> str | None:
-    """Wait for an ``auth`` frame; anything else before it gets ``unauthorized``."""
+async def _first_frame_token(gw: Gateway, ws: WebSocket) -> tuple[str, str | None] | None:
+    """Wait for an ``auth`` frame (its token and request id); anything else
+    before it gets ``unauthorized``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + gw.settings.auth_timeout
     while True:
@@ -61,19 +62,25 @@ async def _first_frame_token(gw: Gateway, ws: WebSocket) -> str | None:
             except ChatError:
                 frame = None
             if isinstance(frame, frames.Auth):
-                return frame.token
+                return frame.token, frame.id
         rid = frames.request_id_of(text) if text is not None else None
         await ws.send_text(encode(Error(
             code="unauthorized", message="authenticate first", id=rid)).decode())
 
 
-async def _authenticate(gw: Gateway, ws: WebSocket) -> AccessClaims | None:
-    token = _token_from_upgrade(ws) or await _first_frame_token(gw, ws)
+async def _authenticate(gw: Gateway, ws: WebSocket) -> tuple[AccessClaims, str | None] | None:
+    """The caller's claims and, for a first-frame ``auth``, its request id to ack."""
+    request_id: str | None = None
+    token = _token_from_upgrade(ws)
+    if not token:
+        first = await _first_frame_token(gw, ws)
+        if first is not None:
+            token, request_id = first
     if not token:
         await ws.close(CloseCode.UNAUTHORIZED, "missing token")
         return None
     try:
-        return await gw.verifier.verify_async(token)
+        return await gw.verifier.verify_async(token), request_id
     except ChatError as exc:
         audit(log, "token rejected", reason=exc.message,
               remote=ws.client.host if ws.client else None)
@@ -86,9 +93,13 @@ async def ws_endpoint(gw: Gateway, ws: WebSocket) -> None:
     if gw.draining:
         await ws.close(CloseCode.SERVICE_RESTART, "draining")
         return
-    claims = await _authenticate(gw, ws)
-    if claims is None:
+    authenticated = await _authenticate(gw, ws)
+    if authenticated is None:
         return
+    if gw.is_draining():  # the drain may have begun while this socket authenticated
+        await ws.close(CloseCode.SERVICE_RESTART, "draining")
+        return
+    claims, auth_id = authenticated
     s = gw.settings
     conn = Connection(ws, "s_" + secrets.token_urlsafe(9), User(id=claims.sub, name=claims.name),
                       claims.exp, TokenBucket(s.send_rate, s.send_burst), s.outbound_buffer_bytes)
@@ -98,6 +109,8 @@ async def ws_endpoint(gw: Gateway, ws: WebSocket) -> None:
     try:
         conn.send(encode(Welcome(session=conn.session, user=conn.user, node=s.node_id,
                                  heartbeat=s.heartbeat)))
+        if auth_id is not None:  # a first-frame auth is a request like any other
+            conn.send(encode_ack(auth_id, {}))
         gw.sessions.opened_conn(conn)
         await _read_loop(gw, conn)
     finally:

@@ -10,11 +10,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.errors import Error as NatsError
 
 from chat_contract import frames, subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
-from chat_contract.events import Pong, encode
+from chat_contract.events import Pong, encode, encode_ack
 from chat_kit import bus
 
 from .connection import Connection
@@ -106,6 +107,8 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
         raise ChatError(ErrorCode.FORBIDDEN, f"at most {gw.settings.max_rooms} joined rooms")
     if gw.settings.room_member_cap and frame.room not in conn.rooms:
         await _check_room_cap(gw, conn, frame.room)
+    if not gw.nc.is_connected:
+        raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable")
     room = await gw.hub.open(frame.room)
     try:
         last_seq = await gw.hub.last_seq(room)
@@ -122,18 +125,23 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
             truncated = reply.has_more
             if missed:
                 floor = missed[-1].seq if truncated else max(last_seq, missed[-1].seq)
-    except BaseException:
-        if frame.room not in conn.rooms:
-            await gw.hub.detach(conn, frame.room)
+        members = await gw.presence.join(conn, frame.room)
+    except BaseException as exc:
+        await gw.hub.abandon(room)
+        if isinstance(exc, (NatsError, TimeoutError)):
+            raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable") from exc
         raise
+    # From here to attach() nothing awaits: the ack is queued before any event
+    # of the room, and no event can slip between the ack and the replay.
     conn.rooms.add(frame.room)
-    gw.hub.attach(conn, room, floor)
-    members = await gw.presence.join(conn, frame.room)
     result: dict[str, Any] = {"room": frame.room, "members": members, "last_seq": last_seq,
                               "missed": missed}
-    if truncated:
+    if truncated or gw.hub.has_hole(room, floor):
         result["missed_truncated"] = True
-    return result
+    if frame.id is not None:
+        conn.send(encode_ack(frame.id, result))
+    gw.hub.attach(conn, room, floor)
+    return None
 
 
 async def _check_room_cap(gw: Gateway, conn: Connection, room: str) -> None:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_contract import rooms, subjects
+from chat_contract import frames, rooms, subjects
 from chat_contract.bus import (
     Credentials,
     Empty,
@@ -62,10 +62,23 @@ def _route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
     return Route(path, endpoint, methods=[method])
 
 
+MAX_BODY = 64 * 1024
+
+
 async def _body(request: Request, type_: type[Any]) -> Any:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
+    # Refuse by the declared length, and stop reading past the limit: never
+    # buffer an unbounded body (these routes need no authentication).
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise ChatError(ErrorCode.TOO_LARGE, "request body too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ChatError(ErrorCode.TOO_LARGE, "request body too large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return msgspec.json.decode(raw, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -157,8 +170,8 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
         value = int(raw)
     except ValueError:
         raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer") from None
-    if value < 0:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be >= 0")
+    if not 0 <= value <= frames.MAX_SEQ:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {frames.MAX_SEQ}")
     return value
 
 

@@ -11,7 +11,10 @@ once, then the same bytes are written to every local member.
 Each member has a floor: events at or below it are not written to it. A join
 sets it to the last sequence the join already returned (``last_seq`` or the
 end of ``missed``), so a join never doubles an event and never skips one.
-Sequences only grow, so a floor never needs resetting once passed.
+Sequences only grow, so a floor never needs resetting once passed. A room
+with joins in progress (``pending``) stays subscribed even while it has no
+member yet, so a leave elsewhere cannot pull the subscription from under a
+join.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ RECENT_EVENTS = 256
 
 
 class Room:
-    __slots__ = ("name", "subject", "members", "sub", "last_seq", "recent", "ready")
+    __slots__ = ("name", "subject", "members", "sub", "last_seq", "recent", "ready", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -54,8 +57,10 @@ class Room:
         self.members: dict[Connection, int] = {}
         self.sub: Subscription | None = None
         self.last_seq = -1  # unknown until the first event or the first join's lookup
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_EVENTS)
+        # (seq, prev_seq, frame) of the latest events, for joins completing now
+        self.recent: deque[tuple[int, int, bytes]] = deque(maxlen=RECENT_EVENTS)
         self.ready = asyncio.Event()
+        self.pending = 0  # joins between open() and attach()/abandon()
 
 
 class RoomHub:
@@ -65,12 +70,15 @@ class RoomHub:
         self.rooms: dict[str, Room] = {}
 
     async def open(self, name: str) -> Room:
-        """The room's state, subscribing to its live subject on first use."""
-        room = self.rooms.get(name)
-        if room is not None:
+        """The room's state, subscribing on first use; ends with ``attach`` or ``abandon``."""
+        while (room := self.rooms.get(name)) is not None:
+            room.pending += 1
             await room.ready.wait()
-            return room
+            if self.rooms.get(name) is room:
+                return room
+            room.pending -= 1  # its opener failed or it closed meanwhile: start over
         room = Room(name)
+        room.pending = 1
         self.rooms[name] = room
         try:
             room.sub = await self.nc.subscribe(
@@ -98,23 +106,38 @@ class RoomHub:
             room.last_seq = seq  # baseline for gap detection
         return seq
 
+    @staticmethod
+    def has_hole(room: Room, floor: int) -> bool:
+        """True if events above ``floor`` already left the replay buffer (a
+        long join on a busy room): the join must then say ``missed_truncated``."""
+        return bool(room.recent) and room.recent[0][1] > floor
+
     def attach(self, conn: Connection, room: Room, floor: int) -> None:
         """Add a member; replay what arrived above ``floor`` while it was joining."""
+        room.pending -= 1
         if conn in room.members:
             return  # a second join of the same room never doubles delivery
         room.members[conn] = floor
-        for seq, frame in room.recent:
+        for seq, _, frame in room.recent:
             if seq > floor:
                 if conn.write_frame(frame):
                     metrics.WS_MESSAGES_OUT.inc()
                 room.members[conn] = seq
+
+    async def abandon(self, room: Room) -> None:
+        """A join that opened ``room`` failed before ``attach``."""
+        room.pending -= 1
+        await self._close_if_unused(room)
 
     async def detach(self, conn: Connection, name: str) -> None:
         room = self.rooms.get(name)
         if room is None:
             return
         room.members.pop(conn, None)
-        if not room.members and room.ready.is_set():
+        await self._close_if_unused(room)
+
+    async def _close_if_unused(self, room: Room) -> None:
+        if not room.members and room.pending <= 0 and room.ready.is_set():
             await self._close(room)
 
     async def _close(self, room: Room) -> None:
@@ -175,7 +198,7 @@ class RoomHub:
             return
         frame = text_frame(encode(record_to_event(record, seq, prev)))
         room.last_seq = seq
-        room.recent.append((seq, frame))
+        room.recent.append((seq, prev, frame))
         written = 0
         members = room.members
         for conn, floor in members.items():

@@ -17,7 +17,9 @@ from .rooms import RoomId
 MAX_TEXT_CHARS = 4000
 
 RequestId = Annotated[str, msgspec.Meta(max_length=64)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+# Sequences are JetStream's uint64, stored as PostgreSQL bigint: bound them there.
+MAX_SEQ = 2**63 - 1
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
 
