@@ -185,6 +185,9 @@ async def test_page_reconnects_through_the_lb_when_its_gateway_dies(
             await expect(page.locator("#messages li", has_text=f"while you were away {i}")
                          ).to_have_count(1)
         await expect(page.locator("#messages li", has_text="before the crash")).to_have_count(1)
+        # presence through the load balancer, after the crash: dave is listed online
+        await expect(page.locator("#memberList li", has_text=dave["user"]["name"])
+                     ).to_have_count(1)
         await page.screenshot(path=str(SHOTS / "reconnected.png"))
     finally:
         await writer.close()
