@@ -1,6 +1,7 @@
 """chat-presence: presence-service.
 
-Until presence lands (issue 4) it runs as a full member of the stack — it
-connects to NATS, registers its micro service and answers health, readiness
-and metrics — so that deployment, probes and the launcher are settled first.
+config   settings from CHAT_PRESENCE_* variables
+state    per-room, per-user aggregation of connection entries (no I/O)
+service  KV watchers, the leader lease, join/leave announcements, members queries
+main     the ``chat-presence`` entry point
 """
