@@ -227,8 +227,10 @@ async def test_room_ids_cannot_inject_subject_tokens(stack: Stack, user: dict[st
     async def record(msg: Any) -> None:
         seen.append(msg.subject)
 
-    await nc.subscribe("chat.>", cb=record)
-    await nc.subscribe("presence.>", cb=record)
+    # Every subject a room id becomes a token of. (Not all of "chat.>": the
+    # history consumer's deliver subject carries heartbeats at any time.)
+    for subject in ("chat.room.>", "chat.live.>", "presence.>"):
+        await nc.subscribe(subject, cb=record)
     await nc.flush()
     s = await Session.open(stack.ws_url(2), user["access_token"])
     try:
