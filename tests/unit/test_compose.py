@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from envnames import is_read, sources_of
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -45,33 +46,11 @@ LB_PORT = 8080
 # --- helpers -----------------------------------------------------------------
 
 
-def source_files(member: str) -> list[Path]:
-    return sorted((ROOT / member / "src").rglob("*.py"))
-
-
 def member_sources(member: str) -> list[str]:
     """The text of every module an image of ``member`` runs."""
-    return [p.read_text() for m in (*COMMON_MEMBERS, member) for p in source_files(m)]
+    return sources_of(*COMMON_MEMBERS, member)
 
 
-def is_read(name: str, sources: list[str]) -> bool:
-    """Whether the code reads environment variable ``name``.
-
-    A name counts when it appears quoted; ``X_FILE`` also counts when ``X`` is
-    read with ``env_secret`` (which tries ``X_FILE``) or is a module constant
-    that the same module turns into ``f"{CONSTANT}_FILE"``.
-    """
-    for text in sources:
-        if f'"{name}"' in text or f"'{name}'" in text:
-            return True
-        if name.endswith("_FILE"):
-            base = name.removesuffix("_FILE")
-            if re.search(rf'env_secret\(\s*"{base}"', text):
-                return True
-            constant = re.search(rf'^(\w+) = "{base}"$', text, re.MULTILINE)
-            if constant and f'f"{{{constant.group(1)}}}_FILE"' in text:
-                return True
-    return False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from envnames import is_read, sources_of
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -32,23 +33,8 @@ NATS_REPLICAS = 3
 # --- helpers -----------------------------------------------------------------
 
 
-def member_sources(*members: str) -> list[str]:
-    return [p.read_text() for m in members for p in sorted((ROOT / m / "src").rglob("*.py"))]
 
 
-def is_read(name: str, sources: list[str]) -> bool:
-    """Quoted in the code; ``X_FILE`` also when ``X`` is read with its ``_FILE`` variant."""
-    for text in sources:
-        if f'"{name}"' in text or f"'{name}'" in text:
-            return True
-        if name.endswith("_FILE"):
-            base = name.removesuffix("_FILE")
-            if re.search(rf'env_secret\(\s*"{base}"', text):
-                return True
-            constant = re.search(rf'^(\w+) = "{base}"$', text, re.MULTILINE)
-            if constant and f'f"{{{constant.group(1)}}}_FILE"' in text:
-                return True
-    return False
 
 
 def dockerfile_facts(member: str) -> dict[str, Any]:
@@ -192,7 +178,7 @@ def test_env_names_are_read_by_the_code(
     deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
 ) -> None:
     members = image_members()
-    common = member_sources(*COMMON_MEMBERS)
+    common = sources_of(*COMMON_MEMBERS)
     for name, config in by_kind["ConfigMap"].items():
         if name == "chat-config":
             for var in config["data"]:
@@ -201,7 +187,7 @@ def test_env_names_are_read_by_the_code(
                 assert isinstance(config["data"][var], str), var
     for name, deployment in deployments.items():
         for container in containers(deployment):
-            sources = member_sources(*COMMON_MEMBERS, members[container["image"]])
+            sources = sources_of(*COMMON_MEMBERS, members[container["image"]])
             for var in env_map(container):
                 if var.startswith("CHAT_"):
                     assert is_read(var, sources), f"{name}: nothing in its image reads {var}"
