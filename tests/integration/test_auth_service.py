@@ -28,6 +28,8 @@ from chat_contract.bus import (
     RefreshRequest,
     RegisterReply,
     TokenPair,
+    UsersReply,
+    UsersRequest,
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_gateway.tokens import TokenVerifier
@@ -156,6 +158,20 @@ async def test_duplicate_name_in_other_case_conflicts(auth: Replica, client: NAT
     for name in ("alice", "ALICE", "Alice"):
         err = await fails(ErrorCode.CONFLICT, register(client, name))
         assert err.message == "username is taken"
+
+
+async def test_users_lookup_by_id_and_name(auth: Replica, client: NATS) -> None:
+    alice = (await register(client, "Alice")).user
+    bob = (await register(client, "bob")).user
+    reply = await call(client, subjects.AUTH_USERS,
+                       UsersRequest(ids=[bob.id, "u_nobody"], names=["ALICE", "carol"]),
+                       UsersReply, TIMEOUT)
+    assert reply.users == [bob, alice]  # ids first, names case-insensitively, unknown absent
+    empty = await call(client, subjects.AUTH_USERS, UsersRequest(ids=["' OR 1=1 --"]),
+                       UsersReply, TIMEOUT)
+    assert empty.users == []
+    await fails(ErrorCode.BAD_REQUEST, call(client, subjects.AUTH_USERS,
+                                            UsersRequest(ids=["x"] * 101), UsersReply, TIMEOUT))
 
 
 @pytest.mark.parametrize("username", ["ab", "a" * 33, "has space", "emoji😀", "a/b", "", "é" * 5])
@@ -337,4 +353,4 @@ async def test_micro_service_discovery(auth: Replica, client: NATS) -> None:
     assert info["name"] == "auth"
     assert {e["subject"] for e in info["endpoints"]} == {
         subjects.AUTH_REGISTER, subjects.AUTH_LOGIN, subjects.AUTH_REFRESH,
-        subjects.AUTH_LOGOUT, subjects.AUTH_JWKS}
+        subjects.AUTH_LOGOUT, subjects.AUTH_JWKS, subjects.AUTH_USERS}

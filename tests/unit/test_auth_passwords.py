@@ -1,4 +1,4 @@
-"""chat_auth.passwords: argon2id off the event loop, same work for unknown users."""
+"""chat_kit.passwords: argon2id off the event loop, same work for unknown users."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from argon2 import PasswordHasher
 
-from chat_auth.passwords import Passwords
+from chat_kit.passwords import Passwords
 
 
 @pytest.fixture

@@ -22,13 +22,15 @@ from chat_contract.bus import (
     RefreshRequest,
     RegisterReply,
     TokenPair,
+    UsersReply,
+    UsersRequest,
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_kit.logs import audit, event
+from chat_kit.passwords import Passwords
 
 from .keys import SigningKey
-from .passwords import Passwords
 from .store import AuthStore, NameTakenError
 from .throttle import LoginThrottle
 from .tokens import TokenIssuer, new_family, new_refresh_token, refresh_token_hash
@@ -41,6 +43,8 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 256
 BAD_CREDENTIALS = "invalid username or password"
 BAD_REFRESH = "invalid or expired refresh token"
 # Spent tokens are kept this long past expiry so late reuse is still recognised.
+# Ids and names per user lookup (an invite list, a DM, a block).
+MAX_LOOKUP = 100
 KEEP_EXPIRED = 7 * 24 * 3600.0
 
 
@@ -117,6 +121,13 @@ class AuthHandlers:
         # Idempotent: unknown, spent or revoked tokens answer the same.
         await self.store.revoke_family_of(refresh_token_hash(req.refresh_token))
         return Empty()
+
+    async def users(self, req: UsersRequest) -> UsersReply:
+        """Public profiles (id, name) by id or name: for invites, DMs and blocks."""
+        if len(req.ids) > MAX_LOOKUP or len(req.names) > MAX_LOOKUP:
+            raise ChatError(ErrorCode.BAD_REQUEST, f"at most {MAX_LOOKUP} ids and names each")
+        found = await self.store.users(req.ids, req.names)
+        return UsersReply(users=[User(id=row_id, name=name) for row_id, name in found])
 
     async def jwks(self, _: Empty) -> JwksReply:
         return JwksReply(keys=self.key.jwks())

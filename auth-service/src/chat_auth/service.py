@@ -11,16 +11,16 @@ from nats.micro.service import Service
 from starlette.routing import BaseRoute
 
 from chat_contract import subjects
-from chat_contract.bus import Credentials, Empty, RefreshRequest
+from chat_contract.bus import Credentials, Empty, RefreshRequest, UsersRequest
 from chat_kit.bus import endpoint, start_service
 from chat_kit.db import create_pool, migrate
 from chat_kit.logs import event
+from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 
 from .config import AuthSettings
 from .handlers import KEEP_EXPIRED, AuthHandlers
 from .keys import load_signing_key
-from .passwords import Passwords
 from .store import SCHEMA, AuthStore
 from .throttle import LoginThrottle
 from .tokens import TokenIssuer
@@ -71,6 +71,7 @@ class AuthService:
             "logout": (subjects.AUTH_LOGOUT,
                        endpoint(SERVICE, "logout", RefreshRequest, h.logout)),
             "jwks": (subjects.AUTH_JWKS, endpoint(SERVICE, "jwks", Empty, h.jwks)),
+            "users": (subjects.AUTH_USERS, endpoint(SERVICE, "users", UsersRequest, h.users)),
         })
         event(log, "auth service started", kid=key.kid, issuer=s.issuer, audience=s.audience)
 

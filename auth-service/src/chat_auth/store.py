@@ -54,6 +54,15 @@ class AuthStore:
             "SELECT id, name, password_hash FROM auth.users WHERE name_lower = lower($1)", name)
         return None if row is None else UserRow(row["id"], row["name"], row["password_hash"])
 
+    async def users(self, ids: list[str], names: list[str]) -> list[tuple[str, str]]:
+        """(id, name) of the users with these ids, then of those with these names."""
+        rows = await self.pool.fetch(
+            "SELECT id, name, 0 AS part FROM auth.users WHERE id = ANY($1::text[])"
+            " UNION ALL SELECT id, name, 1 FROM auth.users"
+            " WHERE name_lower = ANY(SELECT lower(n) FROM unnest($2::text[]) AS n)"
+            " ORDER BY part", ids, names)
+        return [(row["id"], row["name"]) for row in rows]
+
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self.pool.execute(
             "UPDATE auth.users SET password_hash = $2 WHERE id = $1", user_id, password_hash)

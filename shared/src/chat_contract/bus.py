@@ -21,18 +21,33 @@ class _Payload(msgspec.Struct):
     """Base of every bus payload; each subclass ends with ``v`` (the version)."""
 
 
+RecordKind = Literal["message", "edit", "delete"]
+
+
 class ChatRecord(_Payload):
+    """One stored chat event. ``kind``:
+
+    - ``message``: a new message; ``msg_id`` is new, ``sender``/``ts`` its author and time;
+    - ``edit``: ``msg_id`` is the edited message's, ``text`` its new text;
+    - ``delete``: ``msg_id`` is the deleted message's; no text.
+
+    Edits and deletes carry the *original* message's ``sender``, ``ts`` and
+    ``reply_to`` (an event shows the message in its new state), so a block
+    filters them like the message itself. Each has its own stream sequence.
+    """
+
     room: str
     msg_id: str
     sender: User
     ts: str
-    kind: Literal["message"] = "message"
+    kind: RecordKind = "message"
     text: str | None = None
     reply_to: str | None = None
     v: int = VERSION
 
 
 def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> Message:
+    kind = record.kind
     return Message(
         room=record.room,
         msg_id=record.msg_id,
@@ -40,8 +55,10 @@ def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> Message:
         prev_seq=prev_seq,
         sender=record.sender,
         ts=record.ts,
-        text=record.text,
+        text=None if kind == "delete" else record.text,
         reply_to=record.reply_to,
+        edited=kind == "edit",
+        deleted=kind == "delete",
     )
 
 
@@ -90,6 +107,9 @@ class Empty(_Payload):
 
 class HistoryRequest(_Payload):
     room: str
+    # The caller (user id): private rooms are readable by members only, and the
+    # caller's blocked users' events are left out. None = a trusted internal read.
+    user: str | None = None
     before: int | None = None
     after: int | None = None
     limit: int = 50
@@ -102,6 +122,256 @@ class HistoryRequest(_Payload):
 class HistoryReply(_Payload):
     messages: list[Message]
     has_more: bool
+    v: int = VERSION
+
+
+# --- auth-service: user lookup (for history-service: invites, DMs, blocks) ---
+
+
+class UsersRequest(_Payload):
+    """Look users up by id and/or by name (names case-insensitively); at most 100 each."""
+
+    ids: list[str] = []
+    names: list[str] = []
+    v: int = VERSION
+
+
+class UsersReply(_Payload):
+    """The users found (unknown ones are simply absent), ids first, then names."""
+
+    users: list[User]
+    v: int = VERSION
+
+
+# --- history-service: rooms, membership, read state, search ------------------
+# Every request names its ``caller`` (from the verified access token); the
+# service decides what that user may do. Refusals travel as ChatError codes.
+
+Visibility = Literal["public", "private"]
+Role = Literal["owner", "member"]
+
+
+class MemberView(msgspec.Struct, omit_defaults=True):
+    """A room member (REST ``members`` items; the gateway fills ``online``)."""
+
+    id: str
+    name: str
+    role: Role = "member"
+    online: bool = False
+
+
+class RoomView(msgspec.Struct, omit_defaults=True):
+    """A room as REST shows it (PROTOCOL §5, §8).
+
+    ``password``: true if joining needs one (the hash never leaves the service).
+    ``dm``: a direct-message room (private, exactly two members, no invites).
+    ``members``: only in ``GET /v1/rooms/{id}``. ``unread``/``last_seq``/
+    ``last_message``: only in the caller's room list (``GET /v1/rooms``);
+    ``last_seq`` is the room's latest event sequence (0 for a new room).
+    """
+
+    id: str
+    name: str
+    visibility: Visibility
+    owner: str | None
+    created_at: str
+    password: bool = False
+    archived: bool = False
+    dm: bool = False
+    member_count: int | None = None
+    members: list[MemberView] | None = None
+    unread: int | None = None
+    last_seq: int | None = None
+    last_message: Message | None = None
+
+
+class RoomCreate(_Payload):
+    """``POST /v1/rooms``. ``id`` omitted → a random one; ``members``: user ids to add."""
+
+    caller: User
+    name: str
+    visibility: Visibility = "public"
+    id: str | None = None
+    password: str | None = None
+    members: list[str] = []
+    v: int = VERSION
+
+
+class RoomRef(_Payload):
+    """A request about one room by its caller: get, archive."""
+
+    caller: User
+    room: str
+    v: int = VERSION
+
+
+class RoomListRequest(_Payload):
+    """``GET /v1/rooms``: the caller's rooms, or with ``public`` the public directory."""
+
+    caller: User
+    public: bool = False
+    limit: int = 100
+    v: int = VERSION
+
+
+class RoomReply(_Payload):
+    room: RoomView
+    # POST /v1/dm: whether this request created the room (201) or found it (200).
+    created: bool = False
+    v: int = VERSION
+
+
+class RoomsReply(_Payload):
+    rooms: list[RoomView]
+    v: int = VERSION
+
+
+class AccessRequest(_Payload):
+    """A ``join``: may ``caller`` enter ``room`` (with ``password``)?
+
+    Allowed → the caller becomes (or stays) a member. A room that does not
+    exist is created as public with the caller as owner when ``create``.
+    """
+
+    caller: User
+    room: str
+    password: str | None = None
+    create: bool = True
+    v: int = VERSION
+
+
+class AccessReply(_Payload):
+    room: RoomView
+    # The caller's blocked user ids: their events are not delivered to the caller.
+    blocked: list[str] = []
+    v: int = VERSION
+
+
+class MemberChange(_Payload):
+    """Invite (``add``) or leave/remove (not ``add``) ``user`` in ``room``."""
+
+    caller: User
+    room: str
+    user: str
+    add: bool
+    v: int = VERSION
+
+
+class DmRequest(_Payload):
+    """``POST /v1/dm``: ``user`` is a user id, or else a username."""
+
+    caller: User
+    user: str
+    v: int = VERSION
+
+
+class BlockRequest(_Payload):
+    caller: User
+    user: str
+    block: bool
+    v: int = VERSION
+
+
+class BlocksReply(_Payload):
+    blocked: list[str]
+    v: int = VERSION
+
+
+class ChangeRequest(_Payload):
+    """May ``caller`` edit/delete ``msg_id`` in ``room``? Granted → the original's
+    author, ts and reply_to, which the gateway puts in the edit/delete record."""
+
+    caller: User
+    room: str
+    msg_id: str
+    action: Literal["edit", "delete"]
+    v: int = VERSION
+
+
+class ChangeGrant(_Payload):
+    sender: User
+    ts: str
+    reply_to: str | None = None
+    v: int = VERSION
+
+
+class ReadRequest(_Payload):
+    """Move the caller's read pointer in ``room`` forward to ``seq`` (clamped to
+    the room's last sequence); never backward."""
+
+    caller: User
+    room: str
+    seq: int
+    v: int = VERSION
+
+
+class ReadReply(_Payload):
+    seq: int  # the pointer now
+    moved: bool
+    v: int = VERSION
+
+
+class SearchRequest(_Payload):
+    caller: User
+    q: str
+    room: str | None = None
+    limit: int = 20
+    offset: int = 0
+    v: int = VERSION
+
+
+class SearchHit(msgspec.Struct):
+    room: str
+    msg_id: str
+    seq: int
+    text: str
+    ts: str
+    sender: User
+
+
+class SearchReply(_Payload):
+    results: list[SearchHit]
+    has_more: bool = False
+    v: int = VERSION
+
+
+# On chat.room.<room>.state (published by history-service after its database
+# changed): what gateways with members in the room must apply at once.
+
+
+class ReadNotice(_Payload, tag_field="op", tag="read"):
+    """A member's read pointer moved: relayed as a ``read`` event."""
+
+    room: str
+    user: User
+    seq: int
+    v: int = VERSION
+
+
+class MemberNotice(_Payload, tag_field="op", tag="member"):
+    """``user`` left or was removed: gateways take the user's sockets out of the room."""
+
+    room: str
+    user: str
+    event: Literal["removed", "left"]
+    v: int = VERSION
+
+
+class ArchiveNotice(_Payload, tag_field="op", tag="archived"):
+    """The room is archived: read-only from now on (send/edit → forbidden)."""
+
+    room: str
+    v: int = VERSION
+
+
+RoomState = ReadNotice | MemberNotice | ArchiveNotice
+
+
+class BlocksNotice(_Payload):
+    """On ``users.<user>.blocks``: the user's whole blocked set, after a change."""
+
+    user: str
+    blocked: list[str]
     v: int = VERSION
 
 

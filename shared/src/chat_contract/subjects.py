@@ -28,6 +28,25 @@ AUTH_LOGOUT = "svc.auth.logout"
 AUTH_JWKS = "svc.auth.jwks"
 HISTORY_MESSAGES = "svc.history.messages"
 PRESENCE_MEMBERS = "svc.presence.members"
+AUTH_USERS = "svc.auth.users"
+# history-service's room model (README "Rooms"): one endpoint each.
+ROOMS_CREATE = "svc.rooms.create"
+ROOMS_GET = "svc.rooms.get"
+ROOMS_LIST = "svc.rooms.list"
+ROOMS_ACCESS = "svc.rooms.access"
+ROOMS_MEMBER = "svc.rooms.member"
+ROOMS_ARCHIVE = "svc.rooms.archive"
+ROOMS_DM = "svc.rooms.dm"
+ROOMS_BLOCK = "svc.rooms.block"
+ROOMS_BLOCKS = "svc.rooms.blocks"
+ROOMS_CHANGE = "svc.rooms.change"
+ROOMS_READ = "svc.rooms.read"
+ROOMS_SEARCH = "svc.rooms.search"
+# A user's blocked set after a change (BlocksNotice); gateways subscribe to users.*.blocks.
+BLOCKS_PREFIX = "users"
+BLOCKS_WILDCARD = "users.*.blocks"
+# Direct-message rooms have ids with this prefix, which nobody else may create.
+DM_PREFIX = "dm-"
 
 # JetStream KV buckets of presence-service (presence-service/README.md).
 # Live entries, one key per (room, user, connection), expiring by the bucket TTL.
@@ -58,6 +77,16 @@ def room_subject(room: str) -> str:
 
 def live_subject(room: str) -> str:
     return f"{LIVE_PREFIX}.{_checked(room)}"
+
+
+def state_subject(room: str) -> str:
+    """Room state changes (RoomState): reads, removals, archive. Not under the
+    CHAT stream's ``chat.room.*`` (one token), so never stored or sequenced."""
+    return f"chat.room.{_checked(room)}.state"
+
+
+def blocks_subject(user_id: str) -> str:
+    return f"{BLOCKS_PREFIX}.{user_id}.blocks"
 
 
 def presence_subject(room: str) -> str:

@@ -1,4 +1,5 @@
-"""Password hashing with argon2id, off the event loop.
+"""Password hashing with argon2id, off the event loop (user passwords in auth-service,
+room passwords in history-service).
 
 Parameters: argon2-cffi's defaults, which are RFC 9106's second recommended
 profile (argon2id, t=3 passes, m=64 MiB, p=4 lanes, 16-byte salt, 32-byte
