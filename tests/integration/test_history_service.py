@@ -622,3 +622,89 @@ async def test_an_older_versions_pull_durable_is_taken_over_at_its_ack_floor(
     finally:
         pulling.cancel()
         await asyncio.gather(pulling, return_exceptions=True)
+
+
+# --- edits, deletes, blocked senders ---------------------------------------------------
+
+
+async def change(js: JetStreamContext, room: str, msg_id: str, kind: str,
+                 text: str | None = None) -> int:
+    record = ChatRecord(room=room, msg_id=msg_id, sender=ANN, ts="2025-06-01T12:00:00.123Z",
+                        kind=kind, text=text)  # type: ignore[arg-type]
+    ack = await js.publish(subjects.room_subject(room), msgspec.json.encode(record))
+    return int(ack.seq)
+
+
+async def test_edits_and_deletes_are_events_and_history_shows_the_latest_state(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url):
+        s1 = await send(js, room, "first draft", msg_id="m_one")
+        s2 = await send(js, room, "secret words", msg_id="m_two")
+        e1 = await change(js, room, "m_one", "edit", "final text")
+        d2 = await change(js, room, "m_two", "delete")
+        reply = await history(client, room)
+    items = [(m.seq, m.msg_id, m.text, m.edited, m.deleted) for m in reply.messages]
+    assert items == [
+        (s1, "m_one", "final text", True, False),
+        (s2, "m_two", None, False, True),
+        (e1, "m_one", "final text", True, False),
+        (d2, "m_two", None, False, True),
+    ]
+    assert chain_ok(reply.messages, 0)  # the same chain live delivery showed
+    rows = await stored_rows(db_url, room)
+    assert all(r["text"] is None for r in rows if r["msg_id"] == "m_two")  # gone from storage
+    assert [r["text"] for r in rows if r["seq"] == e1] == [None]  # text lives once
+    conn = await asyncpg.connect(db_url)
+    try:
+        hits = await conn.fetchval(
+            "SELECT count(*) FROM history.messages WHERE room = $1"
+            " AND tsv @@ websearch_to_tsquery('simple', 'secret')", room)
+    finally:
+        await conn.close()
+    assert hits == 0
+
+
+async def test_changes_apply_in_seq_order_once_whatever_the_batches(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    room = new_room()
+
+    def r(seq: int, kind: str, text: str | None) -> MessageRow:
+        return MessageRow(room, seq, "m_x", ANN.id, ANN.name, text, None,
+                          datetime(2025, 6, 1, tzinfo=UTC), kind)  # type: ignore[arg-type]
+
+    async with running(nats_url, db_url) as component:
+        store = component.store
+        # A message and its edit in one batch (a send edited within the linger).
+        assert await store.insert([r(10, "edit", "v2"), r(5, "message", "v1")]) == 2
+        # An older edit committed late by another instance changes nothing.
+        assert await store.insert([r(8, "edit", "v0")]) == 1
+        (page, _) = await store.page(room, before=None, after=None, limit=10)
+        assert [(m.seq, m.text) for m in page] == [(5, "v2"), (8, "v2"), (10, "v2")]
+        # A delete is final: a later edit does not bring the text back.
+        await store.insert([r(12, "delete", None), r(14, "edit", "again")])
+        (page, _) = await store.page(room, before=None, after=None, limit=10)
+        assert {(m.text, m.deleted) for m in page} == {(None, True)}
+        # A replayed batch is a no-op.
+        assert await store.insert([r(12, "delete", None), r(14, "edit", "again")]) == 0
+
+
+async def test_pages_leave_out_excluded_senders_and_keep_their_chain(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    room = new_room()
+    ts = datetime(2025, 6, 1, tzinfo=UTC)
+    rows = [MessageRow(room, seq, f"m{seq}", "u_bad" if seq % 2 else ANN.id, "x", f"t{seq}",
+                       None, ts) for seq in range(1, 9)]
+    async with running(nats_url, db_url) as component:
+        await component.store.insert(rows)
+        newest, _ = await component.store.page(room, before=None, after=None, limit=10,
+                                               exclude=["u_bad"])
+        assert [m.seq for m in newest] == [2, 4, 6, 8]
+        assert chain_ok(newest, 0)
+        after, more = await component.store.page(room, before=None, after=4, limit=1,
+                                                 exclude=["u_bad"])
+        assert [(m.seq, m.prev_seq) for m in after] == [(6, 4)] and more

@@ -15,6 +15,7 @@ from chat_history.config import HistorySettings
 from chat_history.records import (
     BadRecord,
     MessageRow,
+    PageRow,
     assemble_page,
     format_ts,
     parse_ts,
@@ -34,8 +35,8 @@ def record(**overrides: object) -> bytes:
     return msgspec.json.encode(ChatRecord(**fields))  # type: ignore[arg-type]
 
 
-def row(seq: int, room: str = "lobby") -> MessageRow:
-    return MessageRow(room, seq, f"m{seq}", "u_1", "ann", f"t{seq}", None, TS)
+def row(seq: int, room: str = "lobby", **state: bool) -> PageRow:
+    return PageRow(room, seq, f"m{seq}", "u_1", "ann", f"t{seq}", None, TS, **state)
 
 
 # --- payload → row ---------------------------------------------------------------------
@@ -44,6 +45,25 @@ def row(seq: int, room: str = "lobby") -> MessageRow:
 def test_row_from_payload_takes_seq_and_room_from_the_stream() -> None:
     r = row_from_payload("lobby", 42, record(reply_to="m0"))
     assert r == MessageRow("lobby", 42, "m1", "u_1", "ann", "hi", "m0", TS)
+
+
+@pytest.mark.parametrize("kind", ["edit", "delete"])
+def test_change_events_become_rows_of_their_kind(kind: str) -> None:
+    r = row_from_payload("lobby", 43, record(kind=kind, text="new" if kind == "edit" else None))
+    assert (r.kind, r.msg_id, r.seq) == (kind, "m1", 43)
+
+
+def test_unknown_kind_is_a_bad_record() -> None:
+    data = record().replace(b'"kind":"message"', b'"kind":"read"')
+    with pytest.raises(BadRecord):
+        row_from_payload("lobby", 1, data)
+
+
+def test_page_items_show_the_latest_state() -> None:
+    (edited, deleted), _ = assemble_page(
+        [row(2, deleted=True), row(1, edited=True)], limit=5, descending=True, floor_seq=0)
+    assert (edited.text, edited.edited, edited.deleted) == ("t1", True, False)
+    assert (deleted.text, deleted.deleted) == (None, True)  # no text, even if one were read
 
 
 def test_row_room_comes_from_the_subject_not_the_payload() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -53,10 +54,16 @@ def required_seq(req: HistoryRequest, room_last: int) -> int:
     return target
 
 
+# Who may read a room: raises ChatError (forbidden) or returns the reader's
+# blocked user ids, whose events the page leaves out (history-service rooms).
+ReadAccess = Callable[[str, str], Awaitable[list[str]]]
+
+
 class HistoryApi:
     def __init__(self, js: JetStreamContext, store: MessageStore, tracker: CommitTracker,
-                 catchup_timeout: float) -> None:
+                 catchup_timeout: float, access: ReadAccess | None = None) -> None:
         self._js = js
+        self._access = access
         self._store = store
         self._tracker = tracker
         self._catchup_timeout = catchup_timeout
@@ -82,14 +89,23 @@ class HistoryApi:
 
     async def _messages(self, req: HistoryRequest) -> HistoryReply:
         validate(req)
+        hidden: list[str] = []
+        if req.user is not None and self._access is not None:
+            hidden = await self._access(req.room, req.user)
         await self._catch_up(req)
         try:
             messages, has_more = await self._store.page(
-                req.room, before=req.before, after=req.after, limit=req.limit)
+                req.room, before=req.before, after=req.after, limit=req.limit, exclude=hidden)
         except _DB_UNAVAILABLE:
             # The consumer logs the outage once; each request only counts it.
             raise ChatError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
         return HistoryReply(messages=messages, has_more=has_more)
+
+    async def ensure_fresh(self, room: str, min_seq: int = 0) -> None:
+        """Return once storage holds every stream event of ``room`` (and up to
+        ``min_seq``); ChatError ``unavailable`` if it cannot catch up in time.
+        For decisions that must see a message sent a moment ago (edit, delete)."""
+        await self._catch_up(HistoryRequest(room=room, min_seq=min_seq))
 
     async def _catch_up(self, req: HistoryRequest) -> None:
         started = time.perf_counter()

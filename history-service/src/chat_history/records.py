@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from chat_contract.bus import ChatRecord
+from chat_contract.bus import ChatRecord, RecordKind
 from chat_contract.events import Message, User
 from chat_contract.rooms import is_valid_room_id
 
@@ -31,10 +31,12 @@ class BadRecord(ValueError):
 
 
 class MessageRow(msgspec.Struct, frozen=True):
-    """One row of ``history.messages``.
+    """One row of ``history.messages``: one stream event (see migration 0002).
 
     A msgspec struct: cheap to build, and a batch of them encodes to the JSON
-    array the store inserts in one statement. ``ts`` is timezone-aware.
+    array the store inserts in one statement. ``ts`` is timezone-aware. For
+    an ``edit`` row ``text`` is the new text, applied to the message's row
+    (the edit row itself is stored without it); a ``delete`` has none.
     """
 
     room: str
@@ -45,6 +47,22 @@ class MessageRow(msgspec.Struct, frozen=True):
     text: str | None
     reply_to: str | None
     ts: datetime
+    kind: RecordKind = "message"
+
+
+class PageRow(msgspec.Struct, frozen=True):
+    """One history item as read: an event row showing its message's latest state."""
+
+    room: str
+    seq: int
+    msg_id: str
+    sender_id: str
+    sender_name: str
+    text: str | None
+    reply_to: str | None
+    ts: datetime
+    edited: bool = False
+    deleted: bool = False
 
 
 def parse_ts(raw: str) -> datetime:
@@ -89,10 +107,11 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
         text=record.text,
         reply_to=record.reply_to,
         ts=parse_ts(record.ts),
+        kind=record.kind,
     )
 
 
-def to_message(row: MessageRow, prev_seq: int) -> Message:
+def to_message(row: PageRow, prev_seq: int) -> Message:
     return Message(
         room=row.room,
         msg_id=row.msg_id,
@@ -100,13 +119,15 @@ def to_message(row: MessageRow, prev_seq: int) -> Message:
         prev_seq=prev_seq,
         sender=User(id=row.sender_id, name=row.sender_name),
         ts=format_ts(row.ts),
-        text=row.text,
+        text=None if row.deleted else row.text,
         reply_to=row.reply_to,
+        edited=row.edited,
+        deleted=row.deleted,
     )
 
 
 def assemble_page(
-    rows: Sequence[MessageRow], *, limit: int, descending: bool, floor_seq: int
+    rows: Sequence[PageRow], *, limit: int, descending: bool, floor_seq: int
 ) -> tuple[list[Message], bool]:
     """Turn up to ``limit + 1`` rows of one query into (page, has_more).
 

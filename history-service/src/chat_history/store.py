@@ -19,13 +19,13 @@ import msgspec
 
 from chat_contract.events import Message
 
-from .records import MessageRow, assemble_page
+from .records import MessageRow, PageRow, assemble_page
 
 # Bounds for "no bound": every seq is > -1 and < 2**63 - 1 (bigint).
 _NO_AFTER = -1
 _NO_BEFORE = 2**63 - 1
 
-_COLUMNS = "room, seq, msg_id, sender_id, sender_name, text, reply_to, ts"
+_COLUMNS = "room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind"
 
 # ts arrives as RFC 3339 with its offset (MessageRow.ts is aware), so the
 # session time zone plays no part.
@@ -33,16 +33,38 @@ _INSERT = f"""
 INSERT INTO history.messages ({_COLUMNS})
 SELECT {_COLUMNS} FROM json_to_recordset($1::json) AS r(
     room text, seq bigint, msg_id text, sender_id text, sender_name text,
-    text text, reply_to text, ts timestamptz)
+    text text, reply_to text, ts timestamptz, kind text)
 ON CONFLICT DO NOTHING
 """
 _encode_rows = msgspec.json.Encoder().encode
 
+# Applied in seq order after the batch's rows are in. rev_seq makes a replay
+# (or an older change committed late by another instance) a no-op; a delete
+# is final, so nothing edits a deleted message back to life.
+_EDIT = """
+UPDATE history.messages SET text = $3, edited = true, rev_seq = $4
+WHERE kind = 'message' AND msg_id = $1 AND room = $2 AND NOT deleted AND rev_seq < $4
+"""
+_DELETE = """
+UPDATE history.messages SET text = NULL, deleted = true, rev_seq = $3
+WHERE kind = 'message' AND msg_id = $1 AND room = $2 AND NOT deleted
+"""
+
+# Every event row, shown with its message's latest state (the 'message' row of
+# its msg_id; for a message row that is itself). Senders in $N are left out
+# (the caller's blocked users).
+_ITEM = """
+SELECT e.room, e.seq, e.msg_id, e.sender_id, e.sender_name, m.text,
+       coalesce(m.reply_to, e.reply_to) AS reply_to, e.ts,
+       coalesce(m.edited, false) AS edited, coalesce(m.deleted, e.kind = 'delete') AS deleted
+FROM history.messages e
+LEFT JOIN history.messages m ON m.kind = 'message' AND m.msg_id = e.msg_id AND m.room = e.room
+"""
+
 # Newest page or `before` alone: the limit+1 highest seqs below the bound.
-_PAGE_DESC = f"""
-SELECT {_COLUMNS} FROM history.messages
-WHERE room = $1 AND seq < $2
-ORDER BY seq DESC
+_PAGE_DESC = f"""{_ITEM}
+WHERE e.room = $1 AND e.seq < $2 AND e.sender_id <> ALL($4::text[])
+ORDER BY e.seq DESC
 LIMIT $3
 """
 
@@ -50,16 +72,18 @@ LIMIT $3
 # for the first item's prev_seq) followed by the limit+1 lowest seqs in the window.
 # Both halves are backward/forward scans of the primary key.
 _PAGE_ASC = f"""
-(SELECT {_COLUMNS} FROM history.messages
- WHERE room = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1)
+({_ITEM}
+ WHERE e.room = $1 AND e.seq <= $2 AND e.sender_id <> ALL($5::text[])
+ ORDER BY e.seq DESC LIMIT 1)
 UNION ALL
-(SELECT {_COLUMNS} FROM history.messages
- WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT $4)
+({_ITEM}
+ WHERE e.room = $1 AND e.seq > $2 AND e.seq < $3 AND e.sender_id <> ALL($5::text[])
+ ORDER BY e.seq LIMIT $4)
 """
 
 
-def _row(record: asyncpg.Record) -> MessageRow:
-    return MessageRow(
+def _row(record: asyncpg.Record) -> PageRow:
+    return PageRow(
         room=record["room"],
         seq=record["seq"],
         msg_id=record["msg_id"],
@@ -68,7 +92,15 @@ def _row(record: asyncpg.Record) -> MessageRow:
         text=record["text"],
         reply_to=record["reply_to"],
         ts=record["ts"],
+        edited=record["edited"],
+        deleted=record["deleted"],
     )
+
+
+def _stored_form(row: MessageRow) -> MessageRow:
+    """The row as inserted: change events keep no text (it lives in the message's row)."""
+    return row if row.kind == "message" or row.text is None else msgspec.structs.replace(
+        row, text=None)
 
 
 class MessageStore:
@@ -78,17 +110,31 @@ class MessageStore:
         self._timeout = timeout
 
     async def insert(self, rows: Sequence[MessageRow]) -> int:
-        """Store ``rows`` atomically; return how many were new (duplicates are skipped)."""
+        """Store ``rows`` atomically and apply their edits and deletes; return how
+        many rows were new (duplicates are skipped)."""
         if not rows:
             return 0
-        batch = _encode_rows(rows).decode()
+        changes = sorted((r for r in rows if r.kind != "message"), key=lambda r: r.seq)
+        batch = _encode_rows([_stored_form(r) for r in rows] if changes else rows).decode()
         async with self._pool.acquire(timeout=self._timeout) as conn:
-            status: str = await conn.execute(_INSERT, batch, timeout=self._timeout)
+            if not changes:  # the common case: one statement, its own transaction
+                status: str = await conn.execute(_INSERT, batch, timeout=self._timeout)
+            else:
+                async with conn.transaction():
+                    status = await conn.execute(_INSERT, batch, timeout=self._timeout)
+                    for change in changes:
+                        if change.kind == "edit":
+                            await conn.execute(_EDIT, change.msg_id, change.room, change.text,
+                                               change.seq, timeout=self._timeout)
+                        else:
+                            await conn.execute(_DELETE, change.msg_id, change.room, change.seq,
+                                               timeout=self._timeout)
         # Status is "INSERT 0 <rows inserted>".
         return int(status.rsplit(" ", 1)[-1])
 
     async def page(
-        self, room: str, *, before: int | None, after: int | None, limit: int
+        self, room: str, *, before: int | None, after: int | None, limit: int,
+        exclude: Sequence[str] = (),
     ) -> tuple[list[Message], bool]:
         """One history page, ascending by seq, and whether more lie beyond it.
 
@@ -96,15 +142,19 @@ class MessageStore:
         - ``before`` only: the ``limit`` highest seqs < before; ``has_more`` = older exist;
         - ``after`` (± ``before``): the ``limit`` lowest seqs > after (and < before);
           ``has_more`` = more exist in that window above the page.
+
+        Senders in ``exclude`` (the reader's blocked users) are left out, and
+        ``prev_seq`` links what remains, so the reader's chain stays unbroken.
         """
         upper = _NO_BEFORE if before is None else before
+        hidden = list(exclude)
         async with self._pool.acquire(timeout=self._timeout) as conn:
             if after is None:
-                records = await conn.fetch(_PAGE_DESC, room, upper, limit + 1,
+                records = await conn.fetch(_PAGE_DESC, room, upper, limit + 1, hidden,
                                            timeout=self._timeout)
                 return assemble_page([_row(r) for r in records], limit=limit,
                                      descending=True, floor_seq=0)
-            records = await conn.fetch(_PAGE_ASC, room, after, upper, limit + 1,
+            records = await conn.fetch(_PAGE_ASC, room, after, upper, limit + 1, hidden,
                                        timeout=self._timeout)
         # UNION ALL keeps no order by contract; at most limit + 2 rows to sort.
         rows = sorted((_row(r) for r in records), key=lambda r: r.seq)
