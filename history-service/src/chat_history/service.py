@@ -20,6 +20,7 @@ from chat_contract import subjects
 from chat_contract.bus import HistoryRequest
 from chat_kit.bus import endpoint, start_service
 from chat_kit.db import create_pool, migrate
+from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 
 from . import __version__
@@ -27,6 +28,8 @@ from .api import HistoryApi
 from .config import HistorySettings
 from .consumer import HistoryConsumer
 from .freshness import CommitTracker
+from .rooms_api import RoomsApi
+from .rooms_store import RoomsStore
 from .store import MessageStore
 
 SERVICE = "history"
@@ -43,6 +46,8 @@ class HistoryComponent:
         self._tracker: CommitTracker | None = None
         self._api: HistoryApi | None = None
         self._service: Service | None = None
+        self._rooms: RoomsApi | None = None
+        self._passwords: Passwords | None = None
 
     @property
     def store(self) -> MessageStore:
@@ -67,10 +72,18 @@ class HistoryComponent:
         js = rt.nc.jetstream(timeout=s.catchup_timeout)
         self._tracker = CommitTracker(js)
         self._consumer.on_stored = self._tracker.nudge
-        self._api = HistoryApi(js, self._store, self._tracker, s.catchup_timeout)
+        # Rooms (README "Rooms"): history reads ask it who may read; its edit and
+        # read decisions wait for storage through the history API's catch-up.
+        self._passwords = Passwords()
+        self._rooms = RoomsApi(rt.nc, RoomsStore(self._pool), self._passwords,
+                               lookup_timeout=rt.settings.request_timeout)
+        self._api = HistoryApi(js, self._store, self._tracker, s.catchup_timeout,
+                               access=self._rooms.read_access)
+        self._rooms.fresh = self._api.ensure_fresh
         handler = endpoint(SERVICE, "messages", HistoryRequest, self._api.messages)
         self._service = await start_service(
-            rt.nc, SERVICE, __version__, {"messages": (subjects.HISTORY_MESSAGES, handler)})
+            rt.nc, SERVICE, __version__, {"messages": (subjects.HISTORY_MESSAGES, handler),
+                                          **self._rooms.endpoints(SERVICE)})
 
     async def stop(self) -> None:
         if self._service is not None:
@@ -89,6 +102,9 @@ class HistoryComponent:
                 with contextlib.suppress(Exception):
                     self._pool.terminate()
             self._pool = None
+        if self._passwords is not None:
+            self._passwords.close()
+            self._passwords = None
 
     def routes(self) -> list[BaseRoute]:
         return []  # /healthz, /readyz and /metrics come from chat_kit

@@ -1,0 +1,131 @@
+"""Pure room rules of history-service (chat_history.rooms_api): ids, names, join rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from chat_contract.bus import SearchRequest
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import User
+from chat_contract.rooms import is_valid_room_id
+from chat_contract.subjects import DM_PREFIX
+from chat_history.rooms_api import (
+    check_password,
+    dm_name,
+    dm_room_id,
+    join_rule,
+    may_see,
+    new_room_id,
+    room_name,
+    search_query,
+)
+from chat_history.rooms_store import RoomRow, Standing
+
+ME = User(id="u_me", name="me")
+
+
+def standing(*, visibility: str = "public", owner: str | None = "u_owner",
+             password: bool = False, archived: bool = False, dm: bool = False,
+             member: bool = False, banned: bool = False, peer_blocks: bool = False) -> Standing:
+    room = RoomRow(id="r1", name="r1", visibility=visibility,  # type: ignore[arg-type]
+                   owner=owner, password_hash="$argon2id$x" if password else None,
+                   archived=archived, dm=dm, created_at=datetime(2025, 1, 1, tzinfo=UTC))
+    return Standing(room=room, member_count=1, member=member, banned=banned,
+                    peer_blocks=peer_blocks)
+
+
+def test_dm_room_id_is_symmetric_valid_and_distinct() -> None:
+    a = dm_room_id("u_a", "u_b")
+    assert a == dm_room_id("u_b", "u_a")
+    assert a.startswith(DM_PREFIX) and len(a) == len(DM_PREFIX) + 32
+    assert is_valid_room_id(a)
+    assert a != dm_room_id("u_a", "u_c")
+    # The separator keeps pairs apart that would concatenate alike.
+    assert dm_room_id("u_a", "b_c") != dm_room_id("u_ab", "_c")
+
+
+def test_dm_name_sorted() -> None:
+    assert dm_name("zoe", "adam") == dm_name("adam", "zoe") == "adam, zoe"
+
+
+def test_new_room_ids_are_valid_and_not_dm() -> None:
+    ids = {new_room_id() for _ in range(200)}
+    assert len(ids) == 200
+    for room in ids:
+        assert is_valid_room_id(room) and room.startswith("r-") and len(room) == 14
+        assert not room.startswith(DM_PREFIX)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "a\x00b"])
+def test_bad_room_names(name: str) -> None:
+    with pytest.raises(ChatError) as info:
+        room_name(name)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_room_name_is_stripped() -> None:
+    assert room_name("  general  ") == "general"
+    assert room_name("x" * 100) == "x" * 100
+
+
+@pytest.mark.parametrize("password", ["", "p" * 257])
+def test_bad_room_passwords(password: str) -> None:
+    with pytest.raises(ChatError) as info:
+        check_password(password)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_good_room_passwords() -> None:
+    check_password(None)
+    check_password("p")
+    check_password("p" * 256)
+
+
+@pytest.mark.parametrize("kw", [
+    {"q": ""}, {"q": "   "}, {"q": "x" * 201}, {"q": "a\x00"},
+    {"q": "ok", "room": "bad room"}, {"q": "ok", "room": "x" * 65},
+    {"q": "ok", "limit": 0}, {"q": "ok", "limit": 51},
+    {"q": "ok", "offset": -1}, {"q": "ok", "offset": 1001},
+])
+def test_bad_searches(kw: dict[str, object]) -> None:
+    with pytest.raises(ChatError) as info:
+        search_query(SearchRequest(caller=ME, **kw))  # type: ignore[arg-type]
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_good_search_is_stripped() -> None:
+    req = SearchRequest(caller=ME, q="  hello  ", room="r1", limit=50, offset=1000)
+    assert search_query(req) == "hello"
+
+
+@pytest.mark.parametrize(("kw", "rule"), [
+    ({}, "ok"),
+    ({"member": True}, "ok"),
+    ({"banned": True}, "forbidden"),
+    ({"archived": True, "member": True}, "forbidden"),
+    ({"archived": True, "owner": "u_me"}, "forbidden"),
+    ({"visibility": "private"}, "forbidden"),
+    ({"visibility": "private", "member": True}, "ok"),
+    ({"visibility": "private", "owner": "u_me"}, "ok"),
+    ({"password": True}, "password"),
+    ({"password": True, "visibility": "private"}, "password"),
+    ({"password": True, "member": True}, "ok"),
+    ({"password": True, "owner": "u_me"}, "ok"),
+    ({"dm": True, "visibility": "private", "owner": None}, "forbidden"),
+    ({"dm": True, "visibility": "private", "owner": None, "member": True}, "ok"),
+    ({"dm": True, "visibility": "private", "owner": None, "member": True,
+      "peer_blocks": True}, "forbidden"),
+])
+def test_join_rule(kw: dict[str, object], rule: str) -> None:
+    assert join_rule(standing(**kw), ME.id) == rule  # type: ignore[arg-type]
+
+
+def test_may_see() -> None:
+    assert may_see(standing(), ME.id)
+    assert may_see(standing(archived=True), ME.id)
+    assert not may_see(standing(visibility="private"), ME.id)
+    assert may_see(standing(visibility="private", member=True), ME.id)
+    assert may_see(standing(visibility="private", owner=ME.id), ME.id)
+    assert not may_see(standing(visibility="private", dm=True, owner=None), ME.id)
