@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -22,13 +24,13 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from chat_contract import subjects
-from chat_contract.bus import Empty, JwksReply
+from chat_contract.bus import BlocksNotice, Empty, JwksReply
 from chat_contract.errors import CloseCode
-from chat_kit import bus
+from chat_kit import bus, metrics
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
 
-from . import endpoint, rest
+from . import endpoint, rest, rest_rooms
 from .config import GatewaySettings
 from .connection import Connection
 from .presence import PresenceHub
@@ -38,6 +40,7 @@ from .tokens import TokenVerifier
 
 log = logging.getLogger("chat_gateway")
 STATIC = Path(__file__).parent / "static"
+_blocks_decoder = msgspec.json.Decoder(BlocksNotice)
 
 
 class Gateway:
@@ -46,6 +49,8 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.connections: set[Connection] = set()
+        # user id → that user's sockets here: where a BlocksNotice applies.
+        self.by_user: dict[str, set[Connection]] = {}
         self.draining = False
         self._rt: Runtime | None = None
         self._hub: RoomHub | None = None
@@ -55,6 +60,33 @@ class Gateway:
 
     def is_draining(self) -> bool:
         return self.draining
+
+    def add_connection(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.by_user.setdefault(conn.user.id, set()).add(conn)
+
+    def remove_connection(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        mine = self.by_user.get(conn.user.id)
+        if mine is not None:
+            mine.discard(conn)
+            if not mine:
+                del self.by_user[conn.user.id]
+
+    async def _on_blocks(self, msg: Msg) -> None:
+        """A user's blocked set changed: every local socket of theirs filters by it."""
+        try:
+            notice = _blocks_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            metrics.WS_DROPPED.labels("bad_blocks_event").inc()
+            return
+        blocked = set(notice.blocked)
+        for conn in self.by_user.get(notice.user, ()):
+            conn.blocked = set(blocked)
+
+    async def _evicted(self, conn: Connection, room: str) -> None:
+        """A removal took ``conn`` out of ``room``: the rest of a leave."""
+        await self.presence.leave(conn, room)
 
     # Set in start(); properties keep the handlers free of Optional checks.
     @property
@@ -95,7 +127,7 @@ class Gateway:
         self._rt = rt
         js = rt.nc.jetstream(timeout=self.settings.common.request_timeout)
         await bus.ensure_chat_stream(js, self.settings.common.stream_replicas)
-        self._hub = RoomHub(rt.nc, js)
+        self._hub = RoomHub(rt.nc, js, self._evicted)
         self._presence = PresenceHub(rt.nc, js, self.settings.node_id,
                                      self.settings.common.request_timeout)
         await self._presence.start()
@@ -106,6 +138,8 @@ class Gateway:
         self._sessions = SessionRegistry(rt.nc, js, s.node_id, s.max_connections_per_user,
                                          s.session_ttl, s.common.request_timeout)
         await self._sessions.start()
+        # Rare traffic (a block or unblock), so one subscription for all users.
+        await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self._on_blocks)
         event(log, "gateway ready", node=self.settings.node_id)
 
     async def stop(self) -> None:
@@ -135,7 +169,8 @@ class Gateway:
         async def index(_: Request) -> Response:
             return FileResponse(STATIC / "index.html")
 
-        return [WebSocketRoute("/ws", ws), Route("/", index, methods=["GET"]), *rest.routes(self)]
+        return [WebSocketRoute("/ws", ws), Route("/", index, methods=["GET"]), *rest.routes(self),
+                *rest_rooms.routes(self)]
 
     def server_options(self) -> dict[str, object]:
         s = self.settings

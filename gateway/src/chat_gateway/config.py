@@ -30,7 +30,8 @@ class GatewaySettings:
     send_burst: int
     max_rooms: int
     outbound_buffer_bytes: int
-    create_rooms_on_join: bool
+    # A join of an unknown room creates it (public, the joiner as owner).
+    auto_create_rooms: bool
     drain_timeout: float
     # Hardening (README "Limits"): abuse → 1008, per-user connection cap → 4409.
     abuse_strikes: int = 30
@@ -56,7 +57,7 @@ class GatewaySettings:
             send_burst=env_int("CHAT_GATEWAY_SEND_BURST", 20, minimum=1),
             max_rooms=env_int("CHAT_GATEWAY_MAX_ROOMS", 100, minimum=1),
             outbound_buffer_bytes=env_int("CHAT_GATEWAY_OUTBOUND_BUFFER", 1 << 20, minimum=1024),
-            create_rooms_on_join=env_bool("CHAT_GATEWAY_CREATE_ROOMS", True),
+            auto_create_rooms=env_bool("CHAT_GATEWAY_AUTO_CREATE_ROOMS", True),
             drain_timeout=env_float("CHAT_GATEWAY_DRAIN_TIMEOUT", 5.0, minimum=0.0),
             abuse_strikes=env_int("CHAT_GATEWAY_ABUSE_STRIKES", 30, minimum=0),
             abuse_window=env_float("CHAT_GATEWAY_ABUSE_WINDOW", 10.0, minimum=0.1),

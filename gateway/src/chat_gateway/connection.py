@@ -65,7 +65,7 @@ _flusher = _Flusher()
 
 class Connection:
     __slots__ = ("ws", "session", "user", "token_exp", "rooms", "bucket", "closed",
-                 "max_buffer", "_proto", "_queue", "_writer", "remote", "_out")
+                 "max_buffer", "_proto", "_queue", "_writer", "remote", "_out", "blocked")
 
     def __init__(self, ws: WebSocket, session: str, user: User, token_exp: int,
                  bucket: TokenBucket, max_buffer: int) -> None:
@@ -74,6 +74,9 @@ class Connection:
         self.user = user
         self.token_exp = token_exp
         self.rooms: set[str] = set()
+        # User ids whose events this socket is not delivered (the user's blocks):
+        # set at each join from the access reply, replaced by BlocksNotice.
+        self.blocked: set[str] = set()
         self.bucket = bucket
         self.closed = False
         self.max_buffer = max_buffer

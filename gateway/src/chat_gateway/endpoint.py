@@ -103,7 +103,7 @@ async def ws_endpoint(gw: Gateway, ws: WebSocket) -> None:
     s = gw.settings
     conn = Connection(ws, "s_" + secrets.token_urlsafe(9), User(id=claims.sub, name=claims.name),
                       claims.exp, TokenBucket(s.send_rate, s.send_burst), s.outbound_buffer_bytes)
-    gw.connections.add(conn)
+    gw.add_connection(conn)
     metrics.WS_CONNECTIONS.inc()
     expiry = asyncio.create_task(_expire(conn))
     try:
@@ -116,7 +116,7 @@ async def ws_endpoint(gw: Gateway, ws: WebSocket) -> None:
     finally:
         expiry.cancel()
         gw.sessions.closed_conn(conn)
-        gw.connections.discard(conn)
+        gw.remove_connection(conn)
         metrics.WS_CONNECTIONS.dec()
         conn.stop_writer()
         for room in list(conn.rooms):

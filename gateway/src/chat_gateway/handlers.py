@@ -7,17 +7,28 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from nats.errors import Error as NatsError
 
 from chat_contract import frames, subjects
-from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
+from chat_contract.bus import (
+    AccessReply,
+    AccessRequest,
+    ChangeGrant,
+    ChangeRequest,
+    ChatRecord,
+    HistoryReply,
+    HistoryRequest,
+    ReadReply,
+    ReadRequest,
+)
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Pong, encode, encode_ack
 from chat_kit import bus
 
+from .clock import now_rfc3339
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -26,18 +37,7 @@ if TYPE_CHECKING:
 Result = dict[str, Any] | None
 MAX_MISSED = 500
 _record_decoder = msgspec.json.Decoder(ChatRecord)
-
-
-_second = [-1, ""]
-
-
-def now_rfc3339() -> str:
-    """RFC 3339 UTC with milliseconds; the date part is formatted once a second."""
-    now = time.time()
-    whole = int(now)
-    if whole != _second[0]:
-        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+MAX_MSG_ID = 64
 
 
 # Message ids: a random per-process prefix and a counter. Unique across nodes
@@ -71,9 +71,12 @@ async def handle(gw: Gateway, conn: Connection, frame: frames.ClientFrame) -> Re
             _require_joined(conn, frame.room)
             await gw.presence.typing(conn, frame.room, frame.state)
             return None
-        case frames.Edit() | frames.Delete() | frames.Read():
-            kind = type(frame).__name__.lower()
-            raise ChatError(ErrorCode.BAD_REQUEST, f"{kind} is not supported yet")
+        case frames.Edit():
+            return await change(gw, conn, frame.room, frame.msg_id, "edit", frame.text)
+        case frames.Delete():
+            return await change(gw, conn, frame.room, frame.msg_id, "delete", None)
+        case frames.Read():
+            return await read(gw, conn, frame)
     raise ChatError(ErrorCode.BAD_REQUEST, "unknown frame")  # pragma: no cover
 
 
@@ -82,9 +85,16 @@ def _require_joined(conn: Connection, room: str) -> None:
         raise ChatError(ErrorCode.FORBIDDEN, f"not joined to room {room}")
 
 
+def _require_writable(gw: Gateway, room: str) -> None:
+    hub_room = gw.hub.rooms.get(room)
+    if hub_room is not None and hub_room.archived:
+        raise ChatError(ErrorCode.FORBIDDEN, f"room {room} is archived (read-only)")
+
+
 async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
     _require_joined(conn, frame.room)
     text = frames.check_text(frame.text)
+    _require_writable(gw, frame.room)
     if not conn.bucket.take():
         raise ChatError(ErrorCode.RATE_LIMITED, "too many messages, slow down")
     record = ChatRecord(room=frame.room, msg_id=new_msg_id(), sender=conn.user,
@@ -102,6 +112,38 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
     return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
 
 
+async def change(gw: Gateway, conn: Connection, room: str, msg_id: str,
+                 action: Literal["edit", "delete"], text: str | None) -> Result:
+    """``edit``/``delete``: history-service decides (own message; the owner may
+    delete any), then the change is a new event of the room carrying ``msg_id``."""
+    _require_joined(conn, room)
+    if not msg_id or len(msg_id) > MAX_MSG_ID:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"msg_id must be 1-{MAX_MSG_ID} characters")
+    if text is not None:
+        text = frames.check_text(text)
+        _require_writable(gw, room)  # deleting one's own message stays possible (privacy)
+    if not conn.bucket.take():
+        raise ChatError(ErrorCode.RATE_LIMITED, "too many messages, slow down")
+    timeout = gw.settings.common.request_timeout
+    grant = await bus.call(gw.nc, subjects.ROOMS_CHANGE,
+                           ChangeRequest(caller=conn.user, room=room, msg_id=msg_id,
+                                         action=action),
+                           ChangeGrant, timeout)
+    record = ChatRecord(room=room, msg_id=msg_id, sender=grant.sender, ts=grant.ts, kind=action,
+                        text=text, reply_to=grant.reply_to)
+    ack = await bus.publish_durable(gw.nc, subjects.room_subject(room), encode(record), timeout)
+    return {"seq": ack.seq}
+
+
+async def read(gw: Gateway, conn: Connection, frame: frames.Read) -> Result:
+    """Move the read pointer; the ``read`` event comes back on the room's state subject."""
+    _require_joined(conn, frame.room)
+    await bus.call(gw.nc, subjects.ROOMS_READ,
+                   ReadRequest(caller=conn.user, room=frame.room, seq=frame.seq),
+                   ReadReply, gw.settings.common.request_timeout)
+    return {}
+
+
 async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
     if frame.room not in conn.rooms and len(conn.rooms) >= gw.settings.max_rooms:
         raise ChatError(ErrorCode.FORBIDDEN, f"at most {gw.settings.max_rooms} joined rooms")
@@ -109,8 +151,20 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
         await _check_room_cap(gw, conn, frame.room)
     if not gw.nc.is_connected:
         raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable")
+    timeout = gw.settings.common.request_timeout
+    # Subscribed (live and state) before asking: a removal or archive decided
+    # after the access reply reaches this node as a notice.
     room = await gw.hub.open(frame.room)
     try:
+        access = await bus.call(
+            gw.nc, subjects.ROOMS_ACCESS,
+            AccessRequest(caller=conn.user, room=frame.room, password=frame.password,
+                          create=gw.settings.auto_create_rooms),
+            AccessReply, timeout)
+        removals = gw.hub.removals(frame.room, conn.user.id)
+        conn.blocked = set(access.blocked)
+        # An ArchiveNotice may have overtaken this reply; archiving is one-way.
+        room.archived = room.archived or access.room.archived
         last_seq = await gw.hub.last_seq(room)
         missed: list[Any] = []
         truncated = False
@@ -118,14 +172,18 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
         if frame.since is not None and frame.since < last_seq:
             reply = await bus.call(
                 gw.nc, subjects.HISTORY_MESSAGES,
-                HistoryRequest(room=frame.room, after=frame.since, limit=MAX_MISSED,
-                               min_seq=last_seq),
-                HistoryReply, gw.settings.common.request_timeout)
+                HistoryRequest(room=frame.room, user=conn.user.id, after=frame.since,
+                               limit=MAX_MISSED, min_seq=last_seq),
+                HistoryReply, timeout)
             missed = reply.messages
             truncated = reply.has_more
             if missed:
                 floor = missed[-1].seq if truncated else max(last_seq, missed[-1].seq)
         members = await gw.presence.join(conn, frame.room)
+        if gw.hub.removals(frame.room, conn.user.id) != removals:
+            # Removed (or left elsewhere) while this join was under way.
+            await gw.presence.leave(conn, frame.room)
+            raise ChatError(ErrorCode.FORBIDDEN, f"no longer a member of room {frame.room}")
     except BaseException as exc:
         await gw.hub.abandon(room)
         if isinstance(exc, (NatsError, TimeoutError)):
@@ -167,7 +225,8 @@ async def leave(gw: Gateway, conn: Connection, frame: frames.Leave) -> Result:
 async def history(gw: Gateway, conn: Connection, frame: frames.History) -> Result:
     reply = await bus.call(
         gw.nc, subjects.HISTORY_MESSAGES,
-        HistoryRequest(room=frame.room, before=frame.before, after=frame.after, limit=frame.limit),
+        HistoryRequest(room=frame.room, user=conn.user.id, before=frame.before,
+                       after=frame.after, limit=frame.limit),
         HistoryReply, gw.settings.common.request_timeout)
     return {"messages": reply.messages, "has_more": reply.has_more}
 

@@ -14,7 +14,8 @@ In: while a room has local members this node subscribes to
 ``presence.<room>``, where presence-service publishes join/leave and the
 typists' gateways publish typing notices. Each event is encoded and framed
 once and the same bytes go to every local member (typing skips the typist's
-own connections). Typing coalescing and expiry: :mod:`.typists`.
+own connections; members who blocked the user the event is about get
+nothing). Typing coalescing and expiry: :mod:`.typists`.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ class PresenceHub:
                     if gone is not None:
                         self._relay_typing(room, gone, "stop")
                 self._fan_out(room, encode(PresenceEvent(
-                    room=room.name, event=signal.event, user=signal.user, ts=signal.ts)), None)
+                    room=room.name, event=signal.event, user=signal.user, ts=signal.ts)),
+                    signal.user.id, skip_self=False)
             elif signal.state == "start":
                 if room.typing.start(signal.user, time.monotonic(), signal.age_ms / 1000):
                     self._typing_rooms.add(room)
@@ -217,14 +219,20 @@ class PresenceHub:
     def _relay_typing(self, room: PresenceRoom, user: User, state: str) -> None:
         payload = encode(TypingEvent(room=room.name, user=user,
                                      state="start" if state == "start" else "stop"))
-        self._fan_out(room, payload, user.id)
+        self._fan_out(room, payload, user.id, skip_self=True)
 
     @staticmethod
-    def _fan_out(room: PresenceRoom, payload: bytes, skip_user: str | None) -> None:
+    def _fan_out(room: PresenceRoom, payload: bytes, about: str, *, skip_self: bool) -> None:
+        """Write an event about user ``about`` to the local members, except
+        those who blocked that user (and with ``skip_self`` that user's own)."""
         frame = text_frame(payload)
         written = 0
         for conn in room.members:
-            if conn.user.id != skip_user and conn.write_frame(frame):
+            if skip_self and conn.user.id == about:
+                continue
+            if conn.blocked and about in conn.blocked:
+                continue
+            if conn.write_frame(frame):
                 written += 1
         metrics.WS_MESSAGES_OUT.inc(written)
 

@@ -1,4 +1,5 @@
-"""The REST API (PROTOCOL.md §5) as far as the services behind it exist.
+"""The REST API (PROTOCOL.md §5): auth and the caller here, the room model
+in :mod:`.rest_rooms`, with the shared helpers below.
 
 Every route is a thin translation: HTTP in, one NATS request to a service,
 HTTP out. Errors use ``{"error":{"code","message"}}`` and §8's statuses.
@@ -7,6 +8,7 @@ HTTP out. Errors use ``{"error":{"code","message"}}`` and §8's statuses.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_contract import frames, rooms, subjects
+from chat_contract import frames, subjects
 from chat_contract.bus import (
     Credentials,
     Empty,
-    HistoryReply,
-    HistoryRequest,
     JwksReply,
     RefreshRequest,
     RegisterReply,
@@ -52,7 +52,7 @@ def error_response(exc: ChatError) -> Response:
 Handler = Callable[["Gateway", Request], Awaitable[Response]]
 
 
-def _route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
+def route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(gw, request)
@@ -65,7 +65,7 @@ def _route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
 MAX_BODY = 64 * 1024
 
 
-async def _body(request: Request, type_: type[Any]) -> Any:
+async def read_body(request: Request, type_: type[Any]) -> Any:
     # Refuse by the declared length, and stop reading past the limit: never
     # buffer an unbounded body (these routes need no authentication).
     declared = request.headers.get("content-length", "")
@@ -101,32 +101,32 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def _caller(gw: Gateway, request: Request) -> AccessClaims:
+async def caller_claims(gw: Gateway, request: Request) -> AccessClaims:
     header = request.headers.get("authorization", "")
     if header[:7].lower() != "bearer ":
         raise ChatError(ErrorCode.UNAUTHORIZED, "missing bearer token")
     return await gw.verifier.verify_async(header[7:].strip())
 
 
-def _timeout(gw: Gateway) -> float:
+def request_timeout(gw: Gateway) -> float:
     return gw.settings.common.request_timeout
 
 
 async def register(gw: Gateway, request: Request) -> Response:
-    body = await _body(request, _Login)
+    body = await read_body(request, _Login)
     reply = await bus.call(gw.nc, subjects.AUTH_REGISTER,
                            Credentials(username=body.username, password=body.password,
                                        remote=_remote(request)),
-                           RegisterReply, _timeout(gw))
+                           RegisterReply, request_timeout(gw))
     return json_response({"user": reply.user}, 201)
 
 
 async def login(gw: Gateway, request: Request) -> Response:
-    body = await _body(request, _Login)
+    body = await read_body(request, _Login)
     reply = await bus.call(gw.nc, subjects.AUTH_LOGIN,
                            Credentials(username=body.username, password=body.password,
                                        remote=_remote(request)),
-                           TokenPair, _timeout(gw))
+                           TokenPair, request_timeout(gw))
     return json_response(_pair(reply))
 
 
@@ -136,68 +136,54 @@ def _pair(pair: TokenPair) -> dict[str, Any]:
 
 
 async def refresh(gw: Gateway, request: Request) -> Response:
-    body = await _body(request, _Refresh)
+    body = await read_body(request, _Refresh)
     reply = await bus.call(gw.nc, subjects.AUTH_REFRESH,
                            RefreshRequest(refresh_token=body.refresh_token,
                                           remote=_remote(request)),
-                           TokenPair, _timeout(gw))
+                           TokenPair, request_timeout(gw))
     return json_response(_pair(reply))
 
 
 async def logout(gw: Gateway, request: Request) -> Response:
-    body = await _body(request, _Refresh)
+    body = await read_body(request, _Refresh)
     await bus.call(gw.nc, subjects.AUTH_LOGOUT,
                    RefreshRequest(refresh_token=body.refresh_token, remote=_remote(request)),
-                   Empty, _timeout(gw))
+                   Empty, request_timeout(gw))
     return Response(status_code=204)
 
 
 async def jwks(gw: Gateway, request: Request) -> Response:
-    reply = await bus.call(gw.nc, subjects.AUTH_JWKS, Empty(), JwksReply, _timeout(gw))
+    reply = await bus.call(gw.nc, subjects.AUTH_JWKS, Empty(), JwksReply, request_timeout(gw))
     return json_response({"keys": reply.keys})
 
 
 async def me(gw: Gateway, request: Request) -> Response:
-    claims = await _caller(gw, request)
+    claims = await caller_claims(gw, request)
     return json_response({"user": {"id": claims.sub, "name": claims.name}})
 
 
-def _int_param(request: Request, name: str, default: int | None) -> int | None:
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+def int_param(request: Request, name: str, default: int | None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer") from None
+    # Plain decimal digits only: int() would also take " 7", "+7" and "1_0".
+    if _INTEGER.fullmatch(raw) is None:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer")
+    value = int(raw)
     if not 0 <= value <= frames.MAX_SEQ:
         raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {frames.MAX_SEQ}")
     return value
 
 
-async def room_messages(gw: Gateway, request: Request) -> Response:
-    await _caller(gw, request)
-    room = request.path_params["room"]
-    if not rooms.is_valid_room_id(room):
-        raise ChatError(ErrorCode.BAD_REQUEST, "invalid room id")
-    limit = _int_param(request, "limit", 50)
-    assert limit is not None
-    if not 1 <= limit <= 100:
-        raise ChatError(ErrorCode.BAD_REQUEST, "limit must be between 1 and 100")
-    reply = await bus.call(gw.nc, subjects.HISTORY_MESSAGES,
-                           HistoryRequest(room=room, before=_int_param(request, "before", None),
-                                          after=_int_param(request, "after", None), limit=limit),
-                           HistoryReply, _timeout(gw))
-    return json_response({"messages": reply.messages, "has_more": reply.has_more})
-
-
 def routes(gw: Gateway) -> list[Route]:
     return [
-        _route(gw, "/v1/auth/register", register, "POST"),
-        _route(gw, "/v1/auth/login", login, "POST"),
-        _route(gw, "/v1/auth/refresh", refresh, "POST"),
-        _route(gw, "/v1/auth/logout", logout, "POST"),
-        _route(gw, "/.well-known/jwks.json", jwks, "GET"),
-        _route(gw, "/v1/me", me, "GET"),
-        _route(gw, "/v1/rooms/{room}/messages", room_messages, "GET"),
+        route(gw, "/v1/auth/register", register, "POST"),
+        route(gw, "/v1/auth/login", login, "POST"),
+        route(gw, "/v1/auth/refresh", refresh, "POST"),
+        route(gw, "/v1/auth/logout", logout, "POST"),
+        route(gw, "/.well-known/jwks.json", jwks, "GET"),
+        route(gw, "/v1/me", me, "GET"),
     ]

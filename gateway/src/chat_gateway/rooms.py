@@ -15,6 +15,17 @@ Sequences only grow, so a floor never needs resetting once passed. A room
 with joins in progress (``pending``) stays subscribed even while it has no
 member yet, so a leave elsewhere cannot pull the subscription from under a
 join.
+
+Blocks are applied here, per member: a member whose ``conn.blocked`` holds
+the sender gets nothing of the event, and its next event is re-encoded with
+the ``prev_seq`` of its own chain (:mod:`.chains`). Everyone else pays one
+truthiness test.
+
+With the live subscription, and for the same lifetime, the room's state
+subject (``chat.room.<room>.state``, from history-service) is subscribed:
+read pointers are relayed as ``read`` events, a member's removal (or leave
+elsewhere) takes that user's local sockets out of the room at once, and an
+archive makes the room read-only here.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -33,41 +46,65 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
-from chat_contract.bus import ChatRecord, record_to_event
-from chat_contract.events import encode
+from chat_contract.bus import (
+    ChatRecord,
+    MemberNotice,
+    ReadNotice,
+    RoomState,
+    record_to_event,
+)
+from chat_contract.events import Message, ReadEvent, System, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
 
+from .chains import Chains
+from .clock import now_rfc3339
 from .connection import Connection
 from .wsframe import text_frame
 
 log = logging.getLogger("chat_gateway.rooms")
 
 _record_decoder = msgspec.json.Decoder(ChatRecord)
+_state_decoder: msgspec.json.Decoder[RoomState] = msgspec.json.Decoder(RoomState)
 # Events kept per room for members whose join completes while they arrive.
 RECENT_EVENTS = 256
 
 
+# What a removed member's sockets are told (MemberNotice.event → text).
+GONE_TEXT = {"removed": "you were removed from the room", "left": "you left the room"}
+
+# After a removal took a socket out of a room: the rest of a leave (presence).
+Evicted = Callable[[Connection, str], Awaitable[None]]
+
+
 class Room:
-    __slots__ = ("name", "subject", "members", "sub", "last_seq", "recent", "ready", "pending")
+    __slots__ = ("name", "subject", "members", "sub", "state_sub", "last_seq", "recent",
+                 "ready", "pending", "archived", "chains", "removals")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.subject = subjects.room_subject(name)
         self.members: dict[Connection, int] = {}
         self.sub: Subscription | None = None
+        self.state_sub: Subscription | None = None
         self.last_seq = -1  # unknown until the first event or the first join's lookup
-        # (seq, prev_seq, frame) of the latest events, for joins completing now
-        self.recent: deque[tuple[int, int, bytes]] = deque(maxlen=RECENT_EVENTS)
+        # (seq, prev_seq, frame, event) of the latest events, for joins completing now
+        self.recent: deque[tuple[int, int, bytes, Message]] = deque(maxlen=RECENT_EVENTS)
         self.ready = asyncio.Event()
         self.pending = 0  # joins between open() and attach()/abandon()
+        self.archived = False  # read-only: from the join's access reply or an ArchiveNotice
+        self.chains: Chains[Connection] = Chains()
+        # user id → removal notices seen: a join in flight checks it did not change
+        self.removals: dict[str, int] = {}
 
 
 class RoomHub:
-    def __init__(self, nc: NATS, js: JetStreamContext) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, on_evicted: Evicted | None = None) -> None:
         self.nc = nc
         self.js = js
         self.rooms: dict[str, Room] = {}
+        self.on_evicted = on_evicted
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, name: str) -> Room:
         """The room's state, subscribing on first use; ends with ``attach`` or ``abandon``."""
@@ -85,11 +122,14 @@ class RoomHub:
                 subjects.live_subject(name), cb=self._callback(room),
                 pending_msgs_limit=65536, pending_bytes_limit=64 * 1024 * 1024,
             )
+            room.state_sub = await self.nc.subscribe(
+                subjects.state_subject(name), cb=self._state_callback(room))
             # The server must have the subscription before we read the room's
             # last sequence, or an event published in between would be missed.
             await bus.sync(self.nc)
         except BaseException:
             del self.rooms[name]
+            await self._unsubscribe(room)
             raise
         finally:
             room.ready.set()
@@ -118,11 +158,13 @@ class RoomHub:
         if conn in room.members:
             return  # a second join of the same room never doubles delivery
         room.members[conn] = floor
-        for seq, _, frame in room.recent:
+        room.chains.forget(conn)
+        written = 0
+        for seq, _, frame, msg in room.recent:
             if seq > floor:
-                if conn.write_frame(frame):
-                    metrics.WS_MESSAGES_OUT.inc()
+                written += _write(room.chains, conn, msg, frame)
                 room.members[conn] = seq
+        metrics.WS_MESSAGES_OUT.inc(written)
 
     async def abandon(self, room: Room) -> None:
         """A join that opened ``room`` failed before ``attach``."""
@@ -134,6 +176,7 @@ class RoomHub:
         if room is None:
             return
         room.members.pop(conn, None)
+        room.chains.forget(conn)
         await self._close_if_unused(room)
 
     async def _close_if_unused(self, room: Room) -> None:
@@ -143,13 +186,22 @@ class RoomHub:
     async def _close(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-        if room.sub is not None:
+        await self._unsubscribe(room)
+
+    @staticmethod
+    async def _unsubscribe(room: Room) -> None:
+        for sub in (room.sub, room.state_sub):
+            if sub is None:
+                continue
             try:
-                await room.sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception as exc:  # connection closing: nothing left to undo
                 event(log, "unsubscribe failed", logging.DEBUG, room=room.name, error=repr(exc))
+        room.sub = room.state_sub = None
 
     async def close_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for room in list(self.rooms.values()):
             await self._close(room)
 
@@ -196,16 +248,112 @@ class RoomHub:
             metrics.WS_DROPPED.labels("bad_live_event").inc()
             room.last_seq = seq
             return
-        frame = text_frame(encode(record_to_event(record, seq, prev)))
+        msg = record_to_event(record, seq, prev)
+        frame = text_frame(encode(msg))
         room.last_seq = seq
-        room.recent.append((seq, prev, frame))
+        room.recent.append((seq, prev, frame, msg))
         written = 0
-        members = room.members
-        for conn, floor in members.items():
-            if seq > floor and conn.write_frame(frame):
+        chains = room.chains
+        for conn, floor in room.members.items():
+            if seq > floor:
+                if conn.blocked or chains:  # only blockers (and rooms with one) pay
+                    written += _write(chains, conn, msg, frame)
+                elif conn.write_frame(frame):
+                    written += 1
+        metrics.WS_MESSAGES_OUT.inc(written)
+        if record.kind == "message":  # edits and deletes carry the original's ts
+            metrics.DELIVERY_LATENCY.observe(_age(record.ts))
+
+    # --- room state (chat.room.<room>.state) ---------------------------------
+
+    def removals(self, name: str, user: str) -> int:
+        """Removal notices seen for ``user`` in ``name`` (0 if the room is not open)."""
+        room = self.rooms.get(name)
+        return 0 if room is None else room.removals.get(user, 0)
+
+    def _state_callback(self, room: Room):  # type: ignore[no-untyped-def]
+        async def on_state(msg: Msg) -> None:
+            try:
+                notice = _state_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                metrics.WS_DROPPED.labels("bad_state_event").inc()
+                return
+            if isinstance(notice, ReadNotice):
+                self._relay_read(room, notice)
+            elif isinstance(notice, MemberNotice):
+                self._evict(room, notice.user, notice.event)
+            else:
+                room.archived = True
+                event(log, "room archived", room=room.name)
+                _tell(room.members, System(room=room.name, text="room archived",
+                                           ts=now_rfc3339()))
+
+        return on_state
+
+    @staticmethod
+    def _relay_read(room: Room, notice: ReadNotice) -> None:
+        frame = text_frame(encode(ReadEvent(room=room.name, user=notice.user, seq=notice.seq)))
+        reader = notice.user.id
+        written = 0
+        for conn in room.members:
+            if not (conn.blocked and reader in conn.blocked) and conn.write_frame(frame):
                 written += 1
         metrics.WS_MESSAGES_OUT.inc(written)
-        metrics.DELIVERY_LATENCY.observe(_age(record.ts))
+
+    def _evict(self, room: Room, user: str, why: str) -> None:
+        """Take ``user``'s sockets out of the room now; presence follows in a task.
+
+        Synchronous up to the system event, so no event of the room reaches
+        them after the notice; the rest awaits, and awaiting here could have
+        this very subscription closed under its own callback.
+        """
+        room.removals[user] = room.removals.get(user, 0) + 1
+        gone = [conn for conn in room.members if conn.user.id == user]
+        if not gone:
+            return
+        for conn in gone:
+            del room.members[conn]
+            room.chains.forget(conn)
+            conn.rooms.discard(room.name)
+        _tell(gone, System(room=room.name, text=GONE_TEXT.get(why, GONE_TEXT["left"]),
+                           ts=now_rfc3339()))
+        event(log, "member evicted", room=room.name, user=user, reason=why, sockets=len(gone))
+        self._spawn(self._after_evict(room, gone))
+
+    async def _after_evict(self, room: Room, gone: list[Connection]) -> None:
+        try:
+            if self.on_evicted is not None:
+                for conn in gone:
+                    await self.on_evicted(conn, room.name)
+            await self._close_if_unused(room)
+        except Exception as exc:
+            event(log, "eviction cleanup failed", logging.WARNING, room=room.name,
+                  error=repr(exc))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _write(chains: Chains[Connection], conn: Connection, msg: Message, frame: bytes) -> int:
+    """Deliver one event to a member that blocks someone or owes a ``prev_seq``."""
+    if conn.blocked and msg.sender.id in conn.blocked:
+        chains.skip(conn, msg.prev_seq)
+        return 0
+    owed = chains.prev_for(conn, msg.prev_seq)
+    if owed is not None:  # its chain skipped events: show it its own last link
+        frame = text_frame(encode(msgspec.structs.replace(msg, prev_seq=owed)))
+    return 1 if conn.write_frame(frame) else 0
+
+
+def _tell(conns: Iterable[Connection], notice: System) -> None:
+    frame = text_frame(encode(notice))
+    written = 0
+    for conn in conns:
+        if conn.write_frame(frame):
+            written += 1
+    metrics.WS_MESSAGES_OUT.inc(written)
 
 
 def _age(ts: str) -> float:
