@@ -50,36 +50,44 @@ UPDATE history.messages SET text = NULL, deleted = true, rev_seq = $3
 WHERE kind = 'message' AND msg_id = $1 AND room = $2 AND NOT deleted
 """
 
-# Every event row, shown with its message's latest state (the 'message' row of
-# its msg_id; for a message row that is itself). Senders in $N are left out
-# (the caller's blocked users).
+# Every event row, shown with its message's latest state: a message row is
+# its own state; a change row looks up its message's row (by the partial
+# unique index on msg_id). The page is cut first (LIMIT inside), so the
+# lookups cost one index probe per change row on the page, whatever the
+# room's size. Senders in $5 are left out (the reader's blocked users).
 _ITEM = """
-SELECT e.room, e.seq, e.msg_id, e.sender_id, e.sender_name, m.text,
+SELECT e.room, e.seq, e.msg_id, e.sender_id, e.sender_name,
+       CASE WHEN e.kind = 'message' THEN e.text ELSE m.text END AS text,
        coalesce(m.reply_to, e.reply_to) AS reply_to, e.ts,
-       coalesce(m.edited, false) AS edited, coalesce(m.deleted, e.kind = 'delete') AS deleted
-FROM history.messages e
-LEFT JOIN history.messages m ON m.kind = 'message' AND m.msg_id = e.msg_id AND m.room = e.room
+       CASE WHEN e.kind = 'message' THEN e.edited ELSE coalesce(m.edited, false) END AS edited,
+       CASE WHEN e.kind = 'message' THEN e.deleted
+            ELSE coalesce(m.deleted, e.kind = 'delete') END AS deleted
+FROM ({events}) e
+LEFT JOIN LATERAL (
+    SELECT text, reply_to, edited, deleted FROM history.messages
+    WHERE kind = 'message' AND msg_id = e.msg_id AND room = e.room
+) m ON e.kind <> 'message'
 """
+_EVENT_COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind,"
+                  " edited, deleted")
 
 # Newest page or `before` alone: the limit+1 highest seqs below the bound.
-_PAGE_DESC = f"""{_ITEM}
-WHERE e.room = $1 AND e.seq < $2 AND e.sender_id <> ALL($4::text[])
-ORDER BY e.seq DESC
-LIMIT $3
-"""
+_PAGE_DESC = _ITEM.format(events=f"""
+    SELECT {_EVENT_COLUMNS} FROM history.messages
+    WHERE room = $1 AND seq < $2 AND sender_id <> ALL($4::text[])
+    ORDER BY seq DESC LIMIT $3""") + "ORDER BY e.seq DESC"
 
-# `after` (with or without `before`): the predecessor row (highest seq <= after,
-# for the first item's prev_seq) followed by the limit+1 lowest seqs in the window.
-# Both halves are backward/forward scans of the primary key.
-_PAGE_ASC = f"""
-({_ITEM}
- WHERE e.room = $1 AND e.seq <= $2 AND e.sender_id <> ALL($5::text[])
- ORDER BY e.seq DESC LIMIT 1)
-UNION ALL
-({_ITEM}
- WHERE e.room = $1 AND e.seq > $2 AND e.seq < $3 AND e.sender_id <> ALL($5::text[])
- ORDER BY e.seq LIMIT $4)
-"""
+# `after` (with or without `before`): the predecessor's seq (highest <= after,
+# for the first item's prev_seq) and the limit+1 lowest seqs in the window.
+# Both are backward/forward scans of the primary key.
+_PAGE_ASC = _ITEM.format(events=f"""
+    (SELECT {_EVENT_COLUMNS} FROM history.messages
+     WHERE room = $1 AND seq <= $2 AND sender_id <> ALL($5::text[])
+     ORDER BY seq DESC LIMIT 1)
+    UNION ALL
+    (SELECT {_EVENT_COLUMNS} FROM history.messages
+     WHERE room = $1 AND seq > $2 AND seq < $3 AND sender_id <> ALL($5::text[])
+     ORDER BY seq LIMIT $4)""")
 
 
 def _row(record: asyncpg.Record) -> PageRow:
