@@ -8,6 +8,7 @@ user text stays text. Screenshots go to tests/e2e/screenshots/tmp/.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -194,3 +195,201 @@ async def test_page_reconnects_through_the_lb_when_its_gateway_dies(
         await stack.astart(f"gateway-{dead}")
         await page.context.close()
 
+
+
+async def _hover_click(page: Page, message: str, button: str) -> None:
+    """Message actions show on hover (like a person using a mouse)."""
+    item = page.locator("#messages li", has_text=message)
+    await item.hover()
+    await item.locator(button).click()
+
+
+async def test_private_room_edit_delete_unread_and_search(stack: Stack, browser: Browser) -> None:
+    alice_page = await _open(browser, stack.gateway(1).url + "/")
+    bob_page = await _open(browser, stack.gateway(2).url + "/")
+    alice, bob = unique("alice"), unique("bob")
+    secret, lobby = unique("priv"), unique("lobby")
+    word = "kiwi" + uuid.uuid4().hex[:8]  # one search token (the 'simple' parser splits on _)
+    await _register(alice_page, alice)
+    await _register(bob_page, bob)
+    bob_id = await bob_page.locator("#myId").inner_text()
+    assert bob_id.startswith("u_")
+
+    # alice creates a private room through the form
+    await alice_page.click("#createBox summary")
+    await alice_page.fill("#newName", "Secret plans")
+    await alice_page.fill("#newId", secret)
+    await alice_page.select_option("#newVis", "private")
+    await alice_page.click("#createBtn")
+    await expect(alice_page.locator("#tabs .tab.active")).to_contain_text(secret)
+    await expect(alice_page.locator("#roomFlags")).to_contain_text("private")
+    await expect(alice_page.locator("#archiveBtn")).to_be_visible()  # she owns it
+
+    # bob is refused before the invite: no tab, a password prompt explains why
+    await bob_page.fill("#roomInput", secret)
+    await bob_page.click("#joinForm button")
+    await expect(bob_page.locator("#pwBar")).to_be_visible()
+    await expect(bob_page.locator("#pwText")).to_contain_text(secret)
+    await expect(bob_page.locator("#tabs .tab")).to_have_count(0)
+    await bob_page.click("#pwCancel")
+
+    # invited by id, the room shows up in bob's list; he opens it from there
+    await alice_page.fill("#inviteInput", bob_id)
+    await alice_page.click("#inviteForm button")
+    await expect(alice_page.locator("#notices")).to_contain_text("invited")
+    await bob_page.click("#refreshRooms")
+    await bob_page.locator(f"#myRooms li[data-room='{secret}']").click()
+    await expect(bob_page.locator("#tabs .tab.active")).to_contain_text(secret)
+    await expect(bob_page.locator("#archiveBtn")).to_be_hidden()  # not his room
+
+    await _say(alice_page, f"hello bob {word}")
+    await _say(alice_page, "oops wrong window")
+    await expect(bob_page.locator("#messages li", has_text="oops wrong window")).to_have_count(1)
+    await _say(bob_page, "hi alice")
+    await expect(alice_page.locator("#messages li", has_text="hi alice")).to_have_count(1)
+    # bob's own message offers edit and delete, alice's only reply (he does not own the room)
+    await expect(bob_page.locator("#messages li", has_text="hi alice").locator(".editBtn")
+                 ).to_have_count(1)
+    theirs = bob_page.locator("#messages li", has_text="oops wrong window")
+    await expect(theirs.locator(".editBtn, .deleteBtn")).to_have_count(0)
+
+    # alice edits one message and deletes the other; bob's page follows by msg_id
+    await _hover_click(alice_page, f"hello bob {word}", ".editBtn")
+    await expect(alice_page.locator("#editBar")).to_be_visible()
+    await alice_page.fill("#text", f"hello bob {word} fixed")
+    await alice_page.click("#sendForm button")
+    edited = bob_page.locator("#messages li", has_text=f"hello bob {word} fixed")
+    await expect(edited.locator(".edited")).to_have_text(" (edited)")
+    await _hover_click(alice_page, "oops wrong window", ".deleteBtn")
+    await alice_page.locator("#messages .deleteBtn.armed").click()  # second click confirms
+    await expect(bob_page.locator("#messages li", has_text="oops wrong window")).to_have_count(0)
+    await expect(bob_page.locator("#messages li.deleted .text")).to_have_text("message deleted")
+    await expect(bob_page.locator("#messages li")).to_have_count(3)  # edits update in place
+    await expect(alice_page.locator("#messages li.deleted")).to_have_count(1)
+    # bob has the room open: alice sees his read marker
+    await expect(alice_page.locator("#messages .seen", has_text=bob)).to_have_count(1)
+
+    # unread: bob looks at another room while alice writes in the private one
+    await _join(bob_page, lobby)
+    await _say(alice_page, "are you there 1")
+    await _say(alice_page, "are you there 2")
+    tab_badge = bob_page.locator(f"#tabs .tab[data-room='{secret}'] .badge")
+    await expect(tab_badge).to_have_text("2")
+    await expect(bob_page.locator(f"#myRooms li[data-room='{secret}'] .badge")).to_have_text("2")
+    await bob_page.locator(f"#tabs .tab[data-room='{secret}']").click()
+    await expect(tab_badge).to_have_count(0)
+    await expect(bob_page.locator("#messages li", has_text="are you there 2")).to_have_count(1)
+    await expect(alice_page.locator("#messages li", has_text="are you there 2").locator(".seen")
+                 ).to_contain_text(bob)  # the read reached the server
+    await bob_page.locator(f"#tabs .tab[data-room='{lobby}']").click()
+    async with bob_page.expect_response(lambda r: r.url.endswith("/v1/rooms")):
+        await bob_page.click("#refreshRooms")
+    await expect(tab_badge).to_have_count(0)  # the server agrees: read
+    await bob_page.screenshot(path=str(SHOTS / "rooms-bob.png"))
+
+    # search (results may lag writes by up to 2 s): finds the edited text, not the deleted one
+    result = bob_page.locator("#searchResults li", has_text=f"{word} fixed")
+    await bob_page.fill("#searchInput", word)
+    for _ in range(8):
+        await bob_page.click("#searchForm button")
+        try:
+            await expect(result).to_have_count(1, timeout=750)
+            break
+        except AssertionError:
+            continue
+    await expect(result).to_have_count(1)
+    await expect(bob_page.locator("#searchResults li")).to_have_count(1)
+    await result.click()
+    await expect(bob_page.locator("#tabs .tab.active")).to_contain_text(secret)
+    await expect(bob_page.locator("#messages li.focus")).to_contain_text(f"{word} fixed")
+    await bob_page.screenshot(path=str(SHOTS / "search-bob.png"))
+
+    # the owner removes bob (from his name's menu): his page closes the tab and says why
+    await alice_page.locator("#messages li", has_text="hi alice").locator(".name").click()
+    await alice_page.click("#menuRemove")
+    await expect(bob_page.locator(f"#tabs .tab[data-room='{secret}']")).to_have_count(0)
+    await expect(bob_page.locator("#notices")).to_contain_text("you were removed")
+    await bob_page.fill("#roomInput", secret)  # banned: joining again is refused
+    await expect(bob_page.locator("#pwBar")).to_be_hidden()
+    await bob_page.click("#joinForm button")
+    await expect(bob_page.locator("#pwBar")).to_be_visible()  # shown only after a refusal
+    await expect(bob_page.locator("#pwText")).to_contain_text(secret)
+    await expect(bob_page.locator(f"#tabs .tab[data-room='{secret}']")).to_have_count(0)
+    await alice_page.context.close()
+    await bob_page.context.close()
+
+
+async def test_password_room_dm_block_and_archive(stack: Stack, browser: Browser) -> None:
+    alice_page = await _open(browser, stack.gateway(1).url + "/")
+    bob_page = await _open(browser, stack.gateway(2).url + "/")
+    alice, bob, room = unique("alice"), unique("bob"), unique("pw")
+    await _register(alice_page, alice)
+    await _register(bob_page, bob)
+
+    await alice_page.click("#createBox summary")
+    await alice_page.fill("#newName", "Members only")
+    await alice_page.fill("#newId", room)
+    await alice_page.fill("#newPw", "sesame-pw")
+    await alice_page.click("#createBtn")
+    await expect(alice_page.locator("#tabs .tab.active")).to_contain_text(room)
+    await expect(alice_page.locator("#roomFlags")).to_contain_text("password")
+
+    # bob finds it in the directory; a wrong password is refused, the right one lets him in
+    await bob_page.click("#browseBtn")
+    await bob_page.locator(f"#publicRooms li[data-room='{room}']").click()
+    await expect(bob_page.locator("#pwBar")).to_be_visible()
+    await bob_page.fill("#pwInput", "wrong-guess")
+    await bob_page.click("#pwJoin")
+    await expect(bob_page.locator("#notices")).to_contain_text("forbidden")
+    await expect(bob_page.locator("#pwBar")).to_be_visible()
+    await expect(bob_page.locator("#tabs .tab")).to_have_count(0)
+    await bob_page.fill("#pwInput", "sesame-pw")
+    await bob_page.click("#pwJoin")
+    await expect(bob_page.locator("#tabs .tab.active")).to_contain_text(room)
+    await _say(bob_page, "knock knock")
+    await expect(alice_page.locator("#messages li", has_text="knock knock")).to_have_count(1)
+
+    # a DM by username opens a tab on both sides
+    await bob_page.fill("#dmInput", alice)
+    await bob_page.click("#dmForm button")
+    await expect(bob_page.locator("#tabs .tab.active")).to_contain_text("@" + alice)
+    await _say(bob_page, "psst alice")
+    await expect(bob_page.locator("#messages li.own", has_text="psst alice")).to_have_count(1)
+    await alice_page.click("#refreshRooms")
+    await alice_page.locator("#myRooms li", has_text="@" + bob).click()
+    await expect(alice_page.locator("#messages li", has_text="psst alice")).to_have_count(1)
+
+    # alice blocks bob from his name on a message: his events stop reaching her
+    await alice_page.locator(f"#tabs .tab[data-room='{room}']").click()
+    await alice_page.locator("#messages li", has_text="knock knock").locator(".name").click()
+    await alice_page.click("#menuBlock")
+    await expect(alice_page.locator("#blockedList")).to_contain_text(bob)
+    await expect(alice_page.locator("#messages li.blocked")).to_have_count(1)
+    await bob_page.locator(f"#tabs .tab[data-room='{room}']").click()
+    await _say(bob_page, "can you hear me")
+    await expect(bob_page.locator("#messages li.own", has_text="can you hear me")).to_have_count(1)
+    await _say(alice_page, "marker after the block")
+    await expect(alice_page.locator("#messages li.own", has_text="marker after the block")
+                 ).to_have_count(1)
+    await expect(bob_page.locator("#messages li", has_text="marker after the block")
+                 ).to_have_count(1)
+    await expect(alice_page.locator("#messages li", has_text="can you hear me")).to_have_count(0)
+    # ... and he can no longer open a DM with her
+    await bob_page.fill("#dmInput", alice)
+    await bob_page.click("#dmForm button")
+    await expect(bob_page.locator("#notices")).to_contain_text("forbidden")
+
+    await alice_page.locator("#blockedList .unblockBtn").click()
+    await expect(alice_page.locator("#blockedBox")).to_be_hidden()
+    await _say(bob_page, "hello again")
+    await expect(alice_page.locator("#messages li", has_text="hello again")).to_have_count(1)
+
+    # the owner archives: both pages turn read-only
+    await alice_page.click("#archiveBtn")
+    await expect(alice_page.locator("#roomFlags")).to_contain_text("archived")
+    await expect(alice_page.locator("#text")).to_be_disabled()
+    await expect(bob_page.locator("#text")).to_be_disabled()
+    await expect(bob_page.locator("#notices")).to_contain_text("archived")
+    await bob_page.screenshot(path=str(SHOTS / "archived-bob.png"))
+    await alice_page.context.close()
+    await bob_page.context.close()
