@@ -93,3 +93,51 @@ class Session:
         await self.ws.close()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# --- helpers added for the rooms tests (issue 3) ---------------------------
+
+
+def rest(base_url: str, token: str | None = None) -> httpx.AsyncClient:
+    """An HTTP client for the REST API, authenticated with ``token`` if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=TIMEOUT)
+
+
+async def refused(session: Session, type_: str, **fields: Any) -> str | None:
+    """The error code a request is refused with (AssertionError if it is acked)."""
+    try:
+        ack = await session.request(type_, **fields)
+    except RequestFailed as exc:
+        return exc.code
+    raise AssertionError(f"{type_} {fields} was acked: {ack}")
+
+
+async def collect(session: Session, seconds: float) -> list[dict[str, Any]]:
+    """Every event that arrives within ``seconds`` (plus what is already queued)."""
+    out: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        try:
+            out.append(await asyncio.wait_for(session.events.get(), left))
+        except TimeoutError:
+            break
+    while not session.events.empty():
+        out.append(session.events.get_nowait())
+    return out
+
+
+def logged_errors(stack: Any) -> list[str]:
+    """Lines at level error/critical, or tracebacks, in the logs of a running stack."""
+    bad = []
+    for service in stack.services.values():
+        text = service.log_path.read_text(errors="replace") if service.log_path.exists() else ""
+        for line in text.splitlines():
+            low = line.lower()
+            if ('"level":"error"' in low or '"level":"critical"' in low
+                    or '"exc":' in line or line.startswith("Traceback")):
+                bad.append(f"{service.name}: {line[:500]}")
+    return bad

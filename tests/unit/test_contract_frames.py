@@ -60,6 +60,10 @@ BAD = [
     '{"type":"send","room":"x","client_msg_id":""}',
     '{"type":"history","room":"x","before":9223372036854775808}',
     '{"type":"join","room":"x","since":18446744073709551615}',
+    '{"type":"read","room":"x"}', '{"type":"read","room":"x","seq":null}',
+    '{"type":"read","room":"x","seq":-1}', '{"type":"read","room":"x","seq":"5"}',
+    '{"type":"edit","room":"x","text":"t"}', '{"type":"edit","room":"x","msg_id":"","text":"t"}',
+    '{"type":"delete","room":"x"}', '{"type":"delete","room":"x","msg_id":5}',
 ]
 
 

@@ -138,6 +138,7 @@ async def change(gw: Gateway, conn: Connection, room: str, msg_id: str,
 async def read(gw: Gateway, conn: Connection, frame: frames.Read) -> Result:
     """Move the read pointer; the ``read`` event comes back on the room's state subject."""
     _require_joined(conn, frame.room)
+    assert frame.seq is not None  # decode_frame refuses a read without seq
     await bus.call(gw.nc, subjects.ROOMS_READ,
                    ReadRequest(caller=conn.user, room=frame.room, seq=frame.seq),
                    ReadReply, gw.settings.common.request_timeout)

@@ -151,7 +151,7 @@ Visibility = Literal["public", "private"]
 Role = Literal["owner", "member"]
 
 
-class MemberView(msgspec.Struct, omit_defaults=True):
+class MemberView(msgspec.Struct):
     """A room member (REST ``members`` items; the gateway fills ``online``)."""
 
     id: str
@@ -175,9 +175,10 @@ class RoomView(msgspec.Struct, omit_defaults=True):
     visibility: Visibility
     owner: str | None
     created_at: str
-    password: bool = False
-    archived: bool = False
-    dm: bool = False
+    # Always present (no defaults, so never omitted).
+    password: bool
+    archived: bool
+    dm: bool
     member_count: int | None = None
     members: list[MemberView] | None = None
     unread: int | None = None

@@ -66,7 +66,7 @@ class Typing(_Frame, tag="typing"):
 
 class Read(_Frame, tag="read"):
     room: RoomId = ""
-    seq: Seq = 0
+    seq: Seq | None = None  # required: checked in decode_frame
 
 
 class History(_Frame, tag="history"):
@@ -112,6 +112,10 @@ def decode_frame(data: bytes | str) -> ClientFrame:
         raise ChatError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
     if isinstance(frame, _ROOM_FRAMES) and not frame.room:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing room")
+    if isinstance(frame, (Edit, Delete)) and not frame.msg_id:
+        raise ChatError(ErrorCode.BAD_REQUEST, "missing msg_id")
+    if isinstance(frame, Read) and frame.seq is None:
+        raise ChatError(ErrorCode.BAD_REQUEST, "missing seq")
     return frame
 
 
