@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -256,4 +257,7 @@ async def test_bad_presence_and_typing_input(stack: Stack) -> None:
     with pytest.raises(RequestFailed) as bad_state:
         await s.request("typing", room="ok", state="maybe")
     assert bad_state.value.code == "bad_request"
+    room = unique("typed")
+    await s.request("join", room=room)
+    assert await s.request("typing", room=room, state="start") == {"type": "ack", "id": ANY}
     await s.close()

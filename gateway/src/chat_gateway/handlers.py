@@ -70,7 +70,7 @@ async def handle(gw: Gateway, conn: Connection, frame: frames.ClientFrame) -> Re
         case frames.Typing():
             _require_joined(conn, frame.room)
             await gw.presence.typing(conn, frame.room, frame.state)
-            return None
+            return {}  # acked only if it carries an id (§3.2: every id is answered)
         case frames.Edit():
             return await change(gw, conn, frame.room, frame.msg_id, "edit", frame.text)
         case frames.Delete():
