@@ -665,6 +665,40 @@ async def test_edits_and_deletes_are_events_and_history_shows_the_latest_state(
     finally:
         await conn.close()
     assert hits == 0
+    # ... and from the stream: the original and its edits are erased, the events stay.
+    for seq in (s2,):
+        with pytest.raises(NotFoundError):
+            await js.get_msg(subjects.CHAT_STREAM, seq)
+    assert (await js.get_msg(subjects.CHAT_STREAM, d2)).seq == d2
+    assert (await js.get_msg(subjects.CHAT_STREAM, s1)).seq == s1  # not deleted: kept
+
+
+async def test_a_deleted_messages_edits_are_erased_from_the_stream_too(
+    nats_url: str, db_url: str, client: NATS
+) -> None:
+    js = client.jetstream()
+    room = new_room()
+    async with running(nats_url, db_url):
+        s1 = await send(js, room, "v1", msg_id="m_gone")
+        e1 = await change(js, room, "m_gone", "edit", "v2 private")
+        d1 = await change(js, room, "m_gone", "delete")
+        late = await change(js, room, "m_gone", "edit", "v3 raced the delete")
+        await history(client, room)  # everything stored
+
+        async def erased(seq: int) -> bool:
+            try:
+                await js.get_msg(subjects.CHAT_STREAM, seq)
+            except NotFoundError:
+                return True
+            return False
+
+        deadline = time.monotonic() + 5 * UNIT
+        while not all([await erased(s) for s in (s1, e1, late)]):
+            assert time.monotonic() < deadline, "stream still holds deleted text"
+            await asyncio.sleep(0.05)
+        assert not await erased(d1)
+        reply = await history(client, room)
+    assert {(m.text, m.deleted) for m in reply.messages} == {(None, True)}
 
 
 async def test_changes_apply_in_seq_order_once_whatever_the_batches(

@@ -143,6 +143,30 @@ def test_attach_replay_filters_and_relinks_for_a_blocker() -> None:
     assert room.members[_conn(blocker)] == 3 and room.pending == 0
 
 
+def test_attach_links_to_what_a_blockers_missed_ended_with() -> None:
+    # join since=2: missed (blocked senders left out) ended at 3, the room at 5
+    hub, room = _hub()
+    room.last_seq = 5
+    blocker = Sock(BOB, {EVE.id})
+    room.pending = 1
+    hub.attach(_conn(blocker), room, 5, held=3)
+    hub._deliver(room, 6, 5, _record(ANN))
+    assert blocker.chain() == [(6, 3)]
+
+
+def test_a_member_who_unblocked_gets_its_owed_link_once_then_shared_frames() -> None:
+    hub, room = _hub()
+    blocker, plain = Sock(BOB, {EVE.id}), Sock(ANN)
+    room.members = {_conn(blocker): 0, _conn(plain): 0}
+    room.last_seq = 0
+    hub._deliver(room, 1, 0, _record(EVE))
+    blocker.blocked = set()  # a BlocksNotice emptied the set
+    hub._deliver(room, 2, 1, _record(ANN))
+    hub._deliver(room, 3, 2, _record(ANN))
+    assert blocker.chain() == [(2, 0), (3, 2)]
+    assert blocker.frames[1] == plain.frames[2] and not room.chains
+
+
 def test_unblocked_members_never_touch_the_chains() -> None:
     hub, room = _hub()
     a, b = Sock(ANN), Sock(BOB)

@@ -83,6 +83,7 @@ class Gateway:
         blocked = set(notice.blocked)
         for conn in self.by_user.get(notice.user, ()):
             conn.blocked = set(blocked)
+            conn.blocks_seen += 1
 
     async def _evicted(self, conn: Connection, room: str) -> None:
         """A removal took ``conn`` out of ``room``: the rest of a leave."""

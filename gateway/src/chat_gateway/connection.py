@@ -65,7 +65,8 @@ _flusher = _Flusher()
 
 class Connection:
     __slots__ = ("ws", "session", "user", "token_exp", "rooms", "bucket", "closed",
-                 "max_buffer", "_proto", "_queue", "_writer", "remote", "_out", "blocked")
+                 "max_buffer", "_proto", "_queue", "_writer", "remote", "_out", "blocked",
+                 "blocks_seen")
 
     def __init__(self, ws: WebSocket, session: str, user: User, token_exp: int,
                  bucket: TokenBucket, max_buffer: int) -> None:
@@ -77,6 +78,8 @@ class Connection:
         # User ids whose events this socket is not delivered (the user's blocks):
         # set at each join from the access reply, replaced by BlocksNotice.
         self.blocked: set[str] = set()
+        # BlocksNotices applied: a join's (older) access reply must not undo one.
+        self.blocks_seen = 0
         self.bucket = bucket
         self.closed = False
         self.max_buffer = max_buffer

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
 
 from chat_contract import frames, subjects
 from chat_contract.bus import (
@@ -107,7 +108,10 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
                                     gw.settings.common.request_timeout, headers)
     if ack.duplicate:
         # The same client_msg_id within the window: answer with the original.
-        stored = await gw.js.get_msg(subjects.CHAT_STREAM, seq=ack.seq, direct=True)
+        try:
+            stored = await gw.js.get_msg(subjects.CHAT_STREAM, seq=ack.seq, direct=True)
+        except NotFoundError:  # deleted since, and erased from the stream
+            raise ChatError(ErrorCode.CONFLICT, "that message was deleted") from None
         record = _record_decoder.decode(stored.data or b"")
     return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
 
@@ -117,8 +121,8 @@ async def change(gw: Gateway, conn: Connection, room: str, msg_id: str,
     """``edit``/``delete``: history-service decides (own message; the owner may
     delete any), then the change is a new event of the room carrying ``msg_id``."""
     _require_joined(conn, room)
-    if not msg_id or len(msg_id) > MAX_MSG_ID:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"msg_id must be 1-{MAX_MSG_ID} characters")
+    if len(msg_id) > MAX_MSG_ID:  # no message has such an id (§8: unknown → not_found)
+        raise ChatError(ErrorCode.NOT_FOUND, f"no message {msg_id[:MAX_MSG_ID]}… in {room}")
     if text is not None:
         text = frames.check_text(text)
         _require_writable(gw, room)  # deleting one's own message stays possible (privacy)
@@ -157,13 +161,17 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
     # after the access reply reaches this node as a notice.
     room = await gw.hub.open(frame.room)
     try:
+        # Read before asking: a removal that commits while the decision is on
+        # its way back may publish its notice before the reply arrives.
+        removals = gw.hub.removals(frame.room, conn.user.id)
+        blocks_seen = conn.blocks_seen
         access = await bus.call(
             gw.nc, subjects.ROOMS_ACCESS,
             AccessRequest(caller=conn.user, room=frame.room, password=frame.password,
                           create=gw.settings.auto_create_rooms),
             AccessReply, timeout)
-        removals = gw.hub.removals(frame.room, conn.user.id)
-        conn.blocked = set(access.blocked)
+        if conn.blocks_seen == blocks_seen:  # else a newer BlocksNotice already applied
+            conn.blocked = set(access.blocked)
         # An ArchiveNotice may have overtaken this reply; archiving is one-way.
         room.archived = room.archived or access.room.archived
         last_seq = await gw.hub.last_seq(room)
@@ -199,7 +207,10 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
         result["missed_truncated"] = True
     if frame.id is not None:
         conn.send(encode_ack(frame.id, result))
-    gw.hub.attach(conn, room, floor)
+    held = None
+    if conn.blocked and frame.since is not None and frame.since < last_seq and not truncated:
+        held = missed[-1].seq if missed else frame.since
+    gw.hub.attach(conn, room, floor, held)
     return None
 
 

@@ -152,13 +152,20 @@ class RoomHub:
         long join on a busy room): the join must then say ``missed_truncated``."""
         return bool(room.recent) and room.recent[0][1] > floor
 
-    def attach(self, conn: Connection, room: Room, floor: int) -> None:
-        """Add a member; replay what arrived above ``floor`` while it was joining."""
+    def attach(self, conn: Connection, room: Room, floor: int, held: int | None = None) -> None:
+        """Add a member; replay what arrived above ``floor`` while it was joining.
+
+        ``held``: the last seq the client holds, when that is not ``floor`` (a
+        blocker whose ``missed`` left out the room's last events): its next
+        event then links to ``held``, so its chain shows no false gap.
+        """
         room.pending -= 1
         if conn in room.members:
             return  # a second join of the same room never doubles delivery
         room.members[conn] = floor
         room.chains.forget(conn)
+        if held is not None and held != floor:
+            room.chains.owed[conn] = held
         written = 0
         for seq, _, frame, msg in room.recent:
             if seq > floor:
@@ -254,9 +261,11 @@ class RoomHub:
         room.recent.append((seq, prev, frame, msg))
         written = 0
         chains = room.chains
+        owed = chains.owed
         for conn, floor in room.members.items():
             if seq > floor:
-                if conn.blocked or chains:  # only blockers (and rooms with one) pay
+                # Only blockers, and members owed a prev_seq after a skip, pay.
+                if conn.blocked or (owed and conn in owed):
                     written += _write(chains, conn, msg, frame)
                 elif conn.write_frame(frame):
                     written += 1

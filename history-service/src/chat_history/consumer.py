@@ -244,7 +244,9 @@ class HistoryConsumer:
             await self._nc.flush(timeout=2)
 
     def is_ready(self) -> bool:
-        return self._writer is not None and not self._writer.done() and not self._failing
+        # A failed erasure (best effort) does not make the service unready.
+        failing = self._failing.keys() - {"erase"}
+        return self._writer is not None and not self._writer.done() and not failing
 
     # --- setup ----------------------------------------------------------------------
 
@@ -419,7 +421,29 @@ class HistoryConsumer:
                 await self._reject(msg, seq, exc)
                 continue
             kept.append(msg)
-        return await self._commit(rows, kept)
+        if not await self._commit(rows, kept):
+            return False
+        changed = {(row.room, row.msg_id) for row in rows if row.kind != "message"}
+        if changed:
+            await self._erase(changed)
+        return True
+
+    async def _erase(self, changed: set[tuple[str, str]]) -> None:
+        """Deleted text must be gone from storage, the stream included: erase the
+        stream messages of a deleted message's original and edits (after the
+        delete is committed; history keeps the event rows, without text).
+        Best effort: a failure is counted and logged once, the text stays."""
+        for room, msg_id in changed:
+            try:
+                for seq in await self._store.erasable(room, msg_id):
+                    with contextlib.suppress(NotFoundError):  # erased before (replay)
+                        await self._js.delete_msg(subjects.CHAT_STREAM, seq)
+                        metrics.ERASED.inc()
+            except Exception as exc:
+                metrics.ERASE_ERRORS.inc()
+                self._trouble("erase", "erasing a deleted message from the stream failed", exc)
+                continue
+            self._recovered("erase")
 
     async def _commit(self, rows: list[MessageRow], msgs: list[Msg]) -> bool:
         """Insert, then ack; never the other way round. Returns once all are settled."""

@@ -39,6 +39,14 @@ CONSUMER_ERRORS = Counter(
     "chat_history_consumer_errors_total",
     "Setup or check failures of the durable consumer (a missing one is re-created)",
 )
+ERASED = Counter(
+    "chat_history_stream_erased_total",
+    "CHAT stream messages erased because their message was deleted (original and edits)",
+)
+ERASE_ERRORS = Counter(
+    "chat_history_stream_erase_errors_total",
+    "Stream erasures of deleted messages that failed (the text stays in the stream)",
+)
 ACK_FLOOR = Gauge(
     "chat_history_ack_floor",
     "Stream sequence up to which every message is stored (last polled ack floor)",

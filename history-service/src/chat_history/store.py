@@ -90,6 +90,16 @@ _PAGE_ASC = _ITEM.format(events=f"""
      ORDER BY seq LIMIT $4)""")
 
 
+# Stream sequences still holding a deleted message's words: its original and
+# its edits (an edit may even arrive after the delete). Empty unless deleted.
+_ERASABLE = """
+SELECT seq FROM history.messages
+WHERE room = $1 AND msg_id = $2 AND kind IN ('message', 'edit')
+  AND EXISTS (SELECT 1 FROM history.messages d WHERE d.room = $1 AND d.msg_id = $2
+              AND (d.kind = 'delete' OR (d.kind = 'message' AND d.deleted)))
+"""
+
+
 def _row(record: asyncpg.Record) -> PageRow:
     return PageRow(
         room=record["room"],
@@ -170,6 +180,12 @@ class MessageStore:
         if rows and rows[0].seq <= after:
             floor_seq = rows.pop(0).seq
         return assemble_page(rows, limit=limit, descending=False, floor_seq=floor_seq)
+
+    async def erasable(self, room: str, msg_id: str) -> list[int]:
+        """Stream seqs of a deleted message's original and edits (see :data:`_ERASABLE`)."""
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            records = await conn.fetch(_ERASABLE, room, msg_id, timeout=self._timeout)
+        return [int(r["seq"]) for r in records]
 
     async def count(self, room: str | None = None) -> int:
         """Rows stored (in ``room``): for tests and operators."""
