@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import msgspec
 import nats
@@ -16,7 +17,7 @@ import pytest
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord
-from chat_contract.events import User
+from chat_contract.events import Message, User
 from chat_gateway.rooms import RoomHub
 from chat_kit import bus
 
@@ -28,6 +29,7 @@ class FakeConn:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.blocked: set[str] = set()  # blocks nobody: gets the shared frames
 
     def write_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
@@ -117,7 +119,8 @@ def test_a_join_whose_floor_left_the_replay_buffer_sees_a_hole() -> None:
 
     room = Room("r3")
     assert not RoomHub.has_hole(room, 0)
-    room.recent.extend([(10, 7, b""), (12, 10, b"")])
+    event = cast(Message, None)  # not looked at by has_hole
+    room.recent.extend([(10, 7, b"", event), (12, 10, b"", event)])
     assert not RoomHub.has_hole(room, 7)  # the buffer reaches back to the floor
     assert not RoomHub.has_hole(room, 9)
     assert RoomHub.has_hole(room, 5)  # events in (5, 7] are gone from the buffer

@@ -295,8 +295,13 @@ async def test_create_get_and_public_list(stack: Stack) -> None:
     await archive(s, s.ann, gone.room.id)
     listed = await rpc(s.nc, subjects.ROOMS_LIST,
                        RoomListRequest(caller=s.cat, public=True), RoomsReply)
-    assert {r.id for r in listed.rooms} == {pub.room.id, auto.room.id}
-    assert all(r.member_count is not None and r.unread is None for r in listed.rooms)
+    # Newest first, each with its member count.
+    assert [(r.id, r.member_count) for r in listed.rooms] == [(auto.room.id, 1),
+                                                              (pub.room.id, 2)]
+    assert all(r.unread is None and r.last_seq is None for r in listed.rooms)
+    first = await rpc(s.nc, subjects.ROOMS_LIST,
+                      RoomListRequest(caller=s.cat, public=True, limit=1), RoomsReply)
+    assert [r.id for r in first.rooms] == [auto.room.id]
     for bad in (0, 201, -1):
         await fails(ErrorCode.BAD_REQUEST, rpc(s.nc, subjects.ROOMS_LIST,
                                                RoomListRequest(caller=s.cat, public=True,
@@ -312,8 +317,10 @@ async def test_join_rules(stack: Stack) -> None:
     fresh = new_room()
     reply = await join(s, s.ann, fresh)
     assert reply.room.owner == s.ann.id and reply.room.visibility == "public"
-    assert reply.room.member_count == 1 and reply.blocked == []
-    assert (await join(s, s.bob, fresh)).room.member_count == 2
+    # Joins carry no member count (not computed on this frequent path).
+    assert reply.room.member_count is None and reply.blocked == []
+    await join(s, s.bob, fresh)
+    assert (await get(s, s.bob, fresh)).room.member_count == 2
     # … unless the gateway says not to, and never with the DM prefix.
     await fails(ErrorCode.NOT_FOUND, join(s, s.ann, new_room(), create=False))
     await fails(ErrorCode.NOT_FOUND, join(s, s.ann, subjects.DM_PREFIX + "x"))
@@ -423,9 +430,12 @@ async def test_invite_leave_remove_archive_and_notices(stack: Stack) -> None:
     assert (await archive(s, s.ann, room)).room.archived
     assert state(await notices.next()) == ArchiveNotice(room=room)
     await fails(ErrorCode.FORBIDDEN, member(s, s.ann, room, s.cat.id, add=True))
+    assert (await archive(s, s.ann, room)).room.member_count == 3  # ann, bob, dan
+    await notices.next()
     # Members still see it (read-only), and may still leave.
     assert (await get(s, s.bob, room)).room.archived
-    await member(s, s.bob, room, s.bob.id, add=False)
+    left = await member(s, s.bob, room, s.bob.id, add=False)
+    assert left.room.member_count == 2
     assert state(await notices.next()) == MemberNotice(room=room, user=s.bob.id, event="left")
 
 
@@ -705,3 +715,176 @@ async def test_history_read_access(stack: Stack) -> None:
     # Blocked senders are left out of the reader's pages.
     await block(s, s.ann, s.bob.id)
     assert [m.text for m in (await page(s.ann, private)).messages] == ["p"]
+
+
+# --- review fixes: read access, blocks, password throttling, caps ----------------------
+
+
+async def history_page(s: Stack, user: User, room: str) -> HistoryReply:
+    return await rpc(s.nc, subjects.HISTORY_MESSAGES, HistoryRequest(room=room, user=user.id),
+                     HistoryReply)
+
+
+async def test_password_and_banned_readers_are_refused(stack: Stack) -> None:
+    s = stack
+    # A public room with a password: its history and member list are what the
+    # password guards, not open to any reader.
+    locked = (await create(s, s.ann, new_room(), password="sesame",
+                           members=[s.bob.id])).room.id
+    await send(s, locked, s.bob, "secret plans")
+    await fails(ErrorCode.FORBIDDEN, history_page(s, s.cat, locked))
+    await fails(ErrorCode.FORBIDDEN, get(s, s.cat, locked))
+    assert len((await history_page(s, s.bob, locked)).messages) == 1  # member
+    assert len((await history_page(s, s.ann, locked)).messages) == 1  # owner
+    await join(s, s.cat, locked, password="sesame")
+    assert len((await history_page(s, s.cat, locked)).messages) == 1
+    assert (await get(s, s.cat, locked)).room.member_count == 3
+
+    # A public room without a password: anyone, except whom the owner removed.
+    open_room = (await create(s, s.ann, new_room(), members=[s.bob.id])).room.id
+    await send(s, open_room, s.ann, "hello all")
+    assert len((await history_page(s, s.dan, open_room)).messages) == 1
+    assert (await get(s, s.dan, open_room)).room.members is not None
+    await member(s, s.ann, open_room, s.bob.id, add=False)  # removed = banned
+    await fails(ErrorCode.FORBIDDEN, history_page(s, s.bob, open_room))
+    await fails(ErrorCode.FORBIDDEN, get(s, s.bob, open_room))
+    await fails(ErrorCode.FORBIDDEN, join(s, s.bob, open_room))
+    # Leaving is no ban: whoever left a public room still reads it.
+    await join(s, s.cat, open_room)
+    await member(s, s.cat, open_room, s.cat.id, add=False)
+    assert len((await history_page(s, s.cat, open_room)).messages) == 1
+    # The owner's invite lifts the ban.
+    await member(s, s.ann, open_room, s.bob.id, add=True)
+    assert len((await history_page(s, s.bob, open_room)).messages) == 1
+    # Archived public rooms stay readable by anyone not banned.
+    await archive(s, s.ann, open_room)
+    assert len((await history_page(s, s.dan, open_room)).messages) == 1
+
+
+async def test_blocked_users_cannot_be_put_in_rooms(stack: Stack) -> None:
+    s = stack
+    await block(s, s.bob, s.ann.id)  # bob wants nothing from ann
+    # Create with members: refused as a whole, naming nobody, writing nothing.
+    for members in ([s.bob.id], [s.cat.id, s.bob.id]):
+        room = new_room()
+        err = await fails(ErrorCode.FORBIDDEN,
+                          create(s, s.ann, room, visibility="private", members=members))
+        assert s.bob.id not in err.message and s.bob.name not in err.message
+        await fails(ErrorCode.NOT_FOUND, get(s, s.ann, room))
+    # Unknown users are still reported first (not_found), as before.
+    await fails(ErrorCode.NOT_FOUND, create(s, s.ann, new_room(), members=["u_nobody"]))
+    # Others may still put bob in, and bob may put ann in (his block, his choice).
+    assert (await create(s, s.cat, new_room(), members=[s.bob.id])).created
+    assert (await create(s, s.bob, new_room(), members=[s.ann.id])).created
+
+    # Invite: the blocked user may not invite the blocker, owner or not.
+    room = (await create(s, s.ann, new_room(), visibility="private",
+                         members=[s.cat.id])).room.id
+    await fails(ErrorCode.FORBIDDEN, member(s, s.ann, room, s.bob.id, add=True))
+    assert s.bob.id not in {m.id for m in (await get(s, s.ann, room)).room.members or []}
+    await fails(ErrorCode.FORBIDDEN, join(s, s.bob, room))
+    # A member bob did not block may invite him.
+    await member(s, s.cat, room, s.bob.id, add=True)
+    await join(s, s.bob, room)
+    # Unblocked: the invite works again.
+    other = (await create(s, s.ann, new_room(), visibility="private")).room.id
+    await block(s, s.bob, s.ann.id, on=False)
+    await member(s, s.ann, other, s.bob.id, add=True)
+    assert (await create(s, s.ann, new_room(), members=[s.bob.id])).created
+
+
+async def test_room_password_failures_are_throttled(stack: Stack) -> None:
+    s = stack
+    rooms = [(await create(s, s.ann, new_room(), password="sesame")).room.id
+             for _ in range(4)]
+    # 10 wrong passwords per (user, room) within 5 minutes …
+    for _ in range(10):
+        await fails(ErrorCode.FORBIDDEN, join(s, s.bob, rooms[0], password="guess"))
+    err = await fails(ErrorCode.RATE_LIMITED, join(s, s.bob, rooms[0], password="guess"))
+    assert err.retry_after is not None and 1.0 <= err.retry_after <= 300.0
+    # … then even the right one is refused unchecked (no argon2 verify).
+    await fails(ErrorCode.RATE_LIMITED, join(s, s.bob, rooms[0], password="sesame"))
+    # A missing password costs no hash and counts for nothing: still forbidden.
+    await fails(ErrorCode.FORBIDDEN, join(s, s.bob, rooms[0]))
+    # Other users of that room, and bob in other rooms, are not held back.
+    await join(s, s.cat, rooms[0], password="sesame")
+    await join(s, s.bob, rooms[1], password="sesame")
+    # 30 per user across rooms: 10 + 10 + 10 more failures → every room refused.
+    for room in rooms[2:]:
+        for _ in range(10):
+            await fails(ErrorCode.FORBIDDEN, join(s, s.bob, room, password="guess"))
+    fresh = (await create(s, s.ann, new_room(), password="pw")).room.id
+    await fails(ErrorCode.RATE_LIMITED, join(s, s.bob, fresh, password="pw"))
+    # A member needs no password, so is never throttled; nor are rooms without one.
+    await join(s, s.bob, rooms[1])
+    await join(s, s.bob, new_room())
+
+
+async def test_change_needs_membership_and_a_plausible_msg_id(stack: Stack) -> None:
+    s = stack
+    room = (await create(s, s.ann, new_room(), members=[s.bob.id, s.cat.id])).room.id
+    bob_msg, _ = await send(s, room, s.bob, "from bob")
+    # Stored while dan was no member (published straight to the stream).
+    dan_msg, _ = await send(s, room, s.dan, "from outside")
+    await fails(ErrorCode.FORBIDDEN, change(s, s.dan, room, dan_msg, "edit"))
+    await fails(ErrorCode.FORBIDDEN, change(s, s.dan, room, dan_msg, "delete"))
+    # Removed (banned) members lose their grants, own messages included.
+    await member(s, s.ann, room, s.bob.id, add=False)
+    await fails(ErrorCode.FORBIDDEN, change(s, s.bob, room, bob_msg, "edit"))
+    await fails(ErrorCode.FORBIDDEN, change(s, s.bob, room, bob_msg, "delete"))
+    # The owner keeps owner rights after leaving.
+    await member(s, s.ann, room, s.ann.id, add=False)
+    assert (await change(s, s.ann, room, bob_msg, "delete")).sender == s.bob
+    # Ids no message can have → not_found (PROTOCOL §8), for members too.
+    for msg_id in ("", "m" * 65, "m" * 1000):
+        await fails(ErrorCode.NOT_FOUND, change(s, s.cat, room, msg_id, "edit"))
+        await fails(ErrorCode.NOT_FOUND, change(s, s.cat, room, msg_id, "delete"))
+    await fails(ErrorCode.NOT_FOUND, change(s, s.cat, room, "m" * 64, "edit"))
+
+
+async def test_blocked_set_is_capped(stack: Stack) -> None:
+    s = stack
+    conn = await asyncpg.connect(s.db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO history.blocks (blocker, blocked)"
+            " SELECT $1, 'u_fake' || g FROM generate_series(1, 999) g", s.ann.id)
+    finally:
+        await conn.close()
+    assert len((await block(s, s.ann, s.bob.id)).blocked) == 1000  # the 1000th
+    err = await fails(ErrorCode.BAD_REQUEST, block(s, s.ann, s.cat.id))
+    assert "too many blocks" in err.message
+    assert len((await block(s, s.ann, s.bob.id)).blocked) == 1000  # idempotent at the cap
+    assert len((await block(s, s.ann, s.bob.id, on=False)).blocked) == 999  # unblock works
+    assert s.cat.id in (await block(s, s.ann, s.cat.id)).blocked
+    # Others' caps are their own.
+    assert (await block(s, s.bob, s.cat.id)).blocked == [s.cat.id]
+
+
+async def test_search_ranks_only_the_newest_matches(stack: Stack) -> None:
+    s = stack
+    room = (await create(s, s.ann, new_room())).room.id
+    conn = await asyncpg.connect(s.db_url)
+    try:
+        # The best-ranked match is the oldest; 1051 newer, weaker matches follow.
+        await conn.execute(
+            "INSERT INTO history.messages (room, seq, msg_id, sender_id, sender_name, text, ts)"
+            " SELECT $1, g, $1 || '-' || g, 'u_x', 'x',"
+            " CASE WHEN g = 1 THEN 'okapi okapi okapi okapi'"
+            " ELSE 'an okapi among many other plain words here' END, now()"
+            " FROM generate_series(1, 1052) g", room)
+    finally:
+        await conn.close()
+    first = await search(s, s.ann, "okapi", limit=50)
+    assert len(first.results) == 50 and first.has_more
+    assert all(h.seq != 1 for h in first.results)  # outside the newest 1051
+    assert [h.seq for h in first.results] == list(range(1052, 1002, -1))
+    deepest = await search(s, s.ann, "okapi", limit=50, offset=1000)
+    assert [h.seq for h in deepest.results] == list(range(52, 2, -1)) and deepest.has_more
+    # Among the candidates rank still decides: the best one is found once it is new enough.
+    conn = await asyncpg.connect(s.db_url)
+    try:
+        await conn.execute("DELETE FROM history.messages WHERE room = $1 AND seq > 1051", room)
+    finally:
+        await conn.close()
+    assert (await search(s, s.ann, "okapi", limit=1)).results[0].seq == 1

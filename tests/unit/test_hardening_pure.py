@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from chat_auth.throttle import LoginThrottle
 from chat_contract.bus import SessionEntry
 from chat_contract.errors import ChatError, ErrorCode
 from chat_gateway.limits import StrikeCounter
 from chat_gateway.sessions import over_cap
+from chat_kit.throttle import LoginThrottle
 
 
 def test_strikes_trip_past_the_limit_within_the_window() -> None:

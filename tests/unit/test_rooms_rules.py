@@ -12,6 +12,12 @@ from chat_contract.events import User
 from chat_contract.rooms import is_valid_room_id
 from chat_contract.subjects import DM_PREFIX
 from chat_history.rooms_api import (
+    PASSWORD_FAILURES_PER_ROOM,
+    PASSWORD_FAILURES_PER_USER,
+    PASSWORD_WINDOW,
+    SEARCH_CANDIDATES,
+    SEARCH_LIMIT_MAX,
+    SEARCH_OFFSET_MAX,
     check_password,
     dm_name,
     dm_room_id,
@@ -22,6 +28,7 @@ from chat_history.rooms_api import (
     search_query,
 )
 from chat_history.rooms_store import RoomRow, Standing
+from chat_kit.throttle import PasswordThrottle
 
 ME = User(id="u_me", name="me")
 
@@ -32,8 +39,7 @@ def standing(*, visibility: str = "public", owner: str | None = "u_owner",
     room = RoomRow(id="r1", name="r1", visibility=visibility,  # type: ignore[arg-type]
                    owner=owner, password_hash="$argon2id$x" if password else None,
                    archived=archived, dm=dm, created_at=datetime(2025, 1, 1, tzinfo=UTC))
-    return Standing(room=room, member_count=1, member=member, banned=banned,
-                    peer_blocks=peer_blocks)
+    return Standing(room=room, member=member, banned=banned, peer_blocks=peer_blocks)
 
 
 def test_dm_room_id_is_symmetric_valid_and_distinct() -> None:
@@ -129,3 +135,55 @@ def test_may_see() -> None:
     assert may_see(standing(visibility="private", member=True), ME.id)
     assert may_see(standing(visibility="private", owner=ME.id), ME.id)
     assert not may_see(standing(visibility="private", dm=True, owner=None), ME.id)
+    # Password rooms: members and the owner only, public or not.
+    assert not may_see(standing(password=True), ME.id)
+    assert not may_see(standing(password=True, visibility="private"), ME.id)
+    assert may_see(standing(password=True, member=True), ME.id)
+    assert may_see(standing(password=True, owner=ME.id), ME.id)
+    # Removed (banned) users: not even a public room.
+    assert not may_see(standing(banned=True), ME.id)
+    assert not may_see(standing(banned=True, archived=True), ME.id)
+    assert not may_see(standing(banned=True, visibility="private"), ME.id)
+
+
+def test_search_candidates_cover_the_deepest_page() -> None:
+    # The store is asked for limit + 1 rows (has_more) at the largest offset.
+    assert SEARCH_CANDIDATES >= SEARCH_OFFSET_MAX + SEARCH_LIMIT_MAX + 1
+
+
+def test_room_password_limits() -> None:
+    assert (PASSWORD_FAILURES_PER_ROOM, PASSWORD_FAILURES_PER_USER, PASSWORD_WINDOW) == (
+        10, 30, 300.0)
+
+
+def test_password_throttle_per_room_and_per_user() -> None:
+    t = PasswordThrottle(per_resource=2, per_user=3, window=60.0, message="slow down")
+    t.failed("u_a", "r1", now=0)
+    t.check("u_a", "r1", now=1)
+    t.failed("u_a", "r1", now=1)
+    with pytest.raises(ChatError) as info:
+        t.check("u_a", "r1", now=2)
+    assert info.value.code is ErrorCode.RATE_LIMITED and info.value.message == "slow down"
+    assert info.value.retry_after == pytest.approx(58.0)
+    t.check("u_a", "r2", now=2)  # another room: only the per-user count (2 of 3)
+    t.check("u_b", "r1", now=2)  # another user: nothing counted
+    t.failed("u_a", "r2", now=3)
+    with pytest.raises(ChatError) as info:
+        t.check("u_a", "r3", now=4)  # 3 failures of u_a within 60 s, whatever the room
+    assert info.value.retry_after == pytest.approx(56.0)
+    t.check("u_a", "r3", now=60.5)  # the first failure aged out: 2 of 3 for u_a
+    t.check("u_a", "r1", now=60.5)  # and 1 of 2 for (u_a, r1)
+    t.failed("u_a", "r1", now=60.5)
+    with pytest.raises(ChatError):
+        t.check("u_a", "r4", now=60.8)  # u_a at 3 again (t=1, 3, 60.5)
+    # Never below one second of Retry-After.
+    t.failed("u_c", "r1", now=100)
+    t.failed("u_c", "r1", now=100)
+    with pytest.raises(ChatError) as info:
+        t.check("u_c", "r1", now=159.9)
+    assert info.value.retry_after == 1.0
+    # Pairs do not collide across the separator.
+    p = PasswordThrottle(per_resource=1, per_user=0, window=60.0)
+    p.failed("u_a", "b", now=0)
+    p.check("u_a_b", "", now=0)
+    p.check("u", "a_b", now=0)

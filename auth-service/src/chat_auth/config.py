@@ -38,7 +38,7 @@ class AuthSettings:
     # for two tabs racing (rejected, nothing revoked); later it is a replay.
     reuse_grace: float
     common: CommonSettings
-    # Login throttling (chat_auth.throttle): failures per username / per
+    # Login throttling (chat_kit.throttle): failures per username / per
     # address within the window; 0 turns a limit off.
     login_max_failures: int = 5
     login_max_failures_per_address: int = 50

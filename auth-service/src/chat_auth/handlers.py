@@ -29,10 +29,10 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
+from chat_kit.throttle import LoginThrottle
 
 from .keys import SigningKey
 from .store import AuthStore, NameTakenError
-from .throttle import LoginThrottle
 from .tokens import TokenIssuer, new_family, new_refresh_token, refresh_token_hash
 
 log = logging.getLogger("chat_auth.handlers")

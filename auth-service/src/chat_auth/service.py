@@ -17,12 +17,12 @@ from chat_kit.db import create_pool, migrate
 from chat_kit.logs import event
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
+from chat_kit.throttle import LoginThrottle
 
 from .config import AuthSettings
 from .handlers import KEEP_EXPIRED, AuthHandlers
 from .keys import load_signing_key
 from .store import SCHEMA, AuthStore
-from .throttle import LoginThrottle
 from .tokens import TokenIssuer
 
 log = logging.getLogger("chat_auth.service")

@@ -1,10 +1,11 @@
 """The ``svc.rooms.*`` endpoints: validation, the room rules, and the notices.
 
 Rules (README "Rooms"): public rooms are open to anyone not removed from
-them; password rooms need the password from non-members; private rooms
-admit members (and the owner) only; archived rooms admit nobody and are
-read-only; DM rooms belong to their two users. Every refusal is a
-:class:`ChatError` with its wire code.
+them; password rooms need the password from non-members (wrong passwords
+are throttled); private rooms admit members (and the owner) only; archived
+rooms admit nobody and are read-only; DM rooms belong to their two users;
+nobody puts a user into a room whose owner-to-be or inviter that user
+blocked. Every refusal is a :class:`ChatError` with its wire code.
 
 Notices (ReadNotice, MemberNotice, ArchiveNotice on ``chat.room.<room>.state``,
 BlocksNotice on ``users.<id>.blocks``) go out on core NATS after the database
@@ -57,6 +58,7 @@ from chat_contract.rooms import is_valid_room_id
 from chat_kit.bus import MicroHandler, endpoint
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
+from chat_kit.throttle import PasswordThrottle
 
 from . import users
 from .rooms_store import RoomsStore, Standing
@@ -70,6 +72,16 @@ LIST_MAX = 200
 SEARCH_Q_MAX = 200
 SEARCH_LIMIT_MAX = 50
 SEARCH_OFFSET_MAX = 1000
+# Search ranks only the newest matches: enough for the deepest allowed page
+# (offset 1000 + limit 50) plus the row that tells has_more.
+SEARCH_CANDIDATES = SEARCH_OFFSET_MAX + SEARCH_LIMIT_MAX + 1
+BLOCKS_MAX = 1000
+MSG_ID_MAX = 64  # as the gateway: no message has a longer id (PROTOCOL §8: unknown → not_found)
+# Wrong room passwords (README "Rooms"): per (user, room) and per user, within
+# the window; beyond → rate_limited before any argon2 verify.
+PASSWORD_FAILURES_PER_ROOM = 10
+PASSWORD_FAILURES_PER_USER = 30
+PASSWORD_WINDOW = 300.0
 # User ids and usernames share this alphabet (auth-service); anything else
 # cannot name a user and never reaches a query or a subject.
 _USER_REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -154,8 +166,12 @@ def join_rule(s: Standing, user: str) -> JoinRule:
 
 
 def may_see(s: Standing, user: str) -> bool:
-    """Room details and history: public rooms to anyone, others to members and the owner."""
-    return s.room.visibility == "public" or s.member or s.room.owner == user
+    """Room details and history: members and the owner; besides them, anyone not
+    removed from it for a public room without a password (a password room's
+    history is what its password guards)."""
+    if s.member or s.room.owner == user:
+        return True
+    return s.room.visibility == "public" and s.room.password_hash is None and not s.banned
 
 
 def _forbidden(message: str) -> ChatError:
@@ -171,10 +187,14 @@ def _not_found(message: str = "room not found") -> ChatError:
 
 class RoomsApi:
     def __init__(self, nc: NATS, store: RoomsStore, passwords: Passwords, *,
-                 lookup_timeout: float, fresh: Fresh | None = None) -> None:
+                 lookup_timeout: float, fresh: Fresh | None = None,
+                 throttle: PasswordThrottle | None = None) -> None:
         self._nc = nc
         self._store = store
         self._passwords = passwords
+        self.throttle = throttle or PasswordThrottle(
+            PASSWORD_FAILURES_PER_ROOM, PASSWORD_FAILURES_PER_USER, PASSWORD_WINDOW,
+            "too many wrong room passwords, try again later")
         self._lookup_timeout = lookup_timeout
         # HistoryApi.ensure_fresh: storage holds every stream event of the room.
         self.fresh = fresh
@@ -232,6 +252,9 @@ class RoomsApi:
         missing = [m for m in wanted if m not in found]
         if missing:
             raise _not_found(f"unknown user {missing[0]}")
+        # Nobody is put in a room by someone they blocked; which one did stays private.
+        if await self._store.blocked_by_any(wanted, caller.id):
+            raise _forbidden("some of these users do not accept your invitations")
         password_hash = (await self._passwords.hash(req.password)
                          if req.password is not None else None)
         members = [caller, *(found[m] for m in wanted)]
@@ -268,7 +291,7 @@ class RoomsApi:
         # Also when it already was: a gateway that missed the first one learns it now.
         await self._notify(subjects.state_subject(req.room), ArchiveNotice(room=req.room))
         s = await self._standing(req.room, req.caller.id)
-        return RoomReply(room=s.room.view(member_count=s.member_count))
+        return RoomReply(room=s.room.view(member_count=await self._store.member_count(req.room)))
 
     # --- membership -------------------------------------------------------------
 
@@ -286,8 +309,17 @@ class RoomsApi:
             s = await self._standing(req.room, caller.id)
         rule = join_rule(s, caller.id)
         if rule == "password":
-            if req.password is None or not await self._passwords.verify(
-                    s.room.password_hash, req.password[:PASSWORD_MAX]):
+            if req.password is None:
+                raise _forbidden("wrong room password")
+            # Before the argon2 verify: a throttled guesser costs no hash.
+            try:
+                self.throttle.check(caller.id, req.room)
+            except ChatError:
+                audit(log, "room password throttled", room=req.room, user=caller.id)
+                raise
+            if not await self._passwords.verify(s.room.password_hash,
+                                                req.password[:PASSWORD_MAX]):
+                self.throttle.failed(caller.id, req.room)
                 audit(log, "room password rejected", room=req.room, user=caller.id)
                 raise _forbidden("wrong room password")
         elif rule == "forbidden":
@@ -295,9 +327,8 @@ class RoomsApi:
         # Re-checked under a row lock: an archive or removal since counts.
         if not await self._store.join(req.room, caller):
             raise _forbidden("you may not join this room")
-        count = s.member_count + (0 if s.member else 1)
-        return AccessReply(room=s.room.view(member_count=count),
-                           blocked=await self._store.blocked(caller.id))
+        # No member_count: joins are frequent and the gateway does not show one.
+        return AccessReply(room=s.room.view(), blocked=await self._store.blocked(caller.id))
 
     async def member(self, req: MemberChange) -> RoomReply:
         caller = req.caller
@@ -320,7 +351,7 @@ class RoomsApi:
         await self._notify(subjects.state_subject(req.room),
                            MemberNotice(room=req.room, user=req.user, event=change))
         s = await self._standing(req.room, caller.id)
-        return RoomReply(room=s.room.view(member_count=s.member_count))
+        return RoomReply(room=s.room.view(member_count=await self._store.member_count(req.room)))
 
     async def _invite(self, req: MemberChange, s: Standing) -> RoomReply:
         caller = req.caller
@@ -334,6 +365,8 @@ class RoomsApi:
         found = await self._lookup(ids=[req.user])
         if not found or found[0].id != req.user:
             raise _not_found("unknown user")
+        if await self._store.is_blocked(req.user, caller.id):
+            raise _forbidden("this user does not accept your invitations")
         target = await self._standing(req.room, req.user)
         if target.banned and not owner:
             raise _forbidden("only the owner may invite a removed user back")
@@ -373,7 +406,9 @@ class RoomsApi:
         found = await self._lookup(ids=[req.user])
         if not found or found[0].id != req.user:
             raise _not_found("unknown user")
-        blocked = await self._store.set_block(caller.id, req.user, req.block)
+        blocked = await self._store.set_block(caller.id, req.user, req.block, BLOCKS_MAX)
+        if blocked is None:
+            raise ChatError(ErrorCode.BAD_REQUEST, f"too many blocks (at most {BLOCKS_MAX})")
         await self._notify(subjects.blocks_subject(caller.id),
                            BlocksNotice(user=caller.id, blocked=blocked))
         return BlocksReply(blocked=blocked)
@@ -383,9 +418,13 @@ class RoomsApi:
     async def change(self, req: ChangeRequest) -> ChangeGrant:
         caller = req.caller
         check_room_id(req.room)
-        if not req.msg_id or "\x00" in req.msg_id:
+        if not 1 <= len(req.msg_id) <= MSG_ID_MAX or "\x00" in req.msg_id:
             raise _not_found("unknown message")
         s = await self._standing(req.room, caller.id)
+        # The gateway admits only joined sockets; this is the second line (a
+        # removal or leave that the gateway has not applied yet).
+        if not (s.member or s.room.owner == caller.id):
+            raise _forbidden("not a member of this room")
         await self._ensure_fresh(req.room)
         original = await self._store.original(req.room, req.msg_id)
         if original is None or original.deleted:
@@ -429,7 +468,8 @@ class RoomsApi:
             s = await self._standing(req.room, req.caller.id)
             if not s.member:
                 raise _forbidden("not a member of this room")
-        hits = await self._store.search(req.caller.id, q, req.room, req.limit + 1, req.offset)
+        hits = await self._store.search(req.caller.id, q, req.room, req.limit + 1, req.offset,
+                                        SEARCH_CANDIDATES)
         return SearchReply(results=hits[:req.limit], has_more=len(hits) > req.limit)
 
     # --- helpers ----------------------------------------------------------------
@@ -442,8 +482,10 @@ class RoomsApi:
 
     async def _full_view(self, room: str, user: str) -> RoomView:
         s = await self._standing(room, user)
-        members = await self._store.members(room) if may_see(s, user) else None
-        return s.room.view(member_count=s.member_count, members=members)
+        if may_see(s, user):
+            members = await self._store.members(room)
+            return s.room.view(member_count=len(members), members=members)
+        return s.room.view(member_count=await self._store.member_count(room))
 
     async def _lookup(self, ids: Iterable[str] = (), names: Iterable[str] = ()) -> list[User]:
         return await users.lookup(self._nc, ids, names, timeout=self._lookup_timeout)

@@ -35,8 +35,10 @@ _NOT_BLOCKED = ("NOT EXISTS (SELECT 1 FROM history.blocks b"
                 " WHERE b.blocker = $1 AND b.blocked = {alias}.sender_id)")
 _LAST_SEQ = "coalesce((SELECT max(seq) FROM history.messages WHERE room = $1), 0)"
 
+# Every authorization lookup (each history page, join, read, change, search)
+# runs this: no member count here, only where a reply shows one.
 _STATE = f"""
-SELECT {_ROOM}, {_COUNT},
+SELECT {_ROOM},
        EXISTS (SELECT 1 FROM history.members m WHERE m.room = r.id AND m.user_id = $2) AS member,
        EXISTS (SELECT 1 FROM history.removed x WHERE x.room = r.id AND x.user_id = $2) AS banned,
        EXISTS (SELECT 1 FROM history.blocks b
@@ -82,25 +84,32 @@ ORDER BY last_seq DESC, r.created_at DESC, r.id
 LIMIT $2
 """
 
+# Newest first straight off the rooms_public index (its predicate is this
+# WHERE); member counts for the page only, not for every public room.
 _PUBLIC = f"""
-SELECT {_ROOM}, {_COUNT}, coalesce(l.seq, 0) AS last_seq
-FROM history.rooms r
-{_LAST}
-WHERE r.visibility = 'public' AND NOT r.archived AND NOT r.dm
-ORDER BY last_seq DESC, r.created_at DESC, r.id
-LIMIT $1
+SELECT {_ROOM}, {_COUNT}
+FROM (SELECT * FROM history.rooms
+      WHERE visibility = 'public' AND NOT archived AND NOT dm
+      ORDER BY created_at DESC, id
+      LIMIT $1) r
+ORDER BY r.created_at DESC, r.id
 """
 
 # websearch_to_tsquery parses any text (quotes, operators) without errors;
-# the query string is a bind parameter, never SQL.
+# the query string is a bind parameter, never SQL. ts_rank reads each row's
+# tsvector, so only the newest $6 matches (seq desc) are ranked, not every
+# match of a common word.
 _SEARCH = f"""
-SELECT m.room, m.msg_id, m.seq, m.text, m.ts, m.sender_id, m.sender_name
-FROM history.messages m, websearch_to_tsquery('simple', $2) q
-WHERE m.kind = 'message' AND NOT m.deleted AND m.tsv @@ q
-  AND m.room IN (SELECT room FROM history.members
-                 WHERE user_id = $1 AND ($3::text IS NULL OR room = $3))
-  AND {_NOT_BLOCKED.format(alias="m")}
-ORDER BY ts_rank(m.tsv, q) DESC, m.seq DESC
+SELECT c.room, c.msg_id, c.seq, c.text, c.ts, c.sender_id, c.sender_name
+FROM (SELECT m.room, m.msg_id, m.seq, m.text, m.ts, m.sender_id, m.sender_name, m.tsv
+      FROM history.messages m, websearch_to_tsquery('simple', $2) q
+      WHERE m.kind = 'message' AND NOT m.deleted AND m.tsv @@ q
+        AND m.room IN (SELECT room FROM history.members
+                       WHERE user_id = $1 AND ($3::text IS NULL OR room = $3))
+        AND {_NOT_BLOCKED.format(alias="m")}
+      ORDER BY m.seq DESC
+      LIMIT $6) c, websearch_to_tsquery('simple', $2) q
+ORDER BY ts_rank(c.tsv, q) DESC, c.seq DESC
 LIMIT $4 OFFSET $5
 """
 
@@ -131,7 +140,6 @@ class Standing:
     """A room as one user stands towards it."""
 
     room: RoomRow
-    member_count: int
     member: bool
     banned: bool
     # A DM whose other user blocked this one.
@@ -178,8 +186,8 @@ class RoomsStore:
             r = await conn.fetchrow(_STATE, room, user, timeout=self._timeout)
         if r is None:
             return None
-        return Standing(room=_room(r), member_count=r["member_count"], member=r["member"],
-                        banned=r["banned"], peer_blocks=r["peer_blocks"])
+        return Standing(room=_room(r), member=r["member"], banned=r["banned"],
+                        peer_blocks=r["peer_blocks"])
 
     async def create(self, room: str, name: str, *, visibility: str, owner: str | None,
                      password_hash: str | None, members: list[User],
@@ -265,6 +273,12 @@ class RoomsStore:
                     " ON CONFLICT DO NOTHING", room, user, timeout=self._timeout)
         return bool(gone)
 
+    async def member_count(self, room: str) -> int:
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            value = await conn.fetchval("SELECT count(*) FROM history.members WHERE room = $1",
+                                        room, timeout=self._timeout)
+        return int(value)
+
     async def members(self, room: str) -> list[MemberView]:
         async with self._pool.acquire(timeout=self._timeout) as conn:
             rows = await conn.fetch(
@@ -291,10 +305,33 @@ class RoomsStore:
                 blocker, blocked, timeout=self._timeout)
         return bool(found)
 
-    async def set_block(self, blocker: str, blocked: str, on: bool) -> list[str]:
-        """Block or unblock; the blocker's whole blocked set afterwards."""
+    async def blocked_by_any(self, blockers: list[str], blocked: str) -> bool:
+        """Has any of ``blockers`` blocked ``blocked``?"""
+        if not blockers:
+            return False
         async with self._pool.acquire(timeout=self._timeout) as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM history.blocks"
+                " WHERE blocked = $2 AND blocker = ANY ($1::text[]))",
+                blockers, blocked, timeout=self._timeout)
+        return bool(found)
+
+    async def set_block(self, blocker: str, blocked: str, on: bool,
+                        cap: int) -> list[str] | None:
+        """Block or unblock; the blocker's whole blocked set afterwards, or None
+        (nothing written) when a new block would exceed ``cap`` blocks."""
+        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
             if on:
+                # One blocker's changes in turn, so concurrent blocks cannot pass the cap.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('history.blocks'), hashtext($1))",
+                    blocker, timeout=self._timeout)
+                r = await conn.fetchrow(
+                    "SELECT count(*) AS n, coalesce(bool_or(blocked = $2), false) AS present"
+                    " FROM history.blocks WHERE blocker = $1", blocker, blocked,
+                    timeout=self._timeout)
+                if r is not None and not r["present"] and r["n"] >= cap:
+                    return None
                 await conn.execute(
                     "INSERT INTO history.blocks (blocker, blocked) VALUES ($1, $2)"
                     " ON CONFLICT DO NOTHING", blocker, blocked, timeout=self._timeout)
@@ -341,9 +378,10 @@ class RoomsStore:
         return None if current is None else (int(current), False)
 
     async def search(self, user: str, query: str, room: str | None, limit: int,
-                     offset: int) -> list[SearchHit]:
+                     offset: int, candidates: int) -> list[SearchHit]:
+        """Ranked hits among the newest ``candidates`` matches."""
         async with self._pool.acquire(timeout=self._timeout) as conn:
-            rows = await conn.fetch(_SEARCH, user, query, room, limit, offset,
+            rows = await conn.fetch(_SEARCH, user, query, room, limit, offset, candidates,
                                     timeout=self._timeout)
         return [SearchHit(room=r["room"], msg_id=r["msg_id"], seq=r["seq"], text=r["text"],
                           ts=format_ts(r["ts"]),
