@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import nats
 
 from chat_contract import subjects
@@ -109,6 +110,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
             half = rows[len(rows) // 2].seq
             await call(client, subjects.ROOMS_READ, ReadRequest(caller=READER, room=room,
                                                                 seq=half), ReadReply, timeout)
+        # As autovacuum would after a bulk load: the planner needs the statistics.
+        conn = await asyncpg.connect(pg.url)
+        await conn.execute("ANALYZE history.messages")
+        await conn.close()
         total = args.rooms * args.messages
         print(f"stored {total} messages in {args.rooms} rooms in "
               f"{time.perf_counter() - started:.1f}s")
