@@ -1,8 +1,10 @@
-"""Smoke check of a running stack through the load balancer (issue 2's "done when").
+"""Smoke check of a running stack through the load balancer (issues 2 and 3's "done when").
 
 Registers two users, logs in, opens one socket each — reconnecting until the
 two land on different gateways — joins a room, sees each other present, and
-chats both ways.
+chats both ways. Then the room model over REST and WebSocket, still through
+the load balancer: a private room with a password, an invite, an edit, a
+read pointer and unread counts, search, a DM, an archive.
 
     .venv/bin/python tests/smoke.py [http://127.0.0.1:8080]
 """
@@ -13,6 +15,7 @@ import asyncio
 import json
 import sys
 import uuid
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -68,9 +71,70 @@ async def main(base: str) -> None:
     if got["text"] == "hi bob":
         got = await until(a, "message")
     print(f"alice got {got['text']!r} seq={got['seq']} prev_seq={got['prev_seq']}")
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        await rooms(http, a, b, alice, bob, tag)
     await a.close()
     await b.close()
     print("smoke ok")
+
+
+async def rooms(http: httpx.AsyncClient, a: ClientConnection, b: ClientConnection,
+                alice: str, bob: str, tag: str) -> None:
+    def auth(token: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"}
+
+    async def call(method: str, path: str, token: str, want: int, **kw: Any) -> Any:
+        r = await http.request(method, path, headers=auth(token), **kw)
+        assert r.status_code == want, (method, path, r.status_code, r.text)
+        return r.json() if r.content else None
+
+    bob_id = (await call("GET", "/v1/me", bob, 200))["user"]["id"]
+    room = f"secret_{tag}"
+    made = await call("POST", "/v1/rooms", alice, 201, json={
+        "id": room, "name": "Secret", "visibility": "private", "password": "open sesame"})
+    assert made["password"] is True and made["owner"] != bob_id
+    await b.send(json.dumps({"type": "join", "id": "p", "room": room}))
+    refused = await until(b, "error")
+    print(f"bob's join of the private room: {refused['code']}")
+    assert refused["code"] == "forbidden"
+    await call("POST", f"/v1/rooms/{room}/members", alice, 200, json={"user": bob_id})
+    for ws in (a, b):
+        await ws.send(json.dumps({"type": "join", "id": "p", "room": room}))
+        await until(ws, "ack")
+    await a.send(json.dumps({"type": "send", "id": "s", "room": room, "text": "tpyo here"}))
+    sent = await until(a, "ack")
+    await a.send(json.dumps({"type": "edit", "id": "e", "room": room,
+                             "msg_id": sent["msg_id"], "text": f"typo fixed {tag}"}))
+    edit = await until(a, "ack")
+    while (ev := await until(b, "message"))["seq"] != edit["seq"]:
+        pass
+    print(f"bob got the edit: {ev['text']!r} edited={ev.get('edited')}")
+    listed = await call("GET", "/v1/rooms", bob, 200)
+    unread = {r["id"]: r["unread"] for r in listed["rooms"]}
+    print(f"bob's unread in {room}: {unread.get(room)}")
+    await b.send(json.dumps({"type": "read", "id": "r", "room": room, "seq": edit["seq"]}))
+    await until(b, "ack")
+    seen = await until(a, "read")
+    print(f"alice saw bob read up to {seen['seq']}")
+    found = None
+    for _ in range(30):  # search may lag writes by up to 2 s
+        hits = await call("GET", "/v1/search", bob, 200, params={"q": f"fixed {tag}"})
+        if hits["results"]:
+            found = hits["results"][0]
+            break
+        await asyncio.sleep(0.2)
+    assert found is not None and found["room"] == room, "search did not find the edit"
+    print(f"search found {found['text']!r} in {found['room']}")
+    dm = await call("POST", "/v1/dm", alice, 201, json={"user": bob_id})
+    again = await call("POST", "/v1/dm", bob, 200, json={"user": f"alice_{tag}"})
+    assert dm["id"] == again["id"]
+    print(f"DM room {dm['id']} (same whoever asks)")
+    await call("POST", f"/v1/rooms/{room}/archive", alice, 200)
+    await until(b, "system")
+    await b.send(json.dumps({"type": "send", "id": "x", "room": room, "text": "still here?"}))
+    late = await until(b, "error")
+    print(f"bob's send after the archive: {late['code']}")
+    assert late["code"] == "forbidden"
 
 
 if __name__ == "__main__":
