@@ -98,6 +98,17 @@ class Session:
 # --- helpers added for the rooms tests (issue 3) ---------------------------
 
 
+def user_id(user: dict[str, Any]) -> str:
+    """The id in a register_and_login result."""
+    return str(user["user"]["id"])
+
+
+def expect_error(r: httpx.Response, status: int, code: str) -> None:
+    """A REST error: this status and ``{"error":{"code": code}}``."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.json()["error"]["code"] == code, r.text
+
+
 def rest(base_url: str, token: str | None = None) -> httpx.AsyncClient:
     """An HTTP client for the REST API, authenticated with ``token`` if given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}

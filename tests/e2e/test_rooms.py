@@ -12,7 +12,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .client import Session, collect, logged_errors, refused, register_and_login, rest
+from .client import (
+    Session,
+    collect,
+    logged_errors,
+    refused,
+    register_and_login,
+    rest,
+)
+from .client import expect_error as _err
+from .client import user_id as _uid
 from .conftest import unique
 from .stack import Stack
 
@@ -23,15 +32,6 @@ ROOM_FIELDS = {"id", "name", "visibility", "owner", "created_at", "password", "a
 
 async def _user(stack: Stack, gw: int = 1) -> dict[str, Any]:
     return await register_and_login(stack.gateway(gw).url, unique("user"))
-
-
-def _uid(user: dict[str, Any]) -> str:
-    return str(user["user"]["id"])
-
-
-def _err(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.json()["error"]["code"] == code, r.text
 
 
 async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

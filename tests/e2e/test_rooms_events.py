@@ -13,7 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .client import Session, collect, logged_errors, refused, register_and_login, rest
+from .client import (
+    Session,
+    collect,
+    logged_errors,
+    refused,
+    register_and_login,
+    rest,
+)
+from .client import expect_error as _err
+from .client import user_id as _uid
 from .conftest import unique
 from .stack import Stack
 
@@ -22,15 +31,6 @@ pytestmark = pytest.mark.e2e
 
 async def _user(stack: Stack, gw: int = 1) -> dict[str, Any]:
     return await register_and_login(stack.gateway(gw).url, unique("user"))
-
-
-def _uid(user: dict[str, Any]) -> str:
-    return str(user["user"]["id"])
-
-
-def _err(r: httpx.Response, status: int, code: str) -> None:
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.json()["error"]["code"] == code, r.text
 
 
 def _word() -> str:
