@@ -10,7 +10,14 @@ import msgspec
 import pytest
 from starlette.requests import Request
 
-from chat_contract.bus import ArchiveNotice, ChatRecord, MemberNotice, ReadNotice
+from chat_contract.bus import (
+    ArchiveNotice,
+    ChatRecord,
+    MemberNotice,
+    MemberView,
+    ReadNotice,
+    RoomView,
+)
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, ServerEvent, User, decode_event
 from chat_gateway.chains import Chains
@@ -223,6 +230,43 @@ async def test_member_notice_takes_the_users_sockets_out_at_once() -> None:
         await task
     assert msgspec.to_builtins(ann.events()[-1])["text"] == "you left the room"
     assert "r" not in hub.rooms  # the last local member gone: unsubscribed
+
+
+async def test_reconcile_after_a_reconnect_applies_lost_notices() -> None:
+    """Removals and an archive published while NATS was away are caught up."""
+    hub, room = _hub()
+    eve, ann, bob = Sock(EVE), Sock(ANN), Sock(BOB)
+    room.members = {_conn(eve): 0, _conn(ann): 0, _conn(bob): 0}
+    asked: list[str] = []
+
+    async def fetch(name: str, caller: User) -> RoomView:
+        asked.append(caller.id)
+        if caller.id == EVE.id:  # removed from a private room: may not even look
+            raise ChatError(ErrorCode.FORBIDDEN, "private room")
+        return RoomView(id=name, name=name, visibility="private", owner=ANN.id,
+                        created_at="2024-01-01T00:00:00.000Z", password=False, archived=True,
+                        dm=False, members=[MemberView(id=ANN.id, name="ann")])
+
+    assert await hub.reconcile(fetch)
+    assert asked == [EVE.id, ANN.id]  # one good answer per room is enough
+    assert list(room.members) == [_conn(ann)] and room.archived
+    texts = [msgspec.to_builtins(e)["text"] for e in bob.events()]
+    assert texts == ["you are no longer a member of the room"]
+    assert [msgspec.to_builtins(e)["text"] for e in ann.events()] == ["room archived"]
+    for task in list(hub._tasks):
+        await task
+
+
+async def test_reconcile_reports_an_unavailable_history_service() -> None:
+    hub, room = _hub()
+    ann = Sock(ANN)
+    room.members = {_conn(ann): 0}
+
+    async def fetch(name: str, caller: User) -> RoomView:
+        raise ChatError(ErrorCode.UNAVAILABLE, "no responders")
+
+    assert not await hub.reconcile(fetch)
+    assert list(room.members) == [_conn(ann)] and ann.frames == []
 
 
 async def test_archive_notice_makes_the_room_read_only() -> None:

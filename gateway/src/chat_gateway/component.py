@@ -24,8 +24,9 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from chat_contract import subjects
-from chat_contract.bus import BlocksNotice, Empty, JwksReply
+from chat_contract.bus import BlocksNotice, Empty, JwksReply, RoomRef, RoomReply, RoomView
 from chat_contract.errors import CloseCode
+from chat_contract.events import User
 from chat_kit import bus, metrics
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
@@ -40,6 +41,8 @@ from .tokens import TokenVerifier
 
 log = logging.getLogger("chat_gateway")
 STATIC = Path(__file__).parent / "static"
+# How often the reconnect counter is looked at (and a failed reconcile retried).
+RECONCILE_INTERVAL = 1.0
 _blocks_decoder = msgspec.json.Decoder(BlocksNotice)
 
 
@@ -57,6 +60,7 @@ class Gateway:
         self._presence: PresenceHub | None = None
         self._verifier: TokenVerifier | None = None
         self._sessions: SessionRegistry | None = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     def is_draining(self) -> bool:
         return self.draining
@@ -141,10 +145,35 @@ class Gateway:
         await self._sessions.start()
         # Rare traffic (a block or unblock), so one subscription for all users.
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self._on_blocks)
+        self._reconciler = asyncio.create_task(self._reconcile_after_reconnects(rt.nc))
         event(log, "gateway ready", node=self.settings.node_id)
+
+    async def _reconcile_after_reconnects(self, nc: NATS) -> None:
+        """After each NATS reconnect, re-check open rooms' memberships and
+        archive flags: state notices published meanwhile were lost."""
+        seen = nc.stats["reconnects"]
+        dirty = False
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            if nc.stats["reconnects"] != seen:
+                seen, dirty = nc.stats["reconnects"], True
+            if dirty and nc.is_connected:
+                try:
+                    dirty = not await self.hub.reconcile(self._room_view)
+                except Exception as exc:  # never let the watcher die
+                    event(log, "room reconcile failed", logging.WARNING, error=repr(exc))
+                if not dirty:
+                    event(log, "rooms reconciled after a NATS reconnect", rooms=len(self.hub.rooms))
+
+    async def _room_view(self, room: str, caller: User) -> RoomView:
+        reply = await bus.call(self.nc, subjects.ROOMS_GET, RoomRef(caller=caller, room=room),
+                               RoomReply, self.settings.common.request_timeout)
+        return reply.room
 
     async def stop(self) -> None:
         self.draining = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         if self._presence is not None:
             # Before the sockets close: their presence entries are left to
             # expire, so clients that reconnect elsewhere do not flap.

@@ -51,9 +51,11 @@ from chat_contract.bus import (
     MemberNotice,
     ReadNotice,
     RoomState,
+    RoomView,
     record_to_event,
 )
-from chat_contract.events import Message, ReadEvent, System, encode
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import Message, ReadEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
 
@@ -70,8 +72,13 @@ _state_decoder: msgspec.json.Decoder[RoomState] = msgspec.json.Decoder(RoomState
 RECENT_EVENTS = 256
 
 
-# What a removed member's sockets are told (MemberNotice.event → text).
-GONE_TEXT = {"removed": "you were removed from the room", "left": "you left the room"}
+# What a removed member's sockets are told (MemberNotice.event → text);
+# "gone": found missing from the membership after a reconnect, reason unknown.
+GONE_TEXT = {"removed": "you were removed from the room", "left": "you left the room",
+             "gone": "you are no longer a member of the room"}
+
+# The room as history-service sees it for one caller (svc.rooms.get).
+FetchRoom = Callable[[str, User], Awaitable[RoomView]]
 
 # After a removal took a socket out of a room: the rest of a leave (presence).
 Evicted = Callable[[Connection, str], Awaitable[None]]
@@ -308,6 +315,36 @@ class RoomHub:
             if not (conn.blocked and reader in conn.blocked) and conn.write_frame(frame):
                 written += 1
         metrics.WS_MESSAGES_OUT.inc(written)
+
+    async def reconcile(self, fetch: FetchRoom) -> bool:
+        """Catch up on state notices lost while NATS was away (core NATS drops
+        what is published during a reconnect): for every open room, ask
+        history-service for its members and archive flag, and take out the
+        local sockets of users who are no longer members. False if
+        history-service could not answer for some room (retry later).
+        """
+        complete = True
+        for room in list(self.rooms.values()):
+            users = {conn.user.id: conn.user for conn in room.members}
+            for user in users.values():
+                try:
+                    view = await fetch(room.name, user)
+                except ChatError as exc:
+                    if exc.code in (ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND):
+                        self._evict(room, user.id, "gone")  # may not even see it now
+                        continue
+                    complete = False
+                    break
+                present = {m.id for m in view.members or ()}
+                for uid in users:
+                    if uid not in present and uid != view.owner:
+                        self._evict(room, uid, "gone")
+                if view.archived and not room.archived:
+                    room.archived = True
+                    _tell(room.members, System(room=room.name, text="room archived",
+                                               ts=now_rfc3339()))
+                break
+        return complete
 
     def _evict(self, room: Room, user: str, why: str) -> None:
         """Take ``user``'s sockets out of the room now; presence follows in a task.
