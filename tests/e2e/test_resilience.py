@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -58,6 +59,10 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
     await s.request("join", room=room)
     await s.request("send", room=room, text="before")
     await s.next_event("message")
+    # A second member, on the other gateway, whose removal's notice will be lost.
+    gone = await register_and_login(stack.gateway(2).url, unique("gone"))
+    g = await Session.open(stack.ws_url(2), gone["access_token"])
+    await g.request("join", room=room)
 
     await asyncio.to_thread(own_nats.stop)
     try:
@@ -77,6 +82,15 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
         await s.ws.send(json.dumps({"type": "ping"}))
         assert (await s.next_event("pong"))["type"] == "pong"
         assert s.close_code is None  # the socket survives
+        # Removed while NATS is away: the MemberNotice could not reach anyone.
+        db = await asyncpg.connect(stack.db_url)
+        try:
+            await db.execute("DELETE FROM history.members WHERE room = $1 AND user_id = $2",
+                             room, gone["user"]["id"])
+            await db.execute("INSERT INTO history.removed (room, user_id) VALUES ($1, $2)",
+                             room, gone["user"]["id"])
+        finally:
+            await db.close()
     finally:
         await asyncio.to_thread(own_nats.restart)
     await asyncio.to_thread(wait_for, lambda: _ready(stack, 1) and _ready(stack, 2), 15.0,
@@ -100,6 +114,13 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
             await asyncio.sleep(0.2)
     # What was answered `unavailable` was not stored after all.
     assert [m["text"] for m in page["messages"]] == ["before", "after"]
+    # The gateway re-checked its open rooms after the reconnect.
+    notice = await g.next_event("system", timeout=10)
+    assert notice["room"] == room and "no longer a member" in notice["text"]
+    with pytest.raises(RequestFailed) as after_removal:
+        await g.request("send", room=room, text="still here?")
+    assert after_removal.value.code == "forbidden"
+    await g.close()
     await s.close()
 
 
