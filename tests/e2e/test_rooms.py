@@ -9,6 +9,7 @@ import asyncio
 import time
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -343,6 +344,33 @@ async def test_leave_public_room_may_rejoin(stack: Stack) -> None:
         _err(await hb.delete(f"/v1/rooms/{rid}/members/{_uid(bob)}"), 404, "not_found")
         await a.close()
         await b.close()
+
+
+async def test_a_join_refused_now_takes_the_socket_out_of_the_room(stack: Stack) -> None:
+    """A socket whose gateway missed the removal (here: the ban written straight
+    to the database, no notice) is taken out when its next join is refused."""
+    owner, bob = await _user(stack), await _user(stack, 2)
+    rid = unique("missed")
+    a = await Session.open(stack.ws_url(1), owner["access_token"])
+    b = await Session.open(stack.ws_url(2), bob["access_token"])
+    await a.request("join", room=rid)
+    await b.request("join", room=rid)
+    db = await asyncpg.connect(stack.db_url)
+    try:
+        await db.execute("DELETE FROM history.members WHERE room = $1 AND user_id = $2",
+                         rid, _uid(bob))
+        await db.execute("INSERT INTO history.removed (room, user_id) VALUES ($1, $2)",
+                         rid, _uid(bob))
+    finally:
+        await db.close()
+    await b.request("send", room=rid, text="not yet noticed")  # the gateway cannot know
+    assert await refused(b, "join", room=rid) == "forbidden"
+    assert await refused(b, "send", room=rid, text="and now?") == "forbidden"
+    await a.request("send", room=rid, text="bob no longer gets this")
+    assert [m["text"] for m in await collect(b, 0.5) if m["type"] == "message"] \
+        == ["not yet noticed"]
+    await a.close()
+    await b.close()
 
 
 async def test_archive_read_only_on_both_gateways(stack: Stack) -> None:

@@ -60,6 +60,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_history.config import HistorySettings
 from chat_history.rooms_api import dm_room_id
+from chat_history.rooms_store import RoomsStore
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call, publish_durable
 from chat_kit.runtime import Runtime
@@ -888,3 +889,40 @@ async def test_search_ranks_only_the_newest_matches(stack: Stack) -> None:
     finally:
         await conn.close()
     assert (await search(s, s.ann, "okapi", limit=1)).results[0].seq == 1
+
+
+async def test_a_join_racing_a_removal_is_refused_not_let_in(stack: Stack) -> None:
+    """The owner's removal holds the room row while it deletes and bans; a join
+    (or invite) waiting on that lock must see the ban once it gets through."""
+    s = stack
+    room = new_room()
+    await create(s, s.ann, room, name="r", visibility="public")
+    await join(s, s.bob, room)
+    pool = await asyncpg.create_pool(s.db_url, min_size=1, max_size=2)
+    remover = await asyncpg.connect(s.db_url)
+    try:
+        store = RoomsStore(pool)
+        tx = remover.transaction()
+        await tx.start()
+        # remove(..., ban=True), held open before its commit
+        await remover.execute("SELECT 1 FROM history.rooms WHERE id = $1 FOR NO KEY UPDATE",
+                              room)
+        await remover.execute("DELETE FROM history.members WHERE room = $1 AND user_id = $2",
+                              room, s.bob.id)
+        await remover.execute("INSERT INTO history.removed (room, user_id) VALUES ($1, $2)",
+                              room, s.bob.id)
+        joining = asyncio.ensure_future(store.join(room, s.bob))
+        inviting = asyncio.ensure_future(store.invite(room, s.bob, lift_ban=False))
+        await asyncio.sleep(0.3)
+        assert not joining.done() and not inviting.done()  # waiting for the row lock
+        await tx.commit()
+        assert await joining is False
+        assert await inviting is False
+        still = await remover.fetchval(
+            "SELECT count(*) FROM history.members WHERE room = $1 AND user_id = $2",
+            room, s.bob.id)
+        assert still == 0
+    finally:
+        await remover.close()
+        await pool.close()
+    await fails(ErrorCode.FORBIDDEN, join(s, s.bob, room))

@@ -64,6 +64,8 @@ BAD = [
     '{"type":"read","room":"x","seq":-1}', '{"type":"read","room":"x","seq":"5"}',
     '{"type":"edit","room":"x","text":"t"}', '{"type":"edit","room":"x","msg_id":"","text":"t"}',
     '{"type":"delete","room":"x"}', '{"type":"delete","room":"x","msg_id":5}',
+    '{"type":"send","room":"x","text":"a","reply_to":"m\\u0000"}',
+    '{"type":"send","room":"x","text":"a","client_msg_id":"c\\u0000"}',
 ]
 
 
@@ -139,3 +141,9 @@ def test_error_codes_map_to_statuses() -> None:
     assert ChatError("conflict", "taken").http_status == 409
     assert ChatError("no-such-code", "x").code is ErrorCode.INTERNAL
     assert CloseCode.UNAUTHORIZED == 4401 and CloseCode.SERVICE_RESTART == 1012
+
+
+def test_nul_in_text_is_refused_before_anything_is_stored() -> None:
+    with pytest.raises(ChatError) as info:
+        frames.check_text("a\x00b")
+    assert info.value.code is ErrorCode.BAD_REQUEST

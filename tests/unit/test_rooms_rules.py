@@ -156,6 +156,16 @@ def test_room_password_limits() -> None:
         10, 30, 300.0)
 
 
+def test_password_attempts_count_before_the_verify_and_a_right_one_is_taken_back() -> None:
+    t = PasswordThrottle(per_resource=2, per_user=10, window=60.0)
+    first = t.attempt("u_a", "r1", now=0)
+    t.attempt("u_a", "r1", now=0.01)  # a concurrent guess, its verify still running
+    with pytest.raises(ChatError):  # a third one now is refused before any hash
+        t.attempt("u_a", "r1", now=0.02)
+    t.succeeded("u_a", "r1", first)  # the first was the right password
+    t.attempt("u_a", "r1", now=0.03)  # room for one more
+
+
 def test_password_throttle_per_room_and_per_user() -> None:
     t = PasswordThrottle(per_resource=2, per_user=3, window=60.0, message="slow down")
     t.failed("u_a", "r1", now=0)

@@ -195,6 +195,13 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
             raise ChatError(ErrorCode.FORBIDDEN, f"no longer a member of room {frame.room}")
     except BaseException as exc:
         await gw.hub.abandon(room)
+        refused = isinstance(exc, ChatError) and exc.code in (ErrorCode.FORBIDDEN,
+                                                              ErrorCode.NOT_FOUND)
+        if refused and frame.room in conn.rooms:
+            # Joined before, refused now (a notice this node missed): out of the room.
+            conn.rooms.discard(frame.room)
+            await gw.hub.detach(conn, frame.room)
+            await gw.presence.leave(conn, frame.room)
         if isinstance(exc, (NatsError, TimeoutError)):
             raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable") from exc
         raise

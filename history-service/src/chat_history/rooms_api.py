@@ -15,6 +15,7 @@ catches up at the next join, whose AccessReply carries the current state).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -311,19 +312,27 @@ class RoomsApi:
         if rule == "password":
             if req.password is None:
                 raise _forbidden("wrong room password")
-            # Before the argon2 verify: a throttled guesser costs no hash.
+            # Before the argon2 verify: a throttled guesser costs no hash. The
+            # attempt counts as a failure until the verify says otherwise, so
+            # concurrent guesses cannot all slip past the check meanwhile.
             try:
-                self.throttle.check(caller.id, req.room)
+                stamp = self.throttle.attempt(caller.id, req.room)
             except ChatError:
                 audit(log, "room password throttled", room=req.room, user=caller.id)
                 raise
             if not await self._passwords.verify(s.room.password_hash,
                                                 req.password[:PASSWORD_MAX]):
-                self.throttle.failed(caller.id, req.room)
                 audit(log, "room password rejected", room=req.room, user=caller.id)
                 raise _forbidden("wrong room password")
+            self.throttle.succeeded(caller.id, req.room, stamp)
         elif rule == "forbidden":
             raise _forbidden("you may not join this room")
+        if not s.member and self.fresh is not None:
+            # A new member's read pointer starts at the room's last stored seq:
+            # let storage catch up first, or what is still on its way would
+            # count as unread. Best effort: a lagging store must not block joins.
+            with contextlib.suppress(ChatError):
+                await self.fresh(req.room)
         # Re-checked under a row lock: an archive or removal since counts.
         if not await self._store.join(req.room, caller):
             raise _forbidden("you may not join this room")
@@ -370,7 +379,8 @@ class RoomsApi:
         target = await self._standing(req.room, req.user)
         if target.banned and not owner:
             raise _forbidden("only the owner may invite a removed user back")
-        await self._store.invite(req.room, found[0], lift_ban=target.banned)
+        if not await self._store.invite(req.room, found[0], lift_ban=target.banned):
+            raise _forbidden("the user was removed, or the room archived, meanwhile")
         return RoomReply(room=await self._full_view(req.room, caller.id))
 
     async def dm(self, req: DmRequest) -> RoomReply:

@@ -6,9 +6,11 @@ that race with each other are single statements or short transactions:
 - a room is created by ``INSERT … ON CONFLICT DO NOTHING RETURNING``, so of
   concurrent creators (first joins, DM requests from both sides) exactly one
   sees its row come back;
-- a join re-checks archive and ban under ``FOR SHARE`` of the room row, and a
-  removal holds ``FOR NO KEY UPDATE`` of it while it deletes the membership
-  and writes the ban, so a join racing a removal cannot slip in after it;
+- a join (and an invite) locks the room row ``FOR SHARE`` in one statement
+  and checks archive and ban in the next (a fresh snapshot, so it sees a
+  removal that committed while it waited); a removal holds ``FOR NO KEY
+  UPDATE`` of the row while it deletes the membership and writes the ban, so
+  a join racing a removal cannot slip in after it;
 - the read pointer moves with ``UPDATE … WHERE read_seq < $new``: forward
   only, whatever order concurrent reads (several devices) arrive in.
 """
@@ -45,6 +47,13 @@ SELECT {_ROOM},
        EXISTS (SELECT 1 FROM history.removed x WHERE x.room = r.id AND x.user_id = $2) AS banned,
        EXISTS (SELECT 1 FROM history.blocks b
                WHERE b.blocked = $2 AND b.blocker = ANY (r.dm_users)) AS peer_blocks
+FROM history.rooms r WHERE r.id = $1
+"""
+
+# Checked under the room's lock, in a statement of its own (see _lock_room).
+_MAY_JOIN = """
+SELECT NOT r.archived AND NOT EXISTS (SELECT 1 FROM history.removed x
+                                      WHERE x.room = r.id AND x.user_id = $2)
 FROM history.rooms r WHERE r.id = $1
 """
 
@@ -243,23 +252,36 @@ class RoomsStore:
     async def join(self, room: str, user: User) -> bool:
         """Make ``user`` a member unless, by now, the room is archived or bans them."""
         async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-            ok = await conn.fetchval(
-                "SELECT NOT r.archived AND NOT EXISTS (SELECT 1 FROM history.removed x"
-                " WHERE x.room = r.id AND x.user_id = $2)"
-                " FROM history.rooms r WHERE r.id = $1 FOR SHARE OF r",
-                room, user.id, timeout=self._timeout)
+            await self._lock_room(conn, room)
+            # A new statement, so a new snapshot: it sees a removal that
+            # committed while we waited for the lock (READ COMMITTED).
+            ok = await conn.fetchval(_MAY_JOIN, room, user.id, timeout=self._timeout)
             if not ok:
                 return False
             await conn.execute(_ADD_MEMBER, room, user.id, user.name, timeout=self._timeout)
         return True
 
-    async def invite(self, room: str, user: User, *, lift_ban: bool) -> None:
+    async def invite(self, room: str, user: User, *, lift_ban: bool) -> bool:
+        """Add ``user``; False if a ban (not lifted) or an archive got there first."""
         async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            await self._lock_room(conn, room)
             if lift_ban:
                 await conn.execute(
                     "DELETE FROM history.removed WHERE room = $1 AND user_id = $2",
                     room, user.id, timeout=self._timeout)
+            elif not await conn.fetchval(_MAY_JOIN, room, user.id, timeout=self._timeout):
+                return False
             await conn.execute(_ADD_MEMBER, room, user.id, user.name, timeout=self._timeout)
+        return True
+
+    async def _lock_room(self, conn: asyncpg.Connection, room: str) -> None:
+        """Serialise with remove() (FOR NO KEY UPDATE) and archive (UPDATE) of the room.
+
+        Taken in its own statement: a check in the locking statement itself
+        would use the snapshot from before the wait and miss the ban.
+        """
+        await conn.execute("SELECT 1 FROM history.rooms WHERE id = $1 FOR SHARE", room,
+                           timeout=self._timeout)
 
     async def remove(self, room: str, user: str, *, ban: bool) -> bool:
         """End ``user``'s membership (and ban them); False if they were not a member."""

@@ -93,10 +93,18 @@ _PAGE_ASC = _ITEM.format(events=f"""
 # Stream sequences still holding a deleted message's words: its original and
 # its edits (an edit may even arrive after the delete). Empty unless deleted.
 _ERASABLE = """
+WITH gone AS (
+    SELECT EXISTS (SELECT 1 FROM history.messages WHERE kind = 'message' AND msg_id = $2
+                   AND room = $1 AND deleted)
+        OR EXISTS (SELECT 1 FROM history.messages WHERE kind <> 'message' AND kind = 'delete'
+                   AND room = $1 AND msg_id = $2) AS yes
+)
 SELECT seq FROM history.messages
-WHERE room = $1 AND msg_id = $2 AND kind IN ('message', 'edit')
-  AND EXISTS (SELECT 1 FROM history.messages d WHERE d.room = $1 AND d.msg_id = $2
-              AND (d.kind = 'delete' OR (d.kind = 'message' AND d.deleted)))
+WHERE kind = 'message' AND msg_id = $2 AND room = $1 AND (SELECT yes FROM gone)
+UNION ALL
+SELECT seq FROM history.messages
+WHERE kind <> 'message' AND kind = 'edit' AND room = $1 AND msg_id = $2
+  AND (SELECT yes FROM gone)
 """
 
 

@@ -74,6 +74,16 @@ class FailureWindow:
             stamps.popleft()
 
 
+    def unfail(self, key: str, stamp: float) -> None:
+        """Take back a failure counted at ``stamp`` (an attempt counted up front
+        that turned out right)."""
+        stamps = self._stamps.get(key)
+        if stamps is not None and stamp in stamps:
+            stamps.remove(stamp)
+            if not stamps:
+                del self._stamps[key]
+
+
 def check_windows(checks: Iterable[tuple[FailureWindow, str]], message: str,
                   now: float | None = None) -> None:
     """Raise ``rate_limited`` (with the longest wait) if any (window, key) is over its limit."""
@@ -130,3 +140,16 @@ class PasswordThrottle:
 
     def failed(self, user: str, resource: str, now: float | None = None) -> None:
         fail_windows(self._keys(user, resource), now)
+
+    def attempt(self, user: str, resource: str, now: float | None = None) -> float:
+        """Check, then count the attempt as a failure at once (before a slow
+        verify, so concurrent guesses cannot all pass the check); returns the
+        stamp to give to :meth:`succeeded` if it was right after all."""
+        now = time.monotonic() if now is None else now
+        self.check(user, resource, now)
+        self.failed(user, resource, now)
+        return now
+
+    def succeeded(self, user: str, resource: str, stamp: float) -> None:
+        for window, key in self._keys(user, resource):
+            window.unfail(key, stamp)

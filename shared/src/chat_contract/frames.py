@@ -116,6 +116,9 @@ def decode_frame(data: bytes | str) -> ClientFrame:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing msg_id")
     if isinstance(frame, Read) and frame.seq is None:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing seq")
+    if isinstance(frame, Send) and any(
+            v is not None and "\x00" in v for v in (frame.reply_to, frame.client_msg_id)):
+        raise ChatError(ErrorCode.BAD_REQUEST, "NUL character in an id")
     return frame
 
 
@@ -137,6 +140,8 @@ def check_text(text: str) -> str:
     trimmed = text.strip()
     if not trimmed:
         raise ChatError(ErrorCode.BAD_REQUEST, "text is empty")
+    if "\x00" in trimmed:  # storage (PostgreSQL text) cannot hold it: refuse, never ack
+        raise ChatError(ErrorCode.BAD_REQUEST, "text contains a NUL character")
     if len(trimmed) > MAX_TEXT_CHARS:  # len() counts code points, as §8 asks
         raise ChatError(ErrorCode.TOO_LARGE, f"text exceeds {MAX_TEXT_CHARS} characters")
     return trimmed
