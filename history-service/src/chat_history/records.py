@@ -30,14 +30,8 @@ class BadRecord(ValueError):
         self.reason = reason
 
 
-class MessageRow(msgspec.Struct, frozen=True):
-    """One row of ``history.messages``: one stream event (see migration 0002).
-
-    A msgspec struct: cheap to build, and a batch of them encodes to the JSON
-    array the store inserts in one statement. ``ts`` is timezone-aware. For
-    an ``edit`` row ``text`` is the new text, applied to the message's row
-    (the edit row itself is stored without it); a ``delete`` has none.
-    """
+class _Row(msgspec.Struct, frozen=True):
+    """The columns every row and every history item has. ``ts`` is timezone-aware."""
 
     room: str
     seq: int
@@ -47,20 +41,23 @@ class MessageRow(msgspec.Struct, frozen=True):
     text: str | None
     reply_to: str | None
     ts: datetime
+
+
+class MessageRow(_Row, frozen=True):
+    """One row of ``history.messages`` to insert: one stream event (see migration 0002).
+
+    A msgspec struct: cheap to build, and a batch of them encodes to the JSON
+    array the store inserts in one statement. For an ``edit`` row ``text`` is
+    the new text, applied to the message's row (the edit row itself is stored
+    without it); a ``delete`` has none.
+    """
+
     kind: RecordKind = "message"
 
 
-class PageRow(msgspec.Struct, frozen=True):
+class PageRow(_Row, frozen=True):
     """One history item as read: an event row showing its message's latest state."""
 
-    room: str
-    seq: int
-    msg_id: str
-    sender_id: str
-    sender_name: str
-    text: str | None
-    reply_to: str | None
-    ts: datetime
     edited: bool = False
     deleted: bool = False
 
