@@ -63,6 +63,10 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
     gone = await register_and_login(stack.gateway(2).url, unique("gone"))
     g = await Session.open(stack.ws_url(2), gone["access_token"])
     await g.request("join", room=room)
+    # And one whom u blocks while NATS is away (the BlocksNotice is lost too).
+    pest = await register_and_login(stack.gateway(2).url, unique("pest"))
+    p = await Session.open(stack.ws_url(2), pest["access_token"])
+    await p.request("join", room=room)
 
     await asyncio.to_thread(own_nats.stop)
     try:
@@ -89,6 +93,8 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
                              room, gone["user"]["id"])
             await db.execute("INSERT INTO history.removed (room, user_id) VALUES ($1, $2)",
                              room, gone["user"]["id"])
+            await db.execute("INSERT INTO history.blocks (blocker, blocked) VALUES ($1, $2)",
+                             u["user"]["id"], pest["user"]["id"])
         finally:
             await db.close()
     finally:
@@ -120,6 +126,19 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
     with pytest.raises(RequestFailed) as after_removal:
         await g.request("send", room=room, text="still here?")
     assert after_removal.value.code == "forbidden"
+    # ... and u's sockets learned the block: pest's messages no longer reach u.
+    for attempt in range(20):
+        await p.request("send", room=room, text=f"pest {attempt}")
+        mine = await s.request("send", room=room, text=f"u {attempt}")
+        seen = []
+        while not seen or seen[-1]["seq"] != mine["seq"]:
+            seen.append(await s.next_event("message"))
+        if all(m["sender"]["id"] != pest["user"]["id"] for m in seen):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the block made while NATS was down never took effect")
+    await p.close()
     await g.close()
     await s.close()
 

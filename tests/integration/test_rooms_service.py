@@ -33,6 +33,7 @@ from chat_contract.bus import (
     BlockRequest,
     BlocksNotice,
     BlocksReply,
+    BlocksRequest,
     ChangeGrant,
     ChangeRequest,
     ChatRecord,
@@ -505,6 +506,11 @@ async def test_blocks_and_their_notices(stack: Stack) -> None:
     assert (await block(s, s.ann, s.bob.id, on=False)).blocked == [s.cat.id]
     assert msgspec.json.decode(await notices.next(), type=BlocksNotice).blocked == [s.cat.id]
     assert (await block(s, s.ann, s.bob.id, on=False)).blocked == [s.cat.id]
+    # The whole set on request (gateways catching up after a NATS reconnect).
+    mine = await rpc(s.nc, subjects.ROOMS_BLOCKS, BlocksRequest(caller=s.ann), BlocksReply)
+    assert mine.blocked == [s.cat.id]
+    none = await rpc(s.nc, subjects.ROOMS_BLOCKS, BlocksRequest(caller=s.dan), BlocksReply)
+    assert none.blocked == []
 
     await fails(ErrorCode.NOT_FOUND, block(s, s.ann, "u_nobody"))
     await fails(ErrorCode.BAD_REQUEST, block(s, s.ann, s.ann.id))

@@ -24,8 +24,17 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from chat_contract import subjects
-from chat_contract.bus import BlocksNotice, Empty, JwksReply, RoomRef, RoomReply, RoomView
-from chat_contract.errors import CloseCode
+from chat_contract.bus import (
+    BlocksNotice,
+    BlocksReply,
+    BlocksRequest,
+    Empty,
+    JwksReply,
+    RoomRef,
+    RoomReply,
+    RoomView,
+)
+from chat_contract.errors import ChatError, CloseCode
 from chat_contract.events import User
 from chat_kit import bus, metrics
 from chat_kit.logs import event
@@ -159,11 +168,30 @@ class Gateway:
                 seen, dirty = nc.stats["reconnects"], True
             if dirty and nc.is_connected:
                 try:
-                    dirty = not await self.hub.reconcile(self._room_view)
+                    dirty = not (await self.hub.reconcile(self._room_view)
+                                 and await self._refresh_blocks())
                 except Exception as exc:  # never let the watcher die
                     event(log, "room reconcile failed", logging.WARNING, error=repr(exc))
                 if not dirty:
                     event(log, "rooms reconciled after a NATS reconnect", rooms=len(self.hub.rooms))
+
+    async def _refresh_blocks(self) -> bool:
+        """Local users' blocked sets, as BlocksNotices lost meanwhile left them."""
+        for conns in list(self.by_user.values()):
+            if not conns:
+                continue
+            first = next(iter(conns))
+            seen = {conn: conn.blocks_seen for conn in conns}
+            try:
+                reply = await bus.call(self.nc, subjects.ROOMS_BLOCKS,
+                                       BlocksRequest(caller=first.user), BlocksReply,
+                                       self.settings.common.request_timeout)
+            except ChatError:
+                return False
+            for conn, before in seen.items():
+                if conn.blocks_seen == before:  # no newer notice applied meanwhile
+                    conn.blocked = set(reply.blocked)
+        return True
 
     async def _room_view(self, room: str, caller: User) -> RoomView:
         reply = await bus.call(self.nc, subjects.ROOMS_GET, RoomRef(caller=caller, room=room),

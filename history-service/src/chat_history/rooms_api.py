@@ -35,6 +35,7 @@ from chat_contract.bus import (
     BlockRequest,
     BlocksNotice,
     BlocksReply,
+    BlocksRequest,
     ChangeGrant,
     ChangeRequest,
     DmRequest,
@@ -215,6 +216,7 @@ class RoomsApi:
             ep("rooms_archive", subjects.ROOMS_ARCHIVE, RoomRef, self.archive),
             ep("rooms_dm", subjects.ROOMS_DM, DmRequest, self.dm),
             ep("rooms_block", subjects.ROOMS_BLOCK, BlockRequest, self.block),
+            ep("rooms_blocks", subjects.ROOMS_BLOCKS, BlocksRequest, self.blocks),
             ep("rooms_change", subjects.ROOMS_CHANGE, ChangeRequest, self.change),
             ep("rooms_read", subjects.ROOMS_READ, ReadRequest, self.read),
             ep("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, self.search),
@@ -407,6 +409,9 @@ class RoomsApi:
             # Whoever asks again is (back) in the room; the other's choice to leave stands.
             await self._store.invite(room, caller, lift_ban=False)
         return RoomReply(room=await self._full_view(room, caller.id), created=created)
+
+    async def blocks(self, req: BlocksRequest) -> BlocksReply:
+        return BlocksReply(blocked=await self._store.blocked(req.caller.id))
 
     async def block(self, req: BlockRequest) -> BlocksReply:
         caller = req.caller

@@ -273,6 +273,13 @@ class BlockRequest(_Payload):
     v: int = VERSION
 
 
+class BlocksRequest(_Payload):
+    """The caller's blocked set (a gateway catching up after a NATS reconnect)."""
+
+    caller: User
+    v: int = VERSION
+
+
 class BlocksReply(_Payload):
     blocked: list[str]
     v: int = VERSION
