@@ -93,10 +93,8 @@ class Gateway:
         except msgspec.DecodeError:
             metrics.WS_DROPPED.labels("bad_blocks_event").inc()
             return
-        blocked = set(notice.blocked)
         for conn in self.by_user.get(notice.user, ()):
-            conn.blocked = set(blocked)
-            conn.blocks_seen += 1
+            conn.blocks_notice(notice.blocked)
 
     async def _evicted(self, conn: Connection, room: str) -> None:
         """A removal took ``conn`` out of ``room``: the rest of a leave."""
@@ -189,8 +187,7 @@ class Gateway:
             except ChatError:
                 return False
             for conn, before in seen.items():
-                if conn.blocks_seen == before:  # no newer notice applied meanwhile
-                    conn.blocked = set(reply.blocked)
+                conn.blocks_fetched(reply.blocked, before)
         return True
 
     async def _room_view(self, room: str, caller: User) -> RoomView:

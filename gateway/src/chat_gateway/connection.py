@@ -78,7 +78,7 @@ class Connection:
         # User ids whose events this socket is not delivered (the user's blocks):
         # set at each join from the access reply, replaced by BlocksNotice.
         self.blocked: set[str] = set()
-        # BlocksNotices applied: a join's (older) access reply must not undo one.
+        # BlocksNotices applied: a fetched (older) set must not undo one.
         self.blocks_seen = 0
         self.bucket = bucket
         self.closed = False
@@ -93,6 +93,17 @@ class Connection:
         if self._proto is None:
             self._queue = asyncio.Queue()
             self._writer = asyncio.create_task(self._drain_queue())
+
+    def blocks_notice(self, blocked: list[str]) -> None:
+        """The user's blocked set changed (a BlocksNotice): newest, always applies."""
+        self.blocked = set(blocked)
+        self.blocks_seen += 1
+
+    def blocks_fetched(self, blocked: list[str], seen: int) -> None:
+        """A blocked set asked for when ``blocks_seen`` was ``seen`` (a join's access
+        reply, a refresh): applies unless a notice arrived meanwhile."""
+        if self.blocks_seen == seen:
+            self.blocked = set(blocked)
 
     def write_frame(self, frame: bytes) -> bool:
         """Write one pre-built frame now; False if the socket is gone or closed as slow."""

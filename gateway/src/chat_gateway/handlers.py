@@ -170,8 +170,7 @@ async def join(gw: Gateway, conn: Connection, frame: frames.Join) -> Result:
             AccessRequest(caller=conn.user, room=frame.room, password=frame.password,
                           create=gw.settings.auto_create_rooms),
             AccessReply, timeout)
-        if conn.blocks_seen == blocks_seen:  # else a newer BlocksNotice already applied
-            conn.blocked = set(access.blocked)
+        conn.blocks_fetched(access.blocked, blocks_seen)
         # An ArchiveNotice may have overtaken this reply; archiving is one-way.
         room.archived = room.archived or access.room.archived
         last_seq = await gw.hub.last_seq(room)

@@ -14,22 +14,18 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from nats.js import JetStreamContext
 
 from chat_contract.bus import HistoryReply, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.frames import MAX_SEQ
 from chat_contract.rooms import is_valid_room_id
+from chat_kit.db import DB_UNAVAILABLE
 
 from . import metrics
 from .config import MAX_LIMIT
 from .freshness import CommitTracker, last_room_seq
 from .store import MessageStore
-
-# The database is away (restart, network): worth a retry, unlike a bug.
-_DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
-                   asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
 
 
 def validate(req: HistoryRequest) -> None:
@@ -96,7 +92,7 @@ class HistoryApi:
         try:
             messages, has_more = await self._store.page(
                 req.room, before=req.before, after=req.after, limit=req.limit, exclude=hidden)
-        except _DB_UNAVAILABLE:
+        except DB_UNAVAILABLE:
             # The consumer logs the outage once; each request only counts it.
             raise ChatError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
         return HistoryReply(messages=messages, has_more=has_more)

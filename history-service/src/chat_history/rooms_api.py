@@ -23,7 +23,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, TypeVar
 
-import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
@@ -58,6 +57,7 @@ from chat_contract.events import User
 from chat_contract.frames import MAX_SEQ
 from chat_contract.rooms import is_valid_room_id
 from chat_kit.bus import MicroHandler, endpoint
+from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
 from chat_kit.throttle import PasswordThrottle
@@ -88,9 +88,6 @@ PASSWORD_WINDOW = 300.0
 # cannot name a user and never reaches a query or a subject.
 _USER_REF = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The database is away (restart, network): worth a retry, unlike a bug.
-_DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
-                   asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
 
 Fresh = Callable[[str], Awaitable[None]]
 Req = TypeVar("Req", bound=msgspec.Struct)
@@ -232,7 +229,7 @@ class RoomsApi:
             if s is not None and not may_see(s, user):
                 raise _forbidden("not a member of this room")
             return await self._store.blocked(user)
-        except _DB_UNAVAILABLE:
+        except DB_UNAVAILABLE:
             raise ChatError(ErrorCode.UNAVAILABLE, "rooms store unavailable") from None
 
     # --- rooms ------------------------------------------------------------------
@@ -523,7 +520,7 @@ def _db_guard(handler: Callable[[Req], Awaitable[Rep]]) -> Callable[[Req], Await
     async def guarded(req: Req) -> Rep:
         try:
             return await handler(req)
-        except _DB_UNAVAILABLE:
+        except DB_UNAVAILABLE:
             raise ChatError(ErrorCode.UNAVAILABLE, "rooms store unavailable") from None
 
     return guarded

@@ -19,6 +19,11 @@ from .logs import event
 
 log = logging.getLogger("chat_kit.db")
 
+# The database is away (restart, network): worth a retry (``unavailable``),
+# unlike a bug or bad data.
+DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
+                  asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
+
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
                       stop: asyncio.Event | None = None) -> asyncpg.Pool:
