@@ -64,6 +64,7 @@ from chat_history.rooms_api import dm_room_id
 from chat_history.rooms_store import RoomsStore
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call, publish_durable
+from chat_kit.db import create_pool, migrate
 from chat_kit.runtime import Runtime
 from chat_kit.settings import CommonSettings
 
@@ -932,3 +933,55 @@ async def test_a_join_racing_a_removal_is_refused_not_let_in(stack: Stack) -> No
         await remover.close()
         await pool.close()
     await fails(ErrorCode.FORBIDDEN, join(s, s.bob, room))
+
+
+async def test_upgrade_gives_rooms_with_older_messages_no_owner(db_url: str) -> None:
+    """Migration 0004 on a database at 0003: a room known only from its messages
+    gets a public, ownerless row, so its first joiner after the upgrade does
+    not own it."""
+    pool = await create_pool(db_url)
+    try:
+        await migrate(pool, "history", "chat_history")
+        async with pool.acquire() as conn:  # back to what 0003 left
+            await conn.execute("DROP INDEX history.messages_changes")
+            await conn.execute("DELETE FROM history.schema_migrations WHERE version LIKE '0004%'")
+            await conn.execute(
+                "INSERT INTO history.messages (room, seq, msg_id, sender_id, sender_name, text,"
+                " ts) VALUES ('old-room', 7, 'm_old', 'u_x', 'x', 'hi', now())")
+        assert [name for name in await migrate(pool, "history", "chat_history")
+                if name.startswith("0004")]
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT visibility, owner_id FROM history.rooms WHERE id = 'old-room'")
+        assert row is not None and (row["visibility"], row["owner_id"]) == ("public", None)
+        assert await RoomsStore(pool).ensure_public("old-room", "u_first") is False
+    finally:
+        await pool.close()
+
+
+async def test_a_new_member_starts_after_messages_still_on_their_way_to_storage(
+        stack: Stack) -> None:
+    s = stack
+    room = new_room()
+    await join(s, s.ann, room)
+    js = s.nc.jetstream()
+    blocker = await asyncpg.connect(s.db_url)
+    try:
+        # Storage stalls (its inserts wait for this lock) while messages are
+        # acked by the stream, and dan joins meanwhile.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE history.messages IN EXCLUSIVE MODE")
+        await asyncio.gather(*(
+            js.publish(subjects.room_subject(room), msgspec.json.encode(ChatRecord(
+                room=room, msg_id=f"m_{uuid.uuid4().hex}", sender=s.ann, ts=TS,
+                text=f"t{i}")))
+            for i in range(50)))
+        joining = asyncio.ensure_future(join(s, s.dan, room))
+        await asyncio.sleep(0.5)
+        await tx.commit()  # storage catches up; the join waited for it
+        await joining
+    finally:
+        await blocker.close()
+    assert (await mine(s, s.dan))[room].unread == 0
+    assert (await mine(s, s.ann))[room].last_seq > 0
