@@ -76,9 +76,7 @@ def test_specs_order_env_and_signals(tmp_path: Path) -> None:
     ]  # fmt: skip
 
     nats_argv = list(by_name["nats"].argv)
-    assert nats_argv[1:] == [
-        "-js", "-a", "127.0.0.1", "-p", "4222", "-sd", str(tmp_path / "run" / "nats"), "-m", "8222",
-    ]  # fmt: skip
+    assert nats_argv[1:] == ["-c", str(tmp_path / "run" / "nats" / "nats.conf")]
 
     pg = by_name["postgres"]
     assert pg.stop_signal == signal.SIGINT  # fast shutdown
@@ -113,3 +111,36 @@ def test_missing_service_script_is_named(tmp_path: Path) -> None:
     config = StackConfig(run_dir=tmp_path / "run", bin_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="chat-auth"):
         build_specs(config)
+
+
+def test_cluster_nodes_ports_routes_and_replicas(tmp_path: Path) -> None:
+    config = StackConfig.from_env({"CHAT_NATS_NODES": "3", "CHAT_RUN_DIR": str(tmp_path / "run"),
+                                   "CHAT_BIN_DIR": str(_bin_dir(tmp_path))})
+    specs = build_specs(config, base_env={})
+    names = [s.name for s in specs]
+    assert names[:4] == ["nats-1", "nats-2", "nats-3", "postgres"]
+    # Only the last node waits for every node's health: none is healthy alone.
+    assert [s.ready_port for s in specs[:3]] == [4222, 4223, None]
+    assert specs[2].ready_check is not None
+    history = next(s for s in specs if s.name == "history")
+    assert history.env is not None
+    assert history.env["CHAT_NATS_URL"] == (
+        "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224")
+    assert history.env["CHAT_STREAM_REPLICAS"] == "3"
+    text = config.nats_servers()[1].config_text()
+    assert 'server_name: "n2"' in text
+    assert 'listen: "127.0.0.1:6223"' in text
+    assert '"nats://127.0.0.1:6222", "nats://127.0.0.1:6223", "nats://127.0.0.1:6224"' in text
+    assert 'http: "127.0.0.1:8223"' in text
+
+
+@pytest.mark.parametrize("nodes", ["0", "2"])
+def test_cluster_sizes_that_cannot_elect_are_refused(nodes: str) -> None:
+    with pytest.raises(ValueError, match="CHAT_NATS_NODES"):
+        StackConfig.from_env({"CHAT_NATS_NODES": nodes})
+
+
+def test_cluster_ports_collide_with_others_are_named() -> None:
+    with pytest.raises(ValueError, match="both use port 8224"):
+        StackConfig.from_env({"CHAT_NATS_NODES": "3", "CHAT_NATS_MONITOR_PORT": "8222",
+                              "CHAT_NATS_CLUSTER_PORT": "8224"})

@@ -73,12 +73,13 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
     Once connected the client reconnects by itself forever; the readiness
     probe reports the gap meanwhile.
     """
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: every node
     delay = 0.1
     while True:
         try:
             nc = Client()
             await nc.connect(
-                url,
+                servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,

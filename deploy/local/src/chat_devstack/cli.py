@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import stack
+from . import nats, stack
 from .supervisor import RunDir, StartupError, Supervisor, status, stop_recorded
 
 
@@ -83,10 +83,24 @@ def _status(config: stack.StackConfig) -> int:
     width = max(len(rec.name) for rec, _ in records)
     for rec, running in records:
         _say(f"{rec.name:<{width}}  pid {rec.pid:<8} {'running' if running else 'DEAD'}")
+    _say_stream_leaders(config)
     if all(running for _, running in records):
         _say(f"chat stack is up: open {stack.read_url(config.run_dir) or config.url}")
         return 0
     return 1
+
+
+def _say_stream_leaders(config: stack.StackConfig) -> None:
+    """Which NATS node leads each stream (the CHAT stream takes every message)."""
+    for name, port in zip(config.nats_node_names(), config.nats_monitor_ports(), strict=True):
+        if port is None:
+            continue
+        leaders = nats.stream_leaders(port)
+        if not leaders:
+            continue  # this node is down: ask the next
+        for stream, leader in sorted(leaders.items()):
+            _say(f"stream {stream}: leader {leader or '(electing)'} (asked {name})")
+        return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

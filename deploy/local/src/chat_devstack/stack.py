@@ -1,14 +1,18 @@
 """The whole local stack as an ordered list of supervised processes.
 
-Start order (each ready before the next): nats, postgres, auth, history,
-presence, gateway-1..N, lb. Settings come from the environment:
+Start order (each ready before the next): nats (or nats-1..N), postgres,
+auth, history, presence, gateway-1..N, lb. A cluster's nodes start together:
+only the last one waits, until every node's ``/healthz`` (JetStream meta
+leader elected) answers. Settings come from the environment:
 
 ==========================  =======  ==================================================
 variable                    default  meaning
 ==========================  =======  ==================================================
 ``CHAT_RUN_DIR``            ``.run`` state, logs and pid files (relative to the cwd)
-``CHAT_NATS_PORT``          4222     nats-server client port
-``CHAT_NATS_MONITOR_PORT``  8222     nats-server HTTP monitor (``/healthz``); 0 = off
+``CHAT_NATS_NODES``         1        nats-servers: 1, or 3 (or more) as a JetStream cluster
+``CHAT_NATS_PORT``          4222     client port of node 1 (node n: port + n - 1)
+``CHAT_NATS_MONITOR_PORT``  8222     HTTP monitor (``/healthz``) of node 1, likewise; 0 = off
+``CHAT_NATS_CLUSTER_PORT``  6222     route port of node 1, likewise (cluster only)
 ``CHAT_PG_PORT``            5432     PostgreSQL TCP port (database ``chat``)
 ``CHAT_LB_PORT``            8080     Caddy load balancer: the URL to open
 ``CHAT_GATEWAYS``           2        number of gateway nodes
@@ -20,10 +24,11 @@ variable                    default  meaning
 ==========================  =======  ==================================================
 
 Every port binds 127.0.0.1 only. Children inherit our environment plus
-``CHAT_NATS_URL``, ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``,
-``CHAT_HISTORY_PORT``, ``CHAT_PRESENCE_PORT`` and ``CHAT_LOG_FORMAT=json``
-(unless already set); auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``; gateway-n
-gets ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+``CHAT_NATS_URL`` (every node), ``CHAT_STREAM_REPLICAS`` (3 on a cluster,
+unless set), ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``, ``CHAT_HISTORY_PORT``,
+``CHAT_PRESENCE_PORT`` and ``CHAT_LOG_FORMAT=json`` (unless already set);
+auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``; gateway-n gets
+``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class StackConfig:
     run_dir: Path = Path(".run")
     nats_port: int = 4222
     nats_monitor_port: int | None = 8222
+    nats_nodes: int = 1
+    nats_cluster_port: int = 6222
     pg_port: int = 5432
     lb_port: int = 8080
     gateways: int = 2
@@ -82,6 +89,8 @@ class StackConfig:
             run_dir=Path(env.get("CHAT_RUN_DIR") or d.run_dir).resolve(),
             nats_port=_int_env(env, "CHAT_NATS_PORT", d.nats_port),
             nats_monitor_port=monitor or None,
+            nats_nodes=_int_env(env, "CHAT_NATS_NODES", d.nats_nodes),
+            nats_cluster_port=_int_env(env, "CHAT_NATS_CLUSTER_PORT", d.nats_cluster_port),
             pg_port=_int_env(env, "CHAT_PG_PORT", d.pg_port),
             lb_port=_int_env(env, "CHAT_LB_PORT", d.lb_port),
             gateways=_int_env(env, "CHAT_GATEWAYS", d.gateways),
@@ -97,6 +106,11 @@ class StackConfig:
     def validate(self) -> None:
         if self.gateways < 1:
             raise ValueError("CHAT_GATEWAYS must be at least 1")
+        if self.nats_nodes < 1 or self.nats_nodes == 2:
+            # Two nodes cannot elect a JetStream leader once one is down: no gain over one.
+            raise ValueError("CHAT_NATS_NODES must be 1, or 3 or more")
+        if self.clustered and self.nats_monitor_port is None:
+            raise ValueError("CHAT_NATS_MONITOR_PORT cannot be 0 with a cluster (readiness)")
         ports = self.ports()
         for name, port in ports.items():
             if not 0 < port < 65536:
@@ -110,18 +124,46 @@ class StackConfig:
     def gateway_ports(self) -> list[int]:
         return [self.gateway_base_port + i for i in range(self.gateways)]
 
+    @property
+    def clustered(self) -> bool:
+        return self.nats_nodes > 1
+
+    def nats_node_names(self) -> list[str]:
+        """Process (and server) names: ``nats`` alone, ``nats-1..N`` in a cluster."""
+        if not self.clustered:
+            return ["nats"]
+        return [f"nats-{n}" for n in range(1, self.nats_nodes + 1)]
+
+    def nats_ports(self) -> list[int]:
+        return [self.nats_port + i for i in range(self.nats_nodes)]
+
+    def nats_monitor_ports(self) -> list[int | None]:
+        base = self.nats_monitor_port
+        return [None if base is None else base + i for i in range(self.nats_nodes)]
+
+    def nats_cluster_ports(self) -> list[int]:
+        if not self.clustered:
+            return []
+        return [self.nats_cluster_port + i for i in range(self.nats_nodes)]
+
     def ports(self) -> dict[str, int]:
         """Every port the stack binds, keyed by what sets it (for error messages)."""
-        ports = {
-            "CHAT_NATS_PORT": self.nats_port,
+        ports: dict[str, int] = {}
+        for name, port, monitor in zip(self.nats_node_names(), self.nats_ports(),
+                                       self.nats_monitor_ports(), strict=True):
+            suffix = f" ({name})" if self.clustered else ""
+            ports[f"CHAT_NATS_PORT{suffix}"] = port
+            if monitor is not None:
+                ports[f"CHAT_NATS_MONITOR_PORT{suffix}"] = monitor
+        for name, port in zip(self.nats_node_names(), self.nats_cluster_ports(), strict=False):
+            ports[f"CHAT_NATS_CLUSTER_PORT ({name})"] = port
+        ports.update({
             "CHAT_PG_PORT": self.pg_port,
             "CHAT_LB_PORT": self.lb_port,
             "CHAT_AUTH_PORT": self.auth_port,
             "CHAT_HISTORY_PORT": self.history_port,
             "CHAT_PRESENCE_PORT": self.presence_port,
-        }
-        if self.nats_monitor_port is not None:
-            ports["CHAT_NATS_MONITOR_PORT"] = self.nats_monitor_port
+        })
         for n, port in enumerate(self.gateway_ports(), start=1):
             ports[f"CHAT_GATEWAY_BASE_PORT (gateway-{n})"] = port
         return ports
@@ -132,7 +174,20 @@ class StackConfig:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://{LOOPBACK}:{self.nats_port}"
+        """Every node: clients pick one and fail over to the others."""
+        return ",".join(f"nats://{LOOPBACK}:{port}" for port in self.nats_ports())
+
+    def nats_servers(self) -> list[nats.NatsServer]:
+        """The nodes as server objects (not started): config text and store dirs."""
+        if not self.clustered:
+            return [nats.NatsServer(self.nats_port, self.run_dir / "nats", self.nats_monitor_port)]
+        routes = self.nats_cluster_ports()
+        return [
+            nats.NatsServer(port, self.run_dir / "nats-cluster" / f"n{n}", monitor,
+                            cluster=nats.ClusterSpec(f"n{n}", routes[n - 1], routes))
+            for n, (port, monitor) in enumerate(
+                zip(self.nats_ports(), self.nats_monitor_ports(), strict=True), start=1)
+        ]
 
     @property
     def database_url(self) -> str:
@@ -151,6 +206,8 @@ def busy_ports(config: StackConfig) -> list[str]:
 def service_env(config: StackConfig, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment shared by auth, history, presence and the gateways."""
     env = dict(os.environ if base is None else base)
+    if config.clustered:
+        env.setdefault("CHAT_STREAM_REPLICAS", str(min(3, config.nats_nodes)))
     env.update(
         CHAT_NATS_URL=config.nats_url,
         CHAT_DATABASE_URL=config.database_url,
@@ -179,12 +236,8 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
     env = service_env(config, base_env)
     pg_layout = postgres.layout_for(run / "pg")
     http = f"http://{LOOPBACK}"
-    specs = [
-        ProcSpec(
-            "nats",
-            nats.nats_argv(config.nats_port, run / "nats", config.nats_monitor_port),
-            ready_check=lambda: nats.nats_ready(config.nats_port, config.nats_monitor_port),
-        ),
+    specs = _nats_specs(config)
+    specs += [
         ProcSpec(
             "postgres",
             postgres.postgres_argv(config.pg_port, pg_layout),
@@ -227,11 +280,31 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
     return specs
 
 
+def _nats_specs(config: StackConfig) -> list[ProcSpec]:
+    """One spec per node. In a cluster only the last waits: no node is healthy
+    (JetStream has no meta leader) before a majority runs."""
+    servers = config.nats_servers()
+
+    def all_healthy() -> bool:
+        return all(server.ready() for server in servers)
+
+    specs = []
+    for name, server in zip(config.nats_node_names(), servers, strict=True):
+        last = server is servers[-1]
+        specs.append(ProcSpec(
+            name, nats.nats_argv(server.store_dir / nats.CONFIG_FILE),
+            ready_check=all_healthy if last else None,
+            ready_port=None if last else server.port,
+        ))
+    return specs
+
+
 def prepare(config: StackConfig) -> None:
     """One-off work before any process starts: dirs, initdb, Caddyfile. Idempotent."""
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    (run / "nats").mkdir(exist_ok=True)
+    for server in config.nats_servers():
+        nats.write_config(server.store_dir, server.config_text())
     auth_dir = config.signing_key_file.parent
     auth_dir.mkdir(exist_ok=True)
     auth_dir.chmod(0o700)  # holds the private signing key
