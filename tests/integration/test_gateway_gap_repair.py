@@ -20,6 +20,7 @@ from chat_contract.bus import ChatRecord
 from chat_contract.events import Message, User
 from chat_gateway.rooms import RoomHub
 from chat_kit import bus
+from chat_kit.stream import ensure_chat_stream
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,7 @@ async def _until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped
 async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()
-    await bus.ensure_chat_stream(js)
+    await ensure_chat_stream(js)
     other = await _publish(nc, "other", 2)  # another room's seqs interleave in the stream
     hub = RoomHub(nc, js)
     room = await hub.open("r1")
@@ -96,7 +97,7 @@ async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: st
 async def test_a_leave_elsewhere_never_unsubscribes_a_room_mid_join(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()
-    await bus.ensure_chat_stream(js)
+    await ensure_chat_stream(js)
     hub = RoomHub(nc, js)
     a, b = FakeConn(), FakeConn()
     room = await hub.open("r2")

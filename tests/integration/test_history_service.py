@@ -42,9 +42,10 @@ from chat_history.consumer import (
 )
 from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
-from chat_kit.bus import call, ensure_chat_stream
+from chat_kit.bus import call
 from chat_kit.runtime import Runtime
 from chat_kit.settings import CommonSettings
+from chat_kit.stream import ensure_chat_stream
 
 pytestmark = pytest.mark.integration
 

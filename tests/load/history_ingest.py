@@ -51,8 +51,9 @@ from chat_history.config import HistorySettings
 from chat_history.consumer import DURABLE
 from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
-from chat_kit.bus import call, ensure_chat_stream
+from chat_kit.bus import call
 from chat_kit.runtime import Runtime
+from chat_kit.stream import ensure_chat_stream
 
 ANN = User(id="u_bench", name="bench")
 ROOMS = 50

@@ -54,8 +54,9 @@ from chat_devstack.postgres import PostgresServer
 from chat_history.config import HistorySettings
 from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
-from chat_kit.bus import call, ensure_chat_stream
+from chat_kit.bus import call
 from chat_kit.runtime import Runtime
+from chat_kit.stream import ensure_chat_stream
 
 READER = User(id="u_reader", name="reader")
 WRITER = User(id="u_writer", name="writer")

@@ -29,6 +29,8 @@ from chat_contract.bus import (
     BlocksReply,
     BlocksRequest,
     Empty,
+    HistoryReply,
+    HistoryRequest,
     JwksReply,
     RoomRef,
     RoomReply,
@@ -36,7 +38,7 @@ from chat_contract.bus import (
 )
 from chat_contract.errors import ChatError, CloseCode
 from chat_contract.events import User
-from chat_kit import bus, metrics
+from chat_kit import bus, metrics, stream
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
 
@@ -70,6 +72,8 @@ class Gateway:
         self._verifier: TokenVerifier | None = None
         self._sessions: SessionRegistry | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._stream_waiter: asyncio.Task[None] | None = None
+        self._stream_ok = False
 
     def is_draining(self) -> bool:
         return self.draining
@@ -138,8 +142,11 @@ class Gateway:
     async def start(self, rt: Runtime) -> None:
         self._rt = rt
         js = rt.nc.jetstream(timeout=self.settings.common.request_timeout)
-        await bus.ensure_chat_stream(js, self.settings.common.stream_replicas)
-        self._hub = RoomHub(rt.nc, js, self._evicted)
+        # history-service creates the CHAT stream; until it exists this node
+        # is not ready (sends would answer unavailable) and keeps looking.
+        self._stream_waiter = asyncio.create_task(self._wait_for_stream(js))
+        rt.checks.append(lambda: self._stream_ok)
+        self._hub = RoomHub(rt.nc, js, self._evicted, self._fetch_history)
         self._presence = PresenceHub(rt.nc, js, self.settings.node_id,
                                      self.settings.common.request_timeout)
         await self._presence.start()
@@ -154,6 +161,30 @@ class Gateway:
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self._on_blocks)
         self._reconciler = asyncio.create_task(self._reconcile_after_reconnects(rt.nc))
         event(log, "gateway ready", node=self.settings.node_id)
+
+    async def _wait_for_stream(self, js: JetStreamContext) -> None:
+        """Look the CHAT stream up (never create it) until it exists, with backoff."""
+        delay, told = 0.1, False
+        while True:
+            try:
+                self._stream_ok = await stream.stream_exists(js)
+            except Exception as exc:  # NATS away or JetStream not answering yet
+                event(log, "CHAT stream lookup failed", logging.DEBUG, error=repr(exc))
+            if self._stream_ok:
+                if told:
+                    event(log, "CHAT stream found")
+                return
+            if not told:
+                event(log, "CHAT stream missing; not ready until history-service creates it",
+                      logging.WARNING)
+                told = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _fetch_history(self, req: HistoryRequest) -> HistoryReply:
+        """A page of stored history: for what aged out of the stream."""
+        return await bus.call(self.nc, subjects.HISTORY_MESSAGES, req, HistoryReply,
+                              self.settings.common.request_timeout)
 
     async def _reconcile_after_reconnects(self, nc: NATS) -> None:
         """After each NATS reconnect, re-check open rooms' memberships and
@@ -197,8 +228,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self.draining = True
-        if self._reconciler is not None:
-            self._reconciler.cancel()
+        for task in (self._reconciler, self._stream_waiter):
+            if task is not None:
+                task.cancel()
         if self._presence is not None:
             # Before the sockets close: their presence entries are left to
             # expire, so clients that reconnect elsewhere do not flap.

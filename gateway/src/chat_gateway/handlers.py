@@ -28,6 +28,7 @@ from chat_contract.bus import (
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Pong, encode, encode_ack
 from chat_kit import bus
+from chat_kit.stream import stream_for_room
 
 from .clock import now_rfc3339
 from .connection import Connection
@@ -109,11 +110,23 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
     if ack.duplicate:
         # The same client_msg_id within the window: answer with the original.
         try:
-            stored = await gw.js.get_msg(subjects.CHAT_STREAM, seq=ack.seq, direct=True)
-        except NotFoundError:  # deleted since, and erased from the stream
-            raise ChatError(ErrorCode.CONFLICT, "that message was deleted") from None
+            stored = await gw.js.get_msg(stream_for_room(frame.room), seq=ack.seq, direct=True)
+        except NotFoundError:  # erased (deleted since) or aged out: history knows which
+            return await _stored_original(gw, frame.room, ack.seq)
         record = _record_decoder.decode(stored.data or b"")
     return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
+
+
+async def _stored_original(gw: Gateway, room: str, seq: int) -> Result:
+    """A duplicate send's original, from history-service: the stream no longer has it."""
+    reply = await bus.call(
+        gw.nc, subjects.HISTORY_MESSAGES,
+        HistoryRequest(room=room, after=seq - 1, before=seq + 1, limit=1, min_seq=seq),
+        HistoryReply, gw.settings.common.request_timeout)
+    found = [m for m in reply.messages if m.seq == seq]
+    if not found or found[0].deleted:
+        raise ChatError(ErrorCode.CONFLICT, "that message was deleted")
+    return {"msg_id": found[0].msg_id, "seq": seq, "ts": found[0].ts}
 
 
 async def change(gw: Gateway, conn: Connection, room: str, msg_id: str,

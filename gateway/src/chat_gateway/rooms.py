@@ -8,6 +8,11 @@ stream and relayed first, so members see an unbroken ``prev_seq`` chain even
 if core NATS dropped something. Each event is decoded, encoded and framed
 once, then the same bytes are written to every local member.
 
+The stream is a window (chat_kit.stream): what has aged out of it is read
+from history-service instead. A repair whose range starts below the
+stream's first sequence takes that part from ``svc.history.messages``, and a
+room with nothing left in the stream gets its last sequence from there too.
+
 Each member has a floor: events at or below it are not written to it. A join
 sets it to the last sequence the join already returned (``last_seq`` or the
 end of ``missed``), so a join never doubles an event and never skips one.
@@ -48,6 +53,8 @@ from nats.js.errors import NotFoundError
 from chat_contract import subjects
 from chat_contract.bus import (
     ChatRecord,
+    HistoryReply,
+    HistoryRequest,
     MemberNotice,
     ReadNotice,
     RoomState,
@@ -58,6 +65,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, ReadEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
+from chat_kit.stream import first_seq, stream_for_room
 
 from .chains import Chains
 from .clock import now_rfc3339
@@ -83,6 +91,12 @@ FetchRoom = Callable[[str, User], Awaitable[RoomView]]
 # After a removal took a socket out of a room: the rest of a leave (presence).
 Evicted = Callable[[Connection, str], Awaitable[None]]
 
+# A page of stored history (svc.history.messages, a trusted read without a
+# user): where events that aged out of the stream are read.
+FetchHistory = Callable[[HistoryRequest], Awaitable[HistoryReply]]
+# Events per history page while repairing a gap (history's MAX_LIMIT).
+HISTORY_PAGE = 500
+
 
 class Room:
     __slots__ = ("name", "subject", "members", "sub", "state_sub", "last_seq", "recent",
@@ -106,11 +120,14 @@ class Room:
 
 
 class RoomHub:
-    def __init__(self, nc: NATS, js: JetStreamContext, on_evicted: Evicted | None = None) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, on_evicted: Evicted | None = None,
+                 history: FetchHistory | None = None) -> None:
         self.nc = nc
         self.js = js
         self.rooms: dict[str, Room] = {}
         self.on_evicted = on_evicted
+        # None: the stream is the only source (tests of the stream alone).
+        self.history = history
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, name: str) -> Room:
@@ -143,12 +160,20 @@ class RoomHub:
         return room
 
     async def last_seq(self, room: Room) -> int:
-        """The room's last stream sequence now (0 for a room with no messages)."""
+        """The room's last stream sequence now (0 for a room with no messages).
+
+        Nothing of the room in the stream: a new room, or one whose events all
+        aged out; history-service knows which (ChatError if it cannot answer).
+        """
         try:
-            msg = await self.js.get_msg(subjects.CHAT_STREAM, subject=room.subject, direct=True)
+            msg = await self.js.get_msg(stream_for_room(room.name), subject=room.subject,
+                                        direct=True)
             seq = int(msg.seq or 0)
         except NotFoundError:
             seq = 0
+            if self.history is not None:
+                reply = await self.history(HistoryRequest(room=room.name, limit=1))
+                seq = reply.messages[-1].seq if reply.messages else 0
         if room.last_seq < 0:
             room.last_seq = seq  # baseline for gap detection
         return seq
@@ -237,11 +262,22 @@ class RoomHub:
         return on_live
 
     async def _repair(self, room: Room, upto: int) -> None:
-        """Relay the room's events in (last_seq, upto] from the stream, in order."""
+        """Relay the room's events in (last_seq, upto] from the stream, in order;
+        the part that aged out of the stream from history-service first."""
         start = room.last_seq + 1
+        name = stream_for_room(room.name)
+        if self.history is not None:
+            try:
+                first = await first_seq(self.js, name)
+                if start < first and not await self._repair_from_history(room, upto, first):
+                    return
+            except Exception as exc:
+                event(log, "gap repair failed", logging.WARNING, room=room.name, error=repr(exc))
+                return
+            start = max(start, first, room.last_seq + 1)
         while room.last_seq < upto:
             try:
-                raw = await self.js.get_msg(subjects.CHAT_STREAM, seq=start, subject=room.subject,
+                raw = await self.js.get_msg(name, seq=start, subject=room.subject,
                                             next=True, direct=True)
             except NotFoundError:
                 return
@@ -255,6 +291,24 @@ class RoomHub:
             self._deliver(room, seq, room.last_seq, raw.data or b"")
             start = seq + 1
 
+    async def _repair_from_history(self, room: Room, upto: int, first: int) -> bool:
+        """Relay the room's stored events in (last_seq, min(upto, first - 1)]: the
+        part of a gap the stream no longer holds. False if the stream part
+        must not follow (the range is done, or history could not answer)."""
+        assert self.history is not None
+        before = min(first, upto + 1)
+        after = room.last_seq
+        while True:
+            reply = await self.history(HistoryRequest(room=room.name, after=after,
+                                                      before=before, limit=HISTORY_PAGE))
+            for msg in reply.messages:
+                if msg.seq > room.last_seq:
+                    metrics.GAP_REPAIRS.inc()
+                    self._relay(room, msgspec.structs.replace(msg, prev_seq=room.last_seq))
+            if not reply.has_more or not reply.messages:
+                return room.last_seq < upto
+            after = reply.messages[-1].seq
+
     def _deliver(self, room: Room, seq: int, prev: int, data: bytes) -> None:
         try:
             record = _record_decoder.decode(data)
@@ -262,10 +316,16 @@ class RoomHub:
             metrics.WS_DROPPED.labels("bad_live_event").inc()
             room.last_seq = seq
             return
-        msg = record_to_event(record, seq, prev)
+        self._relay(room, record_to_event(record, seq, prev))
+        if record.kind == "message":  # edits and deletes carry the original's ts
+            metrics.DELIVERY_LATENCY.observe(_age(record.ts))
+
+    def _relay(self, room: Room, msg: Message) -> None:
+        """Write one event to every member above its floor; it is now the room's last."""
+        seq = msg.seq
         frame = text_frame(encode(msg))
         room.last_seq = seq
-        room.recent.append((seq, prev, frame, msg))
+        room.recent.append((seq, msg.prev_seq, frame, msg))
         written = 0
         chains = room.chains
         owed = chains.owed
@@ -277,8 +337,6 @@ class RoomHub:
                 elif conn.write_frame(frame):
                     written += 1
         metrics.WS_MESSAGES_OUT.inc(written)
-        if record.kind == "message":  # edits and deletes carry the original's ts
-            metrics.DELIVERY_LATENCY.observe(_age(record.ts))
 
     # --- room state (chat.room.<room>.state) ---------------------------------
 

@@ -38,7 +38,8 @@ Failure handling, none of it per-message logging:
 - any other database error keeps the batch unacked and retries it with
   backoff (``in_progress`` keeps JetStream from redelivering it meanwhile);
 - a periodic check re-creates the stream and consumer if they disappear (a
-  push consumer that is gone is silent); NATS reconnects, and re-subscribing
+  push consumer that is gone is silent); an existing stream is only verified
+  (:func:`chat_kit.stream.ensure_chat_stream`), never updated; NATS reconnects, and re-subscribing
   the deliver subject after one, are the client's job.
 
 Upgrade from the pull consumer. Older versions pulled from the durable
@@ -65,11 +66,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from chat_contract import subjects
-from chat_kit.bus import ensure_chat_stream
 from chat_kit.logs import event
+from chat_kit.stream import StreamSettings, ensure_chat_stream, stream_for_room
 
 from . import metrics
 from .records import BadRecord, MessageRow, row_from_payload
@@ -165,15 +166,34 @@ def stream_seq(reply: str) -> int | None:
     return None
 
 
+# JetStream's "no message found" (JSNoMessageFoundErr): not in the stream.
+_NO_MESSAGE = 10057
+
+
+async def erase_msg(js: JetStreamContext, stream: str, seq: int) -> bool:
+    """Delete one stream message; False if it is not there any more: erased
+    before (a replay) or aged out of the window (the stream's limits), which
+    is the same outcome, not an error."""
+    try:
+        await js.delete_msg(stream, seq)
+    except NotFoundError:
+        return False
+    except APIError as exc:
+        if exc.err_code == _NO_MESSAGE:
+            return False
+        raise
+    return True
+
+
 class HistoryConsumer:
     def __init__(self, nc: NATS, store: MessageStore, *, batch: int, linger: float,
-                 replicas: int = 1) -> None:
+                 stream: StreamSettings | None = None) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self._store = store
         self._batch = batch
         self._linger = linger
-        self._replicas = replicas
+        self._stream = stream or StreamSettings()
         self._sub: Subscription | None = None
         # Delivered, not yet taken by the writer: stream seq → latest delivery.
         self._buf: dict[int, Msg] = {}
@@ -251,8 +271,9 @@ class HistoryConsumer:
     # --- setup ----------------------------------------------------------------------
 
     async def _ensure(self) -> None:
-        """Create or update the stream and our durable; retire the legacy one when unused."""
-        await ensure_chat_stream(self._js, self._replicas)
+        """Create the stream if missing (else verify it: never changed here), create or
+        update our durable; retire the legacy one when unused."""
+        await ensure_chat_stream(self._js, self._stream)
         try:
             info = await self._js.consumer_info(subjects.CHAT_STREAM, DURABLE)
         except NotFoundError:
@@ -436,8 +457,7 @@ class HistoryConsumer:
         for room, msg_id in changed:
             try:
                 for seq in await self._store.erasable(room, msg_id):
-                    with contextlib.suppress(NotFoundError):  # erased before (replay)
-                        await self._js.delete_msg(subjects.CHAT_STREAM, seq)
+                    if await erase_msg(self._js, stream_for_room(room), seq):
                         metrics.ERASED.inc()
             except Exception as exc:
                 metrics.ERASE_ERRORS.inc()

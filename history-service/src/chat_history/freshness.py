@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
+from chat_kit.stream import stream_for_room
 
 from . import metrics
 from .consumer import DURABLE
@@ -37,9 +38,13 @@ async def last_room_seq(js: JetStreamContext, room: str) -> int:
     A direct get may be answered by any replica of an R3 stream, which can
     trail the leader by a moment; callers that just published pass the
     sequence they got back as ``min_seq`` and do not depend on this.
+
+    A room whose events all aged out of the stream (chat_kit.stream: the
+    stream is a window) also answers 0: what aged out was stored long ago,
+    so a read waits for nothing but its own ``min_seq``.
     """
     try:
-        msg = await js.get_last_msg(subjects.CHAT_STREAM, subjects.room_subject(room),
+        msg = await js.get_last_msg(stream_for_room(room), subjects.room_subject(room),
                                     direct=True)
     except NotFoundError:
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import asyncpg
 from nats.micro.service import Service
@@ -22,6 +23,7 @@ from chat_kit.bus import endpoint, start_service
 from chat_kit.db import create_pool, migrate
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
+from chat_kit.stream import StreamSettings
 
 from . import __version__
 from .api import HistoryApi
@@ -38,8 +40,11 @@ _STOP_REQUESTS_TIMEOUT = 5.0
 
 
 class HistoryComponent:
-    def __init__(self, settings: HistorySettings) -> None:
+    def __init__(self, settings: HistorySettings, stream: StreamSettings | None = None) -> None:
         self.settings = settings
+        # The CHAT stream as configured: this service creates it when missing
+        # (CHAT_STREAM_* variables; replicas from CommonSettings' CHAT_STREAM_REPLICAS).
+        self.stream = stream
         self._pool: asyncpg.Pool | None = None
         self._store: MessageStore | None = None
         self._consumer: HistoryConsumer | None = None
@@ -64,8 +69,10 @@ class HistoryComponent:
         self._pool = await create_pool(s.database_url, stop=rt.stopping)
         await migrate(self._pool, SCHEMA, "chat_history")
         self._store = MessageStore(self._pool)
+        stream = self.stream or dataclasses.replace(StreamSettings.from_env(),
+                                                    replicas=rt.settings.stream_replicas)
         self._consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch, linger=s.linger,
-                                         replicas=rt.settings.stream_replicas)
+                                         stream=stream)
         await self._consumer.start(rt.stopping)
         rt.checks.append(self._consumer.is_ready)
         # Reads give up on the stream as soon as on storage: same bound for both.

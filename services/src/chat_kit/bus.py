@@ -1,4 +1,6 @@
-"""NATS for every process: connect with backoff, the CHAT stream, request-reply.
+"""NATS for every process: connect with backoff, durable publish, request-reply.
+
+The CHAT stream itself lives in :mod:`chat_kit.stream`.
 
 Services answer on ``svc.<service>.<verb>`` through ``nats.micro`` (queue
 group per service, so replicas share the load, with PING/INFO/STATS for free).
@@ -19,14 +21,10 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
-from nats.js.api import RePublish, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
-from chat_contract import subjects
 from chat_contract.errors import ChatError, ErrorCode
 
 from . import metrics
@@ -154,39 +152,6 @@ async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float
         event(log, "publish refused", logging.ERROR, subject=subject, error=ack.error)
         raise ChatError(ErrorCode.UNAVAILABLE, "message store refused the message")
     return ack
-
-
-def chat_stream_config(replicas: int = 1, max_age_s: float = 0.0) -> StreamConfig:
-    """The CHAT stream: stores every chat event and republishes it live.
-
-    RePublish adds ``Nats-Sequence`` (our ``seq``) and ``Nats-Last-Sequence``
-    (the previous sequence on the same room subject: our ``prev_seq``).
-    ``duplicate_window`` is the 2-minute ``client_msg_id`` idempotency window.
-    """
-    return StreamConfig(
-        name=subjects.CHAT_STREAM,
-        subjects=[subjects.CHAT_SUBJECTS],
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=120.0,
-        max_age=max_age_s or None,
-        allow_direct=True,
-        republish=RePublish(src=subjects.CHAT_SUBJECTS, dest=subjects.LIVE_DEST_TEMPLATE),
-    )
-
-
-async def ensure_chat_stream(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create the CHAT stream, or bring an existing one to our config (idempotent)."""
-    config = chat_stream_config(replicas)
-    try:
-        await js.stream_info(subjects.CHAT_STREAM)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except nats.js.errors.BadRequestError:
-            pass  # another process created it between our two calls
-    await js.update_stream(config)
 
 
 async def call(

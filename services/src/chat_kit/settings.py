@@ -69,6 +69,12 @@ def env_bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name}: expected a boolean, got {raw!r}")
 
 
+def stream_replicas() -> int:
+    """``CHAT_STREAM_REPLICAS``: replicas of the CHAT stream (chat_kit.stream) and
+    of the presence buckets; read here so both agree."""
+    return env_int("CHAT_STREAM_REPLICAS", 1, minimum=1)
+
+
 @dataclass(frozen=True)
 class CommonSettings:
     """Variables every process reads (README "Configuration")."""
@@ -87,7 +93,7 @@ class CommonSettings:
             log_level=env_str("CHAT_LOG_LEVEL", "info").upper(),
             log_format=env_str("CHAT_LOG_FORMAT", "json"),
             request_timeout=env_float("CHAT_REQUEST_TIMEOUT", 2.0, minimum=0.05),
-            stream_replicas=env_int("CHAT_STREAM_REPLICAS", 1, minimum=1),
+            stream_replicas=stream_replicas(),
             host=env_str("CHAT_HOST", "127.0.0.1"),
         )
 
