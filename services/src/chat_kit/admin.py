@@ -1,0 +1,181 @@
+"""``chat-admin``: what an operator does by hand to the chat's NATS resources.
+
+    chat-admin stream show
+        The CHAT stream as JSON: its live config, state (messages, bytes,
+        first/last seq), cluster (leader, replicas: current, lag, offline),
+        the configured settings and how the live stream differs from them.
+
+    chat-admin stream apply [--allow-lower-replicas] [--dry-run]
+        Bring the stream to the configured settings (``CHAT_STREAM_*``;
+        creating it if missing) and print what changed. Fields it does not
+        manage (description, placement…) are kept. Lowering the replica count
+        is refused unless ``--allow-lower-replicas`` is given.
+
+Processes never change an existing stream (chat_kit.stream): this command
+is the one way the configured retention and replicas reach a running stream.
+It connects with ``CHAT_NATS_URL`` (and whatever credentials
+``chat_kit.bus.connect`` reads from the environment). Exit status: 0 done,
+1 refused, 2 NATS or JetStream failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig, StreamInfo
+from nats.js.errors import NotFoundError
+
+from chat_contract import subjects
+
+from . import bus
+from .settings import env_str
+from .stream import (
+    MANAGED_FIELDS,
+    StreamSettings,
+    chat_stream_config,
+    differences,
+    stream_names,
+)
+
+# How long to try reaching NATS before giving up (a command, not a service).
+CONNECT_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 10.0
+
+
+class Refused(Exception):
+    """The change is not made (exit status 1)."""
+
+
+def _plain(value: Any) -> Any:
+    """nats-py's dataclasses as JSON-able values, unset fields left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if getattr(value, f.name) is not None}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def describe(info: StreamInfo, wanted: StreamConfig) -> dict[str, Any]:
+    """What ``stream show`` prints for one stream."""
+    cluster = info.cluster
+    return {
+        "stream": info.config.name,
+        "config": _plain(info.config),
+        "state": _plain(info.state),
+        "cluster": {
+            "name": cluster.name if cluster else None,
+            "leader": cluster.leader if cluster else None,
+            "replicas": [{"name": p.name, "current": bool(p.current),
+                          "offline": bool(p.offline), "lag": p.lag or 0,
+                          "active_seconds": (p.active or 0) / 1e9}
+                         for p in (cluster.replicas or [])] if cluster else [],
+        },
+        "configured": _plain(wanted),
+        "differences": differences(info.config, wanted),
+    }
+
+
+async def show(nc: NATS, settings: StreamSettings) -> list[dict[str, Any]]:
+    js = nc.jetstream(timeout=REQUEST_TIMEOUT)
+    out = []
+    for name in stream_names():
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            out.append({"stream": name, "missing": True})
+            continue
+        out.append(describe(info, chat_stream_config(settings)))
+    return out
+
+
+async def apply(nc: NATS, settings: StreamSettings, *, allow_lower_replicas: bool = False,
+                dry_run: bool = False) -> dict[str, Any]:
+    """Make the stream match ``settings``; returns what was (or would be) done."""
+    js = nc.jetstream(timeout=REQUEST_TIMEOUT)
+    wanted = chat_stream_config(settings)
+    try:
+        info = await js.stream_info(subjects.CHAT_STREAM)
+    except NotFoundError:
+        if not dry_run:
+            await js.add_stream(wanted)
+        return {"stream": subjects.CHAT_STREAM, "created": not dry_run,
+                "config": _plain(wanted)}
+    diff = differences(info.config, wanted)
+    live_r, want_r = info.config.num_replicas or 1, wanted.num_replicas or 1
+    if want_r < live_r and not allow_lower_replicas:
+        raise Refused(f"the stream has {live_r} replicas and the settings ask for {want_r}: "
+                      "lowering them loses redundancy; pass --allow-lower-replicas to do it")
+    if diff and not dry_run:
+        changes = {field: getattr(wanted, field) for field in MANAGED_FIELDS if field in diff}
+        await js.update_stream(dataclasses.replace(info.config, **changes))
+    return {"stream": subjects.CHAT_STREAM, "changed": diff if not dry_run else {},
+            "differences": diff}
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = StreamSettings.from_env()
+    url = env_str("CHAT_NATS_URL", "nats://127.0.0.1:4222")
+    stop = asyncio.Event()
+    try:
+        nc = await asyncio.wait_for(bus.connect(url, "chat-admin", stop), CONNECT_TIMEOUT)
+    except Exception as exc:  # refused, or not reachable within CONNECT_TIMEOUT
+        stop.set()
+        print(f"chat-admin: cannot reach NATS at {url}: {exc!r}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "show":
+            result: Any = await show(nc, settings)
+        else:
+            result = await apply(nc, settings, allow_lower_replicas=args.allow_lower_replicas,
+                                 dry_run=args.dry_run)
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return 0
+    except Refused as exc:
+        print(f"chat-admin: refused: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # JetStream refused or timed out: say so, no traceback
+        print(f"chat-admin: {exc!r}", file=sys.stderr)
+        return 2
+    finally:
+        await nc.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="chat-admin", description=__doc__.split("\n")[0])
+    what = top.add_subparsers(dest="resource", required=True)
+    stream = what.add_parser("stream", help="the CHAT stream")
+    actions = stream.add_subparsers(dest="action", required=True)
+    actions.add_parser("show", help="config, state and cluster as JSON")
+    do = actions.add_parser("apply", help="update the stream to the configured settings")
+    do.add_argument("--allow-lower-replicas", action="store_true",
+                    help="allow the update to lower the replica count")
+    do.add_argument("--dry-run", action="store_true", help="print the differences only")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Connection retries log a warning each; the command reports the outcome once.
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
