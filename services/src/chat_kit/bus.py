@@ -29,6 +29,7 @@ from chat_contract.errors import ChatError, ErrorCode
 
 from . import metrics
 from .logs import event
+from .nats_auth import NatsAuthSettings, connect_options
 
 log = logging.getLogger("chat_kit.bus")
 
@@ -65,13 +66,17 @@ class Client(NATS):
         return out
 
 
-async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NATS:
+async def connect(url: str, name: str, stop: asyncio.Event | None = None,
+                  auth: NatsAuthSettings | None = None) -> NATS:
     """Connect, retrying with capped backoff until NATS answers (or ``stop`` is set).
 
     Once connected the client reconnects by itself forever; the readiness
-    probe reports the gap meanwhile.
+    probe reports the gap meanwhile. ``auth`` gives the credentials, TLS and
+    the role's inbox prefix (:mod:`chat_kit.nats_auth`); credentials the
+    server refuses fail the start at once (waiting cannot fix them).
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: every node
+    options = connect_options(auth or NatsAuthSettings(), name)
     delay = 0.1
     while True:
         try:
@@ -87,6 +92,7 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
                 reconnected_cb=_on_reconnected,
                 # Gateways subscribe per room; allow bursts without silent drops.
                 pending_size=64 * 1024 * 1024,
+                **options,
             )
             metrics.NATS_CONNECTED.set(1)
             return nc
@@ -96,6 +102,11 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None) -> NAT
             event(log, "nats connect failed", logging.WARNING, url=url, error=repr(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+        except nats.errors.Error as exc:
+            if "authorization violation" in str(exc).lower():
+                event(log, "nats refused our credentials", logging.ERROR, url=url,
+                      user=options.get("user", ""), error=str(exc))
+            raise
 
 
 async def _on_error(exc: Exception) -> None:

@@ -69,7 +69,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
 
-    nc = await bus.connect(settings.nats_url, name, stop_requested)
+    nc = await bus.connect(settings.nats_url, name, stop_requested, settings.nats_auth)
     rt = Runtime(name=name, settings=settings, nc=nc)
     await component.start(rt)
     app = Starlette(routes=[*component.routes(), *health_routes(rt.is_ready)])

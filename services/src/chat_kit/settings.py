@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .nats_auth import NatsAuthSettings
 
 
 class SettingsError(ValueError):
@@ -85,9 +89,13 @@ class CommonSettings:
     request_timeout: float
     stream_replicas: int
     host: str
+    # NATS credentials, TLS and inbox prefix (chat_kit.nats_auth); none by default.
+    nats_auth: NatsAuthSettings = field(default_factory=lambda: _no_nats_auth())
 
     @classmethod
     def from_env(cls) -> CommonSettings:
+        from .nats_auth import NatsAuthSettings  # it builds on this module's helpers
+
         return cls(
             nats_url=env_str("CHAT_NATS_URL", "nats://127.0.0.1:4222"),
             log_level=env_str("CHAT_LOG_LEVEL", "info").upper(),
@@ -95,7 +103,14 @@ class CommonSettings:
             request_timeout=env_float("CHAT_REQUEST_TIMEOUT", 2.0, minimum=0.05),
             stream_replicas=stream_replicas(),
             host=env_str("CHAT_HOST", "127.0.0.1"),
+            nats_auth=NatsAuthSettings.from_env(),
         )
+
+
+def _no_nats_auth() -> NatsAuthSettings:
+    from .nats_auth import NatsAuthSettings
+
+    return NatsAuthSettings()
 
 
 def default_node_id(port: int) -> str:
