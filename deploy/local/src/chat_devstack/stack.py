@@ -29,6 +29,15 @@ unless set), ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``, ``CHAT_HISTORY_PORT``,
 ``CHAT_PRESENCE_PORT`` and ``CHAT_LOG_FORMAT=json`` (unless already set);
 auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``; gateway-n gets
 ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+
+NATS has no anonymous user: every node's config carries the
+``authorization`` block of :mod:`.nats_auth` (one user per role), whose
+passwords ``prepare`` keeps under ``<run dir>/nats-auth/`` (0700, files
+0600). Each process gets its role's ``CHAT_NATS_USER``,
+``CHAT_NATS_PASSWORD_FILE`` and ``CHAT_NATS_ROLE``; ``admin.password`` is
+for people and tools (``chat-admin``, the ``nats`` CLI). Cluster routes
+stay without credentials: they listen on 127.0.0.1 only, like everything
+here (a deployment across hosts adds ``cluster { authorization }`` and TLS).
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import caddy, nats, postgres
+from . import caddy, nats, nats_auth, postgres
 from .binaries import venv_bin_dir
 from .ports import LOOPBACK, port_in_use
 from .supervisor import ProcSpec
@@ -177,14 +186,19 @@ class StackConfig:
         """Every node: clients pick one and fail over to the others."""
         return ",".join(f"nats://{LOOPBACK}:{port}" for port in self.nats_ports())
 
-    def nats_servers(self) -> list[nats.NatsServer]:
-        """The nodes as server objects (not started): config text and store dirs."""
+    def nats_servers(self, authorization: str = "") -> list[nats.NatsServer]:
+        """The nodes as server objects (not started): config text and store dirs.
+
+        ``authorization`` is the users block every node gets (:mod:`.nats_auth`).
+        """
         if not self.clustered:
-            return [nats.NatsServer(self.nats_port, self.run_dir / "nats", self.nats_monitor_port)]
+            return [nats.NatsServer(self.nats_port, self.run_dir / "nats", self.nats_monitor_port,
+                                    extra_config=authorization)]
         routes = self.nats_cluster_ports()
         return [
             nats.NatsServer(port, self.run_dir / "nats-cluster" / f"n{n}", monitor,
-                            cluster=nats.ClusterSpec(f"n{n}", routes[n - 1], routes))
+                            cluster=nats.ClusterSpec(f"n{n}", routes[n - 1], routes),
+                            extra_config=authorization)
             for n, (port, monitor) in enumerate(
                 zip(self.nats_ports(), self.nats_monitor_ports(), strict=True), start=1)
         ]
@@ -196,6 +210,11 @@ class StackConfig:
     @property
     def signing_key_file(self) -> Path:
         return self.run_dir / "auth" / "signing-key.pem"
+
+    @property
+    def nats_auth_dir(self) -> Path:
+        """Each NATS role's password file (``<role>.password``)."""
+        return self.run_dir / nats_auth.AUTH_DIR
 
 
 def busy_ports(config: StackConfig) -> list[str]:
@@ -219,6 +238,13 @@ def service_env(config: StackConfig, base: Mapping[str, str] | None = None) -> d
     )
     env.setdefault("CHAT_LOG_FORMAT", "json")
     return env
+
+
+def role_env(config: StackConfig, env: Mapping[str, str], role: str) -> dict[str, str]:
+    """``env`` logged in to NATS as ``role``: our credentials replace any inherited ones."""
+    out = {k: v for k, v in env.items() if k not in nats_auth.CREDENTIAL_VARIABLES}
+    out.update(nats_auth.role_env(config.nats_auth_dir, role))
+    return out
 
 
 def _script(config: StackConfig, name: str) -> str:
@@ -249,7 +275,7 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
     ]
     for name, script, attr in SERVICES:
         port: int = getattr(config, attr)
-        service = dict(env)
+        service = role_env(config, env, nats_auth.PROCESS_ROLES[name])
         if name == "auth":
             service["CHAT_AUTH_SIGNING_KEY_FILE"] = str(config.signing_key_file)
         specs.append(
@@ -258,7 +284,8 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
             )
         )
     for n, port in enumerate(config.gateway_ports(), start=1):
-        gateway = dict(env, CHAT_GATEWAY_PORT=str(port), CHAT_GATEWAY_NODE_ID=f"gw-{n}")
+        gateway = dict(role_env(config, env, "gateway"), CHAT_GATEWAY_PORT=str(port),
+                       CHAT_GATEWAY_NODE_ID=f"gw-{n}")
         specs.append(
             ProcSpec(
                 f"gateway-{n}",
@@ -300,10 +327,12 @@ def _nats_specs(config: StackConfig) -> list[ProcSpec]:
 
 
 def prepare(config: StackConfig) -> None:
-    """One-off work before any process starts: dirs, initdb, Caddyfile. Idempotent."""
+    """One-off work before any process starts: dirs, NATS credentials and
+    configs, initdb, Caddyfile. Idempotent (credentials are kept once made)."""
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    for server in config.nats_servers():
+    creds = nats_auth.NatsCredentials.load_or_create(config.nats_auth_dir)
+    for server in config.nats_servers(creds.authorization()):
         nats.write_config(server.store_dir, server.config_text())
     auth_dir = config.signing_key_file.parent
     auth_dir.mkdir(exist_ok=True)

@@ -1,0 +1,268 @@
+"""NATS users per role: the permission table, the ``authorization`` block, local secrets.
+
+One NATS user per role — ``gateway``, ``auth``, ``history``, ``presence`` and
+``admin`` (operators, ``chat-admin``, tests) — each allowed to publish and
+subscribe exactly what its code uses (deploy/README.md "NATS credentials and
+permissions" says why, line by line). There is no anonymous user: a client
+without credentials is refused.
+
+Service roles answer requests, so they have ``allow_responses``: they may
+publish to the reply subject of a request they received, once, and to no
+other inbox. Each role's replies come back on ``_INBOX.<role>.>``
+(chat_kit.nats_auth sets the client's inbox prefix), so subscribe rights on
+inboxes never cross roles.
+
+The same table renders the block with literal passwords (``chat-stack``,
+tests) or with ``$VARIABLE`` references that nats-server resolves from its
+environment (the Kubernetes config, where the passwords come from a Secret).
+
+Local secrets live under ``<run dir>/nats-auth/`` (dir 0700, files 0600):
+``<role>.password``, created once and kept, so a restart keeps its logins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHAT = "CHAT"  # the chat stream (chat_contract.subjects.CHAT_STREAM)
+HISTORY_DURABLE = "history-push"  # history-service's push consumer
+HISTORY_LEGACY = "history"  # the pull consumer it retires on upgrade
+HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
+PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
+SESSIONS_BUCKET = "CHAT_SESSIONS"
+AUTH_DIR = "nats-auth"
+
+
+def _inbox(role: str) -> str:
+    return f"_INBOX.{role}.>"
+
+
+def _micro(service: str) -> list[str]:
+    """What ``nats.micro`` subscribes for a service: discovery and its own id."""
+    return ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{service}", f"$SRV.*.{service}.*"]
+
+
+def _kv_owner(bucket: str) -> list[str]:
+    """Create/verify/update, read and watch one KV bucket, and write its keys."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$KV.{bucket}.>",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.UPDATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        # Watchers are ordered (ephemeral) consumers with flow control.
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+@dataclass(frozen=True)
+class Role:
+    """One NATS user: what it may publish and subscribe, and why it exists."""
+
+    name: str
+    why: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    publish_deny: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    allow_responses: bool = False
+
+    def permissions(self) -> dict[str, object]:
+        """The user's ``permissions`` map, as nats-server reads it."""
+        perms: dict[str, object] = {}
+        for key, allow, deny in (("publish", self.publish, self.publish_deny),
+                                 ("subscribe", self.subscribe, self.subscribe_deny)):
+            entry: dict[str, list[str]] = {}
+            if allow:
+                entry["allow"] = list(allow)
+            if deny:
+                entry["deny"] = list(deny)
+            perms[key] = entry
+        if self.allow_responses:
+            perms["allow_responses"] = True
+        return perms
+
+
+GATEWAY = Role(
+    "gateway",
+    "clients' sends and reads; calls every service, answers none",
+    publish=(
+        "chat.room.*",  # a send or edit: stored by the CHAT stream (request → PubAck)
+        "presence.*",  # typing notices
+        "sessions.kick.*",  # asks other gateways to close a session over the cap
+        "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
+        "svc.auth.jwks",
+        "svc.history.messages", "svc.presence.members", "svc.rooms.*",
+        "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{CHAT}",  # is the stream there (never creates it)
+        f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
+        f"$JS.API.DIRECT.GET.{CHAT}",  # gap repair by sequence
+        f"$JS.API.DIRECT.GET.{CHAT}.>",  # a room's last message at join
+        *_kv_owner(SESSIONS_BUCKET),  # per-user connection cap, shared by gateways
+    ),
+    subscribe=(
+        _inbox("gateway"),
+        "chat.live.*",  # the stream's republished events of rooms with local members
+        "chat.room.*.state",  # removals, archives, reads (from history-service)
+        "presence.*", "sessions.kick.*", "users.*.blocks",
+    ),
+    # Implied by the allow list; spelled out because it is the point: a
+    # gateway can neither read logins nor answer as a service.
+    subscribe_deny=("svc.>", "$SRV.>"),
+)
+
+AUTH = Role(
+    "auth",
+    "answers svc.auth.* (accounts, tokens, the JWKS); publishes nothing else",
+    publish_deny=(">",),  # only replies (allow_responses)
+    subscribe=("svc.auth.>", *_micro("auth"), _inbox("auth")),
+    allow_responses=True,
+)
+
+HISTORY = Role(
+    "history",
+    "stores the CHAT stream in PostgreSQL, answers svc.history.* and svc.rooms.*",
+    publish=(
+        "svc.auth.users",  # names of the users it lists
+        "chat.room.*.state", "users.*.blocks",  # room and block notices to gateways
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{CHAT}",
+        f"$JS.API.STREAM.CREATE.{CHAT}",  # only when missing (chat_kit.stream)
+        f"$JS.API.STREAM.MSG.DELETE.{CHAT}",  # erasing a deleted message's text
+        f"$JS.API.DIRECT.GET.{CHAT}",
+        f"$JS.API.DIRECT.GET.{CHAT}.>",  # a room's last sequence (freshness)
+        f"$JS.API.CONSUMER.INFO.{CHAT}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{CHAT}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{CHAT}.{HISTORY_DURABLE}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{CHAT}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.INFO.{CHAT}.{HISTORY_LEGACY}",
+        f"$JS.API.CONSUMER.DELETE.{CHAT}.{HISTORY_LEGACY}",
+        f"$JS.ACK.{CHAT}.{HISTORY_DURABLE}.>",  # acks, naks, progress
+        f"$JS.FC.{CHAT}.{HISTORY_DURABLE}.>",  # flow-control replies
+    ),
+    subscribe=(HISTORY_DELIVER, "svc.history.>", "svc.rooms.>", *_micro("history"),
+               _inbox("history")),
+    allow_responses=True,
+)
+
+PRESENCE = Role(
+    "presence",
+    "owns the presence buckets, publishes join/leave, answers svc.presence.*",
+    publish=(
+        "presence.*",
+        "$JS.API.INFO",  # nats-py checks the API level for KV limit markers
+        *(subject for bucket in PRESENCE_BUCKETS for subject in _kv_owner(bucket)),
+    ),
+    publish_deny=("chat.>",),  # never a chat event, whatever is added above
+    subscribe=("svc.presence.>", *_micro("presence"), _inbox("presence")),
+    allow_responses=True,
+)
+
+ADMIN = Role(
+    "admin",
+    "operators: chat-admin (stream apply), the nats CLI, tests; everything",
+    publish=(">",),
+    subscribe=(">",),
+)
+
+ROLES: dict[str, Role] = {role.name: role for role in (GATEWAY, AUTH, HISTORY, PRESENCE, ADMIN)}
+# Which role each stack process runs as.
+PROCESS_ROLES = {"auth": "auth", "history": "history", "presence": "presence",
+                 "gateway": "gateway"}
+# The variables chat_kit.nats_auth reads credentials from (one kind at a time).
+CREDENTIAL_VARIABLES = ("CHAT_NATS_USER", "CHAT_NATS_PASSWORD", "CHAT_NATS_PASSWORD_FILE",
+                        "CHAT_NATS_CREDS", "CHAT_NATS_NKEY_SEED_FILE", "CHAT_NATS_ROLE")
+
+
+def role_env(directory: Path, role: str) -> dict[str, str]:
+    """What a process of ``role`` needs to log in (chat_kit.nats_auth reads it)."""
+    return {"CHAT_NATS_USER": role,
+            "CHAT_NATS_PASSWORD_FILE": str(Path(directory) / f"{role}.password"),
+            "CHAT_NATS_ROLE": role}
+
+
+def _conf(value: object) -> str:
+    """A value in nats-server's config syntax (JSON is valid there)."""
+    return json.dumps(value)
+
+
+def render_authorization(password: Callable[[str], str],
+                         roles: Mapping[str, Role] | None = None) -> str:
+    """The ``authorization { users: [...] }`` block.
+
+    ``password(role)`` returns the config text of the role's password: a
+    quoted literal (:func:`literal`) or a ``$VARIABLE`` reference.
+    """
+    lines = ["authorization {", "  users: ["]
+    for role in (roles or ROLES).values():
+        lines.append(f"    {{user: {_conf(role.name)}, password: {password(role.name)},")
+        lines.append(f"     permissions: {_conf(role.permissions())}}}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines)
+
+
+def literal(passwords: Mapping[str, str]) -> Callable[[str], str]:
+    return lambda role: _conf(passwords[role])
+
+
+def env_reference(role: str) -> str:
+    """``$NATS_<ROLE>_PASSWORD``: how the Kubernetes config names each password."""
+    return f"$NATS_{role.upper()}_PASSWORD"
+
+
+@dataclass
+class NatsCredentials:
+    """Each role's password, kept in ``<dir>/<role>.password``."""
+
+    dir: Path
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> NatsCredentials:
+        """Read the roles' passwords, creating any missing one (dir 0700, files 0600)."""
+        directory = Path(directory).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        creds = cls(directory)
+        for role in ROLES:
+            path = creds.password_file(role)
+            if not path.exists():
+                _write_secret(path, secrets.token_urlsafe(24))
+            path.chmod(0o600)
+            creds.passwords[role] = path.read_text().strip()
+            if not creds.passwords[role]:
+                raise ValueError(f"{path} is empty; delete it to generate a new password")
+        return creds
+
+    def password_file(self, role: str) -> Path:
+        return Path(role_env(self.dir, role)["CHAT_NATS_PASSWORD_FILE"])
+
+    def authorization(self) -> str:
+        return render_authorization(literal(self.passwords))
+
+    def role_env(self, role: str) -> dict[str, str]:
+        return role_env(self.dir, role)
+
+    def connect_kwargs(self, role: str) -> dict[str, str]:
+        """``nats.connect(url, **creds.connect_kwargs("admin"))`` in tests and tools."""
+        return {"user": role, "password": self.passwords[role],
+                "inbox_prefix": f"_INBOX.{role}"}
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
