@@ -60,3 +60,43 @@ CATCHUP_TIMEOUTS = Counter(
     "chat_history_catchup_timeouts_total",
     "Reads answered unavailable because storage did not catch up in time",
 )
+
+# --- the CHAT stream and this service's consumer (polled by .stream_monitor) -----
+# Every instance exports the same values: aggregate with max by (stream).
+STREAM_MESSAGES = Gauge("chat_stream_messages", "Messages the stream holds now", ["stream"])
+STREAM_BYTES = Gauge("chat_stream_bytes", "Bytes the stream holds now (one replica)",
+                     ["stream"])
+STREAM_MAX_BYTES = Gauge(
+    "chat_stream_max_bytes",
+    "The live stream's max_bytes (0: no size limit); past it the oldest messages are dropped",
+    ["stream"])
+STREAM_MAX_AGE = Gauge(
+    "chat_stream_max_age_seconds",
+    "The live stream's max_age (0: no age limit); older messages are dropped", ["stream"])
+STREAM_FIRST_SEQ = Gauge(
+    "chat_stream_first_seq",
+    "Oldest sequence still in the stream: readers go to history-service below it",
+    ["stream"])
+STREAM_LAST_SEQ = Gauge("chat_stream_last_seq", "Newest sequence in the stream", ["stream"])
+STREAM_REPLICAS = Gauge("chat_stream_replicas", "num_replicas of the live stream", ["stream"])
+STREAM_LEADER = Gauge(
+    "chat_stream_leader", "1 while the stream has a leader (0: no quorum, sends fail)",
+    ["stream"])
+STREAM_PEERS = Gauge(
+    "chat_stream_cluster_replicas",
+    "Followers of the stream by state: current, lagging (not caught up) or offline "
+    "(unreachable: a NATS node or the route to it is down)",
+    ["stream", "state"])
+CONSUMER_PENDING = Gauge(
+    "chat_history_consumer_pending",
+    "Stream messages not yet delivered to history-service (num_pending)", ["stream"])
+CONSUMER_ACK_PENDING = Gauge(
+    "chat_history_consumer_ack_pending",
+    "Messages delivered to history-service and not yet stored and acked", ["stream"])
+CONSUMER_LAG = Gauge(
+    "chat_history_consumer_lag_seconds",
+    "Age of the oldest stream message not yet stored (0 when all are): compare with "
+    "chat_stream_max_age_seconds; past it unstored messages are dropped", ["stream"])
+MONITOR_ERRORS = Counter(
+    "chat_stream_monitor_errors_total",
+    "Polls of stream or consumer info that failed (the gauges keep their last values)")

@@ -1,7 +1,8 @@
 """The history Component: what ``chat_kit.runtime`` starts and stops.
 
-Start: database pool → migrations → stream, durable push consumer, its
-subscription and writer → the ``history`` micro service. Stop in reverse:
+Start: database pool → migrations → stream (created if missing, else only
+verified), durable push consumer, its subscription and writer, the stream
+monitor (gauges) → the ``history`` micro service. Stop in reverse:
 stop taking requests and let those in flight finish, let the consumer store
 and ack what it was delivered (or hand it back), close the pool. NATS
 itself is drained by the runtime afterwards.
@@ -33,6 +34,7 @@ from .freshness import CommitTracker
 from .rooms_api import RoomsApi
 from .rooms_store import RoomsStore
 from .store import MessageStore
+from .stream_monitor import StreamMonitor
 
 SERVICE = "history"
 SCHEMA = "history"
@@ -48,6 +50,7 @@ class HistoryComponent:
         self._pool: asyncpg.Pool | None = None
         self._store: MessageStore | None = None
         self._consumer: HistoryConsumer | None = None
+        self._monitor: StreamMonitor | None = None
         self._tracker: CommitTracker | None = None
         self._api: HistoryApi | None = None
         self._service: Service | None = None
@@ -75,6 +78,9 @@ class HistoryComponent:
                                          stream=stream)
         await self._consumer.start(rt.stopping)
         rt.checks.append(self._consumer.is_ready)
+        # This service owns the stream: it exports its size, lag and cluster state.
+        self._monitor = StreamMonitor(rt.nc.jetstream(timeout=rt.settings.request_timeout))
+        self._monitor.start()
         # Reads give up on the stream as soon as on storage: same bound for both.
         js = rt.nc.jetstream(timeout=s.catchup_timeout)
         self._tracker = CommitTracker(js)
@@ -100,6 +106,8 @@ class HistoryComponent:
             await self._api.wait_idle(_STOP_REQUESTS_TIMEOUT)
         if self._tracker is not None:
             await self._tracker.close()
+        if self._monitor is not None:
+            await self._monitor.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._pool is not None:
