@@ -33,6 +33,13 @@ def test_members_sorted_and_keys_split() -> None:
     st.put_live("r", ANN, "s2")
     assert st.members("r") == [ANN, BOB]
     assert st.live_entries() == 2
+    st.put_live("r", BOB, "s1")  # a refresh of a known entry
+    st.put_live("r", BOB, "s3")
+    st.drop_live("r", ANN.id, "gone")  # an unknown session
+    assert st.live_entries() == 3
+    st.drop_live("r", BOB.id, "s1")
+    st.drop_live("r", BOB.id, "s1")
+    assert st.live_entries() == sum(len(s) for s in st.sessions.values()) == 2
     assert split_live_key("room.u_1.s_2") == ("room", "u_1", "s_2")
     assert split_live_key("room.u_1") is None and split_live_key("a..b") is None
     assert split_announced_key("room.u_1") == ("room", "u_1")
