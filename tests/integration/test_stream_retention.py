@@ -354,6 +354,9 @@ async def test_stream_monitor_exports_size_limits_pending_and_lag(
     assert _gauge("chat_history_consumer_pending", stream="CHAT") == 4
     # The age of the oldest unstored message: since its publish, no longer.
     assert 0 < (_gauge("chat_history_consumer_lag_seconds", stream="CHAT") or 0) <= waited + 0.01
+    # The window reaches back to the first message, stored before the lagging ones.
+    lag = _gauge("chat_history_consumer_lag_seconds", stream="CHAT") or 0
+    assert (_gauge("chat_stream_window_seconds", stream="CHAT") or 0) > lag
     async with history(nats_url, db_url) as component:
         await _stored(component, "r5", 7)
         for _ in range(int(250 * UNIT)):

@@ -77,6 +77,10 @@ STREAM_FIRST_SEQ = Gauge(
     "chat_stream_first_seq",
     "Oldest sequence still in the stream: readers go to history-service below it",
     ["stream"])
+STREAM_WINDOW = Gauge(
+    "chat_stream_window_seconds",
+    "Age of the oldest message still in the stream: the window it holds now (max_age, "
+    "or less once max_bytes bounds it)", ["stream"])
 STREAM_LAST_SEQ = Gauge("chat_stream_last_seq", "Newest sequence in the stream", ["stream"])
 STREAM_REPLICAS = Gauge("chat_stream_replicas", "num_replicas of the live stream", ["stream"])
 STREAM_LEADER = Gauge(

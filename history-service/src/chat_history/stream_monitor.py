@@ -57,19 +57,24 @@ def export_stream(info: StreamInfo) -> None:
         metrics.STREAM_PEERS.labels(name, label).set(n)
 
 
-async def consumer_lag(js: JetStreamContext, stream: str, info: ConsumerInfo) -> float:
-    """Seconds since the oldest message not yet stored was stored in the stream."""
-    if not info.num_pending and not info.num_ack_pending:
-        return 0.0
-    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+async def age_from(js: JetStreamContext, stream: str, seq: int) -> float:
+    """Seconds since the first stream message at or after ``seq`` was stored (0: none)."""
     try:
-        oldest = await js.get_msg(stream, seq=floor + 1, subject=subjects.CHAT_SUBJECTS,
+        oldest = await js.get_msg(stream, seq=max(1, seq), subject=subjects.CHAT_SUBJECTS,
                                   next=True, direct=True)
     except NotFoundError:
         return 0.0
     if oldest.time is None:
         return 0.0
     return max(0.0, (datetime.now(UTC) - oldest.time).total_seconds())
+
+
+async def consumer_lag(js: JetStreamContext, stream: str, info: ConsumerInfo) -> float:
+    """Seconds since the oldest message not yet stored was stored in the stream."""
+    if not info.num_pending and not info.num_ack_pending:
+        return 0.0
+    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    return await age_from(js, stream, floor + 1)
 
 
 class StreamMonitor:
@@ -93,7 +98,10 @@ class StreamMonitor:
     async def poll(self) -> None:
         """One round: every stream's info and our consumer's on it."""
         for name in stream_names():
-            export_stream(await self._js.stream_info(name))
+            stream = await self._js.stream_info(name)
+            export_stream(stream)
+            window = await age_from(self._js, name, stream.state.first_seq)
+            metrics.STREAM_WINDOW.labels(name).set(window if stream.state.messages else 0.0)
             info = await self._js.consumer_info(name, DURABLE)
             metrics.CONSUMER_PENDING.labels(name).set(info.num_pending or 0)
             metrics.CONSUMER_ACK_PENDING.labels(name).set(info.num_ack_pending or 0)
