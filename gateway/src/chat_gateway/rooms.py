@@ -274,6 +274,9 @@ class RoomHub:
             except Exception as exc:
                 event(log, "gap repair failed", logging.WARNING, room=room.name, error=repr(exc))
                 return
+            # Read once per repair: an event aging out in the milliseconds
+            # between this and the stream reads below would be skipped. Gaps
+            # are seconds old and the window days (or, bytes-bound, minutes).
             start = max(start, first, room.last_seq + 1)
         while room.last_seq < upto:
             try:
