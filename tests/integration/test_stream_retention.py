@@ -331,6 +331,29 @@ async def test_start_up_and_apply_never_lower_replicas_without_being_told(
         await nc.close()
 
 
+async def test_a_gateway_waits_for_the_stream_and_never_creates_it(nats_url: str) -> None:
+    from chat_gateway.component import Gateway
+    from chat_gateway.config import GatewaySettings
+
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    gateway = Gateway(GatewaySettings.from_env())
+    waiter = asyncio.create_task(gateway._wait_for_stream(js))
+    try:
+        # Looked up a few times (backoff from 0.1 s), neither created nor ready.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), 0.5)
+        assert not gateway._stream_ok
+        with pytest.raises(NotFoundError):
+            await js.stream_info(subjects.CHAT_STREAM)
+        await ensure_chat_stream(js, TINY)  # history-service starts
+        await asyncio.wait_for(waiter, 10 * UNIT)
+        assert gateway._stream_ok
+    finally:
+        waiter.cancel()
+        await nc.drain()
+
+
 # --- the gauges history-service exports ---------------------------------------------
 
 
