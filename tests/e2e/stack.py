@@ -4,21 +4,67 @@ auth, history and presence services plus N gateways, each started from its
 console script against the test's NATS and PostgreSQL, each on a free port,
 each waited for on ``/readyz``. Processes can be stopped, killed and started
 again by name to test crashes and restarts.
+
+NATS is locked down as in production: :func:`authorized_nats` starts a server
+with the role users of chat_devstack.nats_auth and remembers its
+credentials by URL, and a :class:`Stack` on that URL logs each process in as
+its role (auth, history, presence, gateway), so every end-to-end test also
+exercises the permissions. Tests that talk to NATS themselves connect as
+``admin`` (``Stack.nats_login()``). :func:`permission_violations` reads the
+refusals from a server's log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chat_devstack import procs
+from chat_devstack.nats import NatsServer
+from chat_devstack.nats_auth import NatsCredentials
 from chat_devstack.ports import free_port, wait_http_ok
 
 BIN = Path(sys.executable).parent
+# Credentials of the NATS servers started with role users, by client URL.
+_CREDENTIALS: dict[str, NatsCredentials] = {}
+
+
+def register_credentials(url: str, creds: NatsCredentials) -> None:
+    """Stacks on ``url`` (one node's URL, or several comma-separated) log in with ``creds``."""
+    _CREDENTIALS[url] = creds
+
+
+def credentials_for(url: str) -> NatsCredentials | None:
+    return _CREDENTIALS.get(url)
+
+
+@contextlib.contextmanager
+def authorized_nats(directory: Path, port: int | None = None) -> Iterator[NatsServer]:
+    """A NATS server with JetStream and the role users (no anonymous access)."""
+    creds = NatsCredentials.load_or_create(directory / "nats-auth")
+    server = NatsServer.start(port or free_port(), directory / "nats",
+                              extra_config=creds.authorization())
+    register_credentials(server.url, creds)
+    try:
+        yield server
+    finally:
+        server.stop()
+        _CREDENTIALS.pop(server.url, None)
+
+
+def permission_violations(log_path: Path | None) -> list[str]:
+    """The server's "Publish Violation" / "Subscription Violation" lines."""
+    if log_path is None or not log_path.exists():
+        return []
+    return [line for line in log_path.read_text(errors="replace").splitlines()
+            if "Violation" in line and "Authorization Violation" not in line]
 
 
 @dataclass
@@ -58,18 +104,35 @@ class Stack:
     gateways: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    # Role users of the server (None: it takes anonymous clients); found by
+    # URL when the server came from authorized_nats.
+    auth: NatsCredentials | None = None
 
-    def _env(self, **values: str) -> dict[str, str]:
+    def __post_init__(self) -> None:
+        if self.auth is None:
+            self.auth = credentials_for(self.nats_url)
+
+    def nats_login(self, role: str = "admin") -> dict[str, Any]:
+        """``nats.connect`` keyword arguments for ``role`` (nothing without users)."""
+        return {} if self.auth is None else self.auth.connect_kwargs(role)
+
+    def _env(self, role: str, **values: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env.update(CHAT_NATS_URL=self.nats_url, CHAT_DATABASE_URL=self.db_url,
                    CHAT_LOG_FORMAT="json", CHAT_LOG_LEVEL="INFO")
         env.update(self.extra_env)
+        if self.auth is not None:
+            env.update(self.auth.role_env(role))
         env.update(values)
         return env
 
     def _add(self, name: str, script: str, port_var: str, **env: str) -> None:
+        """Add process ``name``; it logs in to NATS as the role its name starts
+        with (``gateway-2`` → gateway, ``presence-2`` → presence)."""
         port = free_port()
-        self.services[name] = Service(name, script, port, self._env(**{port_var: str(port)}, **env),
+        role = name.split("-")[0]
+        self.services[name] = Service(name, script, port,
+                                      self._env(role, **{port_var: str(port)}, **env),
                                       self.log_dir / f"{name}.log")
 
     def start(self) -> None:

@@ -23,9 +23,9 @@ from chat_devstack.nats import NatsServer
 from chat_devstack.ports import free_port, http_ok
 
 from .client import RequestFailed, Session, register_and_login
-from .conftest import unique
+from .conftest import assert_no_violations, unique
 from .hardening import make_stack, metric, scrape, wait_for
-from .stack import Stack
+from .stack import Stack, authorized_nats
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,9 @@ pytestmark = pytest.mark.e2e
 def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     if os.environ.get("CHAT_TEST_NATS_URL"):
         pytest.skip("needs a NATS server the test can stop")
-    server = NatsServer.start(free_port(), tmp_path_factory.mktemp("own-nats"))
-    try:
+    with authorized_nats(tmp_path_factory.mktemp("own-nats")) as server:
         yield server
-    finally:
-        server.stop()
+    assert_no_violations(server)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CHAT = "CHAT"  # the chat stream (chat_contract.subjects.CHAT_STREAM)
 HISTORY_DURABLE = "history-push"  # history-service's push consumer
@@ -256,7 +257,7 @@ class NatsCredentials:
     def role_env(self, role: str) -> dict[str, str]:
         return role_env(self.dir, role)
 
-    def connect_kwargs(self, role: str) -> dict[str, str]:
+    def connect_kwargs(self, role: str) -> dict[str, Any]:
         """``nats.connect(url, **creds.connect_kwargs("admin"))`` in tests and tools."""
         return {"user": role, "password": self.passwords[role],
                 "inbox_prefix": f"_INBOX.{role}"}
