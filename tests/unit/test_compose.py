@@ -224,6 +224,17 @@ def built(services: dict[str, dict[str, Any]]) -> dict[str, Dockerfile]:
     return result
 
 
+def mounts_of(svc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Volume entries in the long form (the short ``source:target[:ro]`` expanded)."""
+    out = []
+    for volume in svc.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            volume = {"source": source, "target": target, "read_only": mode == ["ro"]}
+        out.append(volume)
+    return out
+
+
 def env_of(svc: dict[str, Any]) -> dict[str, str]:
     env = svc.get("environment", {})
     assert isinstance(env, dict), "use the mapping form of environment"
@@ -438,9 +449,13 @@ def test_depends_on_waits_for_health(
 def test_infrastructure(services: dict[str, dict[str, Any]]) -> None:
     nats = services["nats"]
     assert nats["image"].startswith("nats:2.11")
-    command = nats["command"]
-    assert command[:3] == ["-js", "-sd", "/data"] and "-m" in command
-    assert any(v.endswith(":/data") for v in nats["volumes"]), "JetStream data on a volume"
+    assert nats["command"][-1].strip().endswith("exec nats-server -c /etc/nats/nats.conf")
+    mounts = {m["target"]: m for m in mounts_of(nats)}
+    assert mounts["/data"]["source"] == "nats-data", "JetStream data on a volume"
+    assert mounts["/etc/nats"]["source"] == "./deploy/nats" and mounts["/etc/nats"]["read_only"]
+    conf = (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    assert "store_dir: /data" in conf and "http_port: 8222" in conf
+    assert 'include "authorization.conf"' in conf
     pg = services["postgres"]
     assert pg["image"] == "postgres:16"
     assert pg["environment"]["POSTGRES_DB"] == "chat"
@@ -475,7 +490,7 @@ def test_auth_dev_key_persists_in_a_named_volume(
 ) -> None:
     auth = services["auth"]
     key_file = Path(env_of(auth)["CHAT_AUTH_SIGNING_KEY_FILE"])
-    mounts = dict(v.split(":")[1::-1] for v in auth["volumes"])  # target -> source
+    mounts = {m["target"]: m["source"] for m in mounts_of(auth)}
     source = mounts.get(str(key_file.parent))
     assert source in compose["volumes"], f"{key_file.parent} must be a named volume"
     # A fresh named volume takes the owner of the image's directory: the
@@ -487,8 +502,8 @@ def test_auth_dev_key_persists_in_a_named_volume(
 def test_volumes_and_bind_mounts_exist(compose: dict[str, Any]) -> None:
     named = set(compose.get("volumes") or {})
     for name, svc in compose["services"].items():
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
+        for volume in mounts_of(svc):
+            source = volume["source"]
             if source.startswith("."):
                 assert (ROOT / source).exists(), f"{name}: {source} does not exist"
             else:
@@ -540,3 +555,39 @@ def test_caddyfile_validates(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid configuration" in result.stdout + result.stderr
+
+
+# --- NATS credentials ----------------------------------------------------------
+
+ROLE_OF = {"auth": "auth", "history": "history", "presence": "presence",
+           "gateway-1": "gateway", "gateway-2": "gateway"}
+
+
+def test_each_service_logs_in_to_nats_as_its_role(
+    services: dict[str, dict[str, Any]], built: dict[str, Dockerfile]
+) -> None:
+    from chat_devstack.nats_auth import ROLES
+
+    assert set(ROLE_OF) == set(built)
+    for name, role in ROLE_OF.items():
+        env = env_of(services[name])
+        assert env["CHAT_NATS_USER"] == env["CHAT_NATS_ROLE"] == role, name
+        assert "CHAT_NATS_PASSWORD" not in env, f"{name}: the password is a file, not env"
+        password = Path(env["CHAT_NATS_PASSWORD_FILE"])
+        (mount,) = [m for m in mounts_of(services[name]) if m["source"] == "nats-credentials"]
+        # Only its own role's directory of the credentials volume, read-only.
+        assert mount["target"] == str(password.parent) and mount["read_only"], name
+        assert mount["volume"]["subpath"] == role, name
+    # The generator makes every role's password; nats-server exports each one.
+    generator = services["nats-credentials"]
+    script = generator["command"][-1]
+    roles = re.search(r"for role in ([a-z ]+); do", script)
+    assert roles and set(roles.group(1).split()) == set(ROLES)
+    assert "chown -R 10001:10001" in script  # the services' user (USER in the Dockerfiles)
+    nats = services["nats"]
+    assert nats["depends_on"]["nats-credentials"]["condition"] == (
+        "service_completed_successfully")
+    exported = re.search(r"for role in ([a-z ]+); do", nats["command"][-1])
+    assert exported and set(exported.group(1).split()) == set(ROLES)
+    assert {m["target"] for m in mounts_of(nats) if m["source"] == "nats-credentials"} == {
+        "/creds"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -266,11 +267,14 @@ def test_secrets_are_mounted_not_written(
     secret = volumes[mount["name"]]["secret"]
     paths = {i["path"]: i["key"] for i in secret["items"]}
     assert paths[key_file.name] in secrets[secret["secretName"]]["stringData"]
-    # Only auth holds the signing key.
+    # Only auth holds the signing key; the other Secret any pod mounts is its
+    # own NATS password (test_each_deployment_logs_in_to_nats_as_its_role).
     for name, deployment in deployments.items():
-        if name != "chat-auth":
-            for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
-                assert "secret" not in volume, f"{name} mounts a secret"
+        for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                allowed = {"chat-nats-credentials"} | (
+                    {secret["secretName"]} if name == "chat-auth" else set())
+                assert volume["secret"]["secretName"] in allowed, f"{name} mounts a secret"
 
 
 def test_nats_is_a_jetstream_cluster_of_three(
@@ -394,3 +398,58 @@ def test_grafana_provisioning_matches_compose() -> None:
     assert mounts["./deploy/grafana/dashboard.json"].startswith(dashboards_dir + "/")
     for host_path in mounts:
         assert (ROOT / host_path).exists(), host_path
+
+
+# --- NATS credentials ----------------------------------------------------------
+
+NATS_ROLE_OF = {"chat-gateway": "gateway", "chat-auth": "auth", "chat-history": "history",
+                "chat-presence": "presence"}
+NATS_SECRET = "chat-nats-credentials"
+
+
+def test_each_deployment_logs_in_to_nats_as_its_role(
+    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    from chat_devstack.nats_auth import ROLES
+
+    assert set(by_kind["Secret"][NATS_SECRET]["stringData"]) == set(ROLES)
+    assert set(NATS_ROLE_OF) == set(deployments)
+    for name, role in NATS_ROLE_OF.items():
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = env_map(container)
+        assert env["CHAT_NATS_USER"]["value"] == env["CHAT_NATS_ROLE"]["value"] == role, name
+        assert "CHAT_NATS_PASSWORD" not in env, f"{name}: the password is a file, not env"
+        password = Path(env["CHAT_NATS_PASSWORD_FILE"]["value"])
+        mount = {m["mountPath"]: m for m in container["volumeMounts"]}[str(password.parent)]
+        assert mount["readOnly"] is True, name
+        volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+        # Only this role's key: a gateway pod never holds auth's password.
+        assert volume["secretName"] == NATS_SECRET, name
+        assert volume["items"] == [{"key": role, "path": password.name}], name
+
+
+def test_nats_requires_the_role_users(by_kind: dict[str, dict[str, dict[str, Any]]],
+                                      tmp_path: Path) -> None:
+    from chat_devstack.binaries import nats_server_bin
+    from chat_devstack.nats_auth import ROLES, deploy_authorization, env_reference
+
+    data = by_kind["ConfigMap"]["nats-config"]["data"]
+    assert 'include "authorization.conf"' in data["nats.conf"]
+    assert "no_auth_user" not in data["nats.conf"] + data["authorization.conf"]
+    # One table: the Kubernetes copy, the compose copy and the role table agree.
+    assert data["authorization.conf"] == deploy_authorization()
+    assert (ROOT / "deploy" / "nats" / "authorization.conf").read_text() == (
+        deploy_authorization())
+    (container,) = containers(by_kind["StatefulSet"]["nats"])
+    env = env_map(container)
+    for role in ROLES:
+        ref = env[env_reference(role)[1:]]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": NATS_SECRET, "key": role}, role
+    # The real server accepts the config (each $NATS_<ROLE>_PASSWORD resolved).
+    for key, text in data.items():
+        (tmp_path / key).write_text(text)
+    server_env = {"SERVER_NAME": "nats-0", **{env_reference(r)[1:]: f"pw-{r}" for r in ROLES}}
+    result = subprocess.run([str(nats_server_bin()), "-t", "-c", str(tmp_path / "nats.conf")],
+                            env=server_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -183,7 +183,7 @@ def test_every_node_config_carries_the_users(tmp_path: Path) -> None:
         text = server.config_text()
         assert "authorization {" in text
         for role, password in creds.passwords.items():
-            assert f'{{user: "{role}", password: "{password}",' in text
+            assert f'user: "{role}"\n      password: "{password}"\n' in text
         assert "no_auth_user" not in text  # no anonymous access
 
 

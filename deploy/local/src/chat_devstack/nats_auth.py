@@ -209,8 +209,13 @@ def render_authorization(password: Callable[[str], str],
     """
     lines = ["authorization {", "  users: ["]
     for role in (roles or ROLES).values():
-        lines.append(f"    {{user: {_conf(role.name)}, password: {password(role.name)},")
-        lines.append(f"     permissions: {_conf(role.permissions())}}}")
+        permissions = json.dumps(role.permissions(), indent=2).replace("\n", "\n      ")
+        lines += ["    {",
+                  f"      # {role.why}",
+                  f"      user: {_conf(role.name)}",
+                  f"      password: {password(role.name)}",
+                  f"      permissions: {permissions}",
+                  "    }"]
     lines += ["  ]", "}"]
     return "\n".join(lines)
 
@@ -267,3 +272,21 @@ def _write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(value + "\n")
+
+
+DEPLOY_HEADER = """\
+# NATS users per role, with each password read from the server's environment
+# ($NATS_<ROLE>_PASSWORD). Generated from chat_devstack/nats_auth.py (the
+# role table, deploy/README.md "NATS credentials and permissions"):
+#   python -m chat_devstack.nats_auth > deploy/nats/authorization.conf
+# tests/unit/test_deploy_manifests.py checks that this copy is current.
+"""
+
+
+def deploy_authorization() -> str:
+    """The block docker-compose and Kubernetes use: passwords from the environment."""
+    return DEPLOY_HEADER + render_authorization(env_reference) + "\n"
+
+
+if __name__ == "__main__":
+    print(deploy_authorization(), end="")
