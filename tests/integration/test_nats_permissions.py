@@ -381,3 +381,24 @@ async def test_stack_over_tls_with_a_generated_ca(creds: NatsCredentials, db_url
         await asyncio.to_thread(stack.stop)
         server.stop()
     assert permission_violations(server.log_path) == []
+
+
+# --- chat_kit.bus.connect ---------------------------------------------------------
+
+
+async def test_bus_connect_logs_in_from_the_environment(
+        server: NatsServer, creds: NatsCredentials, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_kit import bus
+
+    monkeypatch.setenv("CHAT_NATS_USER", "admin")
+    monkeypatch.setenv("CHAT_NATS_PASSWORD_FILE", str(creds.password_file("admin")))
+    nc = await bus.connect(server.url, "chat-admin")  # as chat-admin does
+    try:
+        assert nc.is_connected
+    finally:
+        await nc.close()
+    # Refused credentials fail at once instead of retrying forever.
+    monkeypatch.delenv("CHAT_NATS_PASSWORD_FILE")
+    monkeypatch.setenv("CHAT_NATS_PASSWORD", "wrong")
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await asyncio.wait_for(bus.connect(server.url, "chat-admin"), 10)

@@ -11,6 +11,7 @@ error code (``not_found``…), the description its message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -72,11 +73,23 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None,
 
     Once connected the client reconnects by itself forever; the readiness
     probe reports the gap meanwhile. ``auth`` gives the credentials, TLS and
-    the role's inbox prefix (:mod:`chat_kit.nats_auth`); credentials the
-    server refuses fail the start at once (waiting cannot fix them).
+    the role's inbox prefix (:mod:`chat_kit.nats_auth`; read from the
+    ``CHAT_NATS_*`` environment when not given, as tools like chat-admin
+    rely on); credentials the server refuses fail the start at once
+    (waiting cannot fix them).
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: every node
-    options = connect_options(auth or NatsAuthSettings(), name)
+    options = connect_options(auth if auth is not None else NatsAuthSettings.from_env(), name)
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py retries a refused login forever (max_reconnect_attempts=-1);
+        # raising here ends its first connect instead. Later (a password
+        # rotated on the server) it is logged and retried.
+        if not connected and _refused(exc):
+            raise exc
+        await _on_error(exc)
+
     delay = 0.1
     while True:
         try:
@@ -87,13 +100,14 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 ping_interval=10,
-                error_cb=_on_error,
+                error_cb=on_error,
                 disconnected_cb=_on_disconnected,
                 reconnected_cb=_on_reconnected,
                 # Gateways subscribe per room; allow bursts without silent drops.
                 pending_size=64 * 1024 * 1024,
                 **options,
             )
+            connected = True
             metrics.NATS_CONNECTED.set(1)
             return nc
         except (OSError, NatsTimeoutError, nats.errors.NoServersError) as exc:
@@ -103,10 +117,17 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None,
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         except nats.errors.Error as exc:
-            if "authorization violation" in str(exc).lower():
+            if _refused(exc):
                 event(log, "nats refused our credentials", logging.ERROR, url=url,
                       user=options.get("user", ""), error=str(exc))
+            with contextlib.suppress(Exception):
+                await nc.close()  # nats-py leaves the refused socket open
             raise
+
+
+def _refused(exc: Exception) -> bool:
+    """NATS refused the login (bad or unknown credentials, or none given)."""
+    return "authorization violation" in str(exc).lower()
 
 
 async def _on_error(exc: Exception) -> None:
