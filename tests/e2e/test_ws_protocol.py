@@ -139,6 +139,28 @@ async def test_client_msg_id_makes_send_idempotent(stack: Stack, user: dict[str,
     await b.close()
 
 
+async def test_client_msg_id_reused_for_another_message_is_a_conflict(
+        stack: Stack, user: dict[str, Any]) -> None:
+    """§3.3: the same id with another room or text → conflict, never the
+    original's ack (which would drop the new message silently)."""
+    s = await Session.open(stack.ws_url(1), user["access_token"])
+    room, other = unique("cid"), unique("cid")
+    await s.request("join", room=room)
+    await s.request("join", room=other)
+    cid = unique("c")
+    first = await s.request("send", room=room, text="first", client_msg_id=cid)
+    with pytest.raises(RequestFailed) as text_changed:
+        await s.request("send", room=room, text="second", client_msg_id=cid)
+    assert text_changed.value.code == "conflict"
+    with pytest.raises(RequestFailed) as room_changed:
+        await s.request("send", room=other, text="first", client_msg_id=cid)
+    assert room_changed.value.code == "conflict"
+    again = await s.request("send", room=room, text="first", client_msg_id=cid)
+    assert again["msg_id"] == first["msg_id"]
+    assert [m["text"] for m in (await s.request("history", room=other))["messages"]] == []
+    await s.close()
+
+
 async def test_join_ack_comes_before_any_event_of_the_room(
         stack: Stack, user: dict[str, Any]) -> None:
     """Reconnecting with `since` while the room is busy: the ack (with `missed`)

@@ -114,6 +114,8 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
         except NotFoundError:  # erased (deleted since) or aged out: history knows which
             return await _stored_original(gw, frame.room, ack.seq)
         record = _record_decoder.decode(stored.data or b"")
+        if (record.room, record.text) != (frame.room, text):  # §3.3: not a retry
+            raise ChatError(ErrorCode.CONFLICT, "client_msg_id already used for another message")
     return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
 
 
