@@ -276,12 +276,13 @@ async def test_start_up_keeps_an_operators_retention_and_chat_admin_applies_ours
     assert shown[0]["state"]["messages"] == 0 and shown[0]["cluster"]["leader"]
     code, done, _ = await _chat_admin(nats_url, "stream", "apply", env=ours)
     assert code == 0
-    assert done["changed"]["max_bytes"] == {"live": 64 * 1024, "configured": TINY.max_bytes}
+    assert done[0]["changed"]["max_bytes"] == {"live": 64 * 1024,
+                                               "configured": TINY.max_bytes}
     config = (await js.stream_info(subjects.CHAT_STREAM)).config
     assert (config.max_age or 0, config.max_bytes) == (0, TINY.max_bytes)
     assert config.republish is not None and config.subjects == [subjects.CHAT_SUBJECTS]
     code, done, _ = await _chat_admin(nats_url, "stream", "apply", env=ours)
-    assert code == 0 and done["changed"] == {}  # idempotent
+    assert code == 0 and done[0]["changed"] == {}  # idempotent
 
 
 async def test_start_up_and_apply_never_lower_replicas_without_being_told(
@@ -321,7 +322,8 @@ async def test_start_up_and_apply_never_lower_replicas_without_being_told(
         assert (await js.stream_info(subjects.CHAT_STREAM)).config.num_replicas == 3
         code, done, _ = await _chat_admin(nats_cluster.url, "stream", "apply",
                                           "--allow-lower-replicas", env=env)
-        assert code == 0 and done["changed"]["num_replicas"] == {"live": 3, "configured": 1}
+        assert code == 0
+        assert done[0]["changed"]["num_replicas"] == {"live": 3, "configured": 1}
         assert (await js.stream_info(subjects.CHAT_STREAM)).config.num_replicas == 1
     finally:
         try:

@@ -146,7 +146,8 @@ class Gateway:
         # is not ready (sends would answer unavailable) and keeps looking.
         self._stream_waiter = asyncio.create_task(self._wait_for_stream(js))
         rt.checks.append(lambda: self._stream_ok)
-        self._hub = RoomHub(rt.nc, js, self._evicted, self._fetch_history)
+        self._hub = RoomHub(rt.nc, js, self._evicted, self._fetch_history,
+                            layout=self.settings.stream)
         self._presence = PresenceHub(rt.nc, js, self.settings.node_id,
                                      self.settings.common.request_timeout)
         await self._presence.start()
@@ -167,7 +168,7 @@ class Gateway:
         delay, told = 0.1, False
         while True:
             try:
-                self._stream_ok = await stream.stream_exists(js)
+                self._stream_ok = await stream.stream_exists(js, self.settings.stream)
             except Exception as exc:  # NATS away or JetStream not answering yet
                 event(log, "CHAT stream lookup failed", logging.DEBUG, error=repr(exc))
             if self._stream_ok:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chat_contract.claims import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 from chat_kit.settings import (
@@ -13,6 +13,7 @@ from chat_kit.settings import (
     env_int,
     env_str,
 )
+from chat_kit.stream import StreamSettings
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,15 @@ class GatewaySettings:
     max_connections_per_user: int = 10
     session_ttl: float = 30.0
     room_member_cap: int = 0
+    # Which stream holds a room (CHAT_STREAM_PARTITIONS; gateways only read streams).
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     @classmethod
     def from_env(cls) -> GatewaySettings:
         port = env_int("CHAT_GATEWAY_PORT", 8081, minimum=0)
         return cls(
             common=CommonSettings.from_env(),
+            stream=StreamSettings.from_env(),
             port=port,
             node_id=env_str("CHAT_GATEWAY_NODE_ID", default_node_id(port)),
             jwt_issuer=env_str("CHAT_JWT_ISSUER", DEFAULT_ISSUER),

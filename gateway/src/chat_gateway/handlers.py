@@ -28,7 +28,6 @@ from chat_contract.bus import (
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Pong, encode, encode_ack
 from chat_kit import bus
-from chat_kit.stream import stream_for_room
 
 from .clock import now_rfc3339
 from .connection import Connection
@@ -110,7 +109,8 @@ async def send(gw: Gateway, conn: Connection, frame: frames.Send) -> Result:
     if ack.duplicate:
         # The same client_msg_id within the window: answer with the original.
         try:
-            stored = await gw.js.get_msg(stream_for_room(frame.room), seq=ack.seq, direct=True)
+            # The ack names the stream (the room's partition when partitioned).
+            stored = await gw.js.get_msg(ack.stream, seq=ack.seq, direct=True)
         except NotFoundError:  # erased (deleted since) or aged out: history knows which
             return await _stored_original(gw, frame.room, ack.seq)
         record = _record_decoder.decode(stored.data or b"")

@@ -65,7 +65,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, ReadEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
-from chat_kit.stream import first_seq, stream_for_room
+from chat_kit.stream import StreamSettings, first_seq
 
 from .chains import Chains
 from .clock import now_rfc3339
@@ -99,12 +99,15 @@ HISTORY_PAGE = 500
 
 
 class Room:
-    __slots__ = ("name", "subject", "members", "sub", "state_sub", "last_seq", "recent",
+    __slots__ = ("name", "stream", "subject", "members", "sub", "state_sub", "last_seq", "recent",
                  "ready", "pending", "archived", "chains", "removals")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, layout: StreamSettings | None = None) -> None:
         self.name = name
-        self.subject = subjects.room_subject(name)
+        # Where its events are stored: one stream, or its partition's (chat_kit.stream).
+        layout = layout or StreamSettings()
+        self.stream = layout.stream_for_room(name)
+        self.subject = layout.stored_subject(name)
         self.members: dict[Connection, int] = {}
         self.sub: Subscription | None = None
         self.state_sub: Subscription | None = None
@@ -121,9 +124,11 @@ class Room:
 
 class RoomHub:
     def __init__(self, nc: NATS, js: JetStreamContext, on_evicted: Evicted | None = None,
-                 history: FetchHistory | None = None) -> None:
+                 history: FetchHistory | None = None,
+                 layout: StreamSettings | None = None) -> None:
         self.nc = nc
         self.js = js
+        self.layout = layout or StreamSettings()
         self.rooms: dict[str, Room] = {}
         self.on_evicted = on_evicted
         # None: the stream is the only source (tests of the stream alone).
@@ -138,7 +143,7 @@ class RoomHub:
             if self.rooms.get(name) is room:
                 return room
             room.pending -= 1  # its opener failed or it closed meanwhile: start over
-        room = Room(name)
+        room = Room(name, self.layout)
         room.pending = 1
         self.rooms[name] = room
         try:
@@ -166,7 +171,7 @@ class RoomHub:
         aged out; history-service knows which (ChatError if it cannot answer).
         """
         try:
-            msg = await self.js.get_msg(stream_for_room(room.name), subject=room.subject,
+            msg = await self.js.get_msg(room.stream, subject=room.subject,
                                         direct=True)
             seq = int(msg.seq or 0)
         except NotFoundError:
@@ -265,7 +270,7 @@ class RoomHub:
         """Relay the room's events in (last_seq, upto] from the stream, in order;
         the part that aged out of the stream from history-service first."""
         start = room.last_seq + 1
-        name = stream_for_room(room.name)
+        name = room.stream
         if self.history is not None:
             try:
                 first = await first_seq(self.js, name)

@@ -24,7 +24,7 @@ from chat_kit.db import DB_UNAVAILABLE
 
 from . import metrics
 from .config import MAX_LIMIT
-from .freshness import CommitTracker, last_room_seq
+from .freshness import CommitTrackers, last_room_seq
 from .store import MessageStore
 
 
@@ -56,12 +56,12 @@ ReadAccess = Callable[[str, str], Awaitable[list[str]]]
 
 
 class HistoryApi:
-    def __init__(self, js: JetStreamContext, store: MessageStore, tracker: CommitTracker,
+    def __init__(self, js: JetStreamContext, store: MessageStore, trackers: CommitTrackers,
                  catchup_timeout: float, access: ReadAccess | None = None) -> None:
         self._js = js
         self._access = access
         self._store = store
-        self._tracker = tracker
+        self._trackers = trackers
         self._catchup_timeout = catchup_timeout
         # chat_kit runs each request in its own task; counted so stop can wait for them.
         self._active = 0
@@ -106,16 +106,17 @@ class HistoryApi:
     async def _catch_up(self, req: HistoryRequest) -> None:
         started = time.perf_counter()
         # A page entirely below the known floor needs no stream lookup at all.
-        if req.before is not None and req.before - 1 <= self._tracker.floor:
+        tracker = self._trackers.for_room(req.room)
+        if req.before is not None and req.before - 1 <= tracker.floor:
             return
         try:
-            room_last = await last_room_seq(self._js, req.room)
+            room_last = await last_room_seq(self._js, req.room, self._trackers.layout)
         except Exception:
             raise ChatError(ErrorCode.UNAVAILABLE, "chat stream unavailable") from None
         target = required_seq(req, room_last)
         if target <= 0:
             return
-        caught_up = await self._tracker.wait_for(target, self._catchup_timeout)
+        caught_up = await tracker.wait_for(target, self._catchup_timeout)
         metrics.CATCHUP_SECONDS.observe(time.perf_counter() - started)
         if not caught_up:
             metrics.CATCHUP_TIMEOUTS.inc()

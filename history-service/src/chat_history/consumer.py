@@ -70,7 +70,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from chat_contract import subjects
 from chat_kit.logs import event
-from chat_kit.stream import StreamSettings, ensure_chat_stream, stream_for_room
+from chat_kit.stream import StreamSettings, ensure_chat_stream
 
 from . import metrics
 from .records import BadRecord, MessageRow, row_from_payload
@@ -114,13 +114,19 @@ _STATUS = "Status"
 _CONSUMER_STALLED = "Nats-Consumer-Stalled"
 
 
-def consumer_config(start_seq: int = 0) -> ConsumerConfig:
-    """Our durable; ``start_seq`` > 0 starts it there instead of at the stream's start."""
+def deliver_subject(stream: str = subjects.CHAT_STREAM) -> str:
+    """Where a chat stream pushes to us: one subject per partition stream."""
+    return DELIVER_SUBJECT if stream == subjects.CHAT_STREAM else f"{DELIVER_SUBJECT}.{stream}"
+
+
+def consumer_config(start_seq: int = 0, stream: str = subjects.CHAT_STREAM) -> ConsumerConfig:
+    """Our durable on ``stream``; ``start_seq`` > 0 starts it there instead of
+    at the stream's start."""
     return ConsumerConfig(
         name=DURABLE,
         durable_name=DURABLE,
         description="history-service: stores every chat event in PostgreSQL",
-        deliver_subject=DELIVER_SUBJECT,
+        deliver_subject=deliver_subject(stream),
         deliver_group=DELIVER_GROUP,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 0 else DeliverPolicy.ALL,
         opt_start_seq=start_seq if start_seq > 0 else None,
@@ -132,11 +138,11 @@ def consumer_config(start_seq: int = 0) -> ConsumerConfig:
     )
 
 
-def _updated_config(current: ConsumerConfig) -> ConsumerConfig:
+def _updated_config(current: ConsumerConfig, stream: str) -> ConsumerConfig:
     """Our config for an existing durable: what JetStream cannot change stays as it is."""
     if not current.deliver_subject:
         raise RuntimeError(f"consumer {DURABLE!r} exists as a pull consumer; delete it")
-    config = consumer_config()
+    config = consumer_config(stream=stream)
     config.deliver_policy = current.deliver_policy
     config.opt_start_seq = current.opt_start_seq
     config.opt_start_time = current.opt_start_time
@@ -187,13 +193,16 @@ async def erase_msg(js: JetStreamContext, stream: str, seq: int) -> bool:
 
 class HistoryConsumer:
     def __init__(self, nc: NATS, store: MessageStore, *, batch: int, linger: float,
-                 stream: StreamSettings | None = None) -> None:
+                 stream: StreamSettings | None = None, name: str | None = None) -> None:
+        """Stores the chat stream ``name`` (one of ``stream.names()``; the first
+        by default): history-service runs one consumer per partition."""
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
         self._store = store
         self._batch = batch
         self._linger = linger
         self._stream = stream or StreamSettings()
+        self._name = name or self._stream.names()[0]
         self._sub: Subscription | None = None
         # Delivered, not yet taken by the writer: stream seq → latest delivery.
         self._buf: dict[int, Msg] = {}
@@ -275,32 +284,32 @@ class HistoryConsumer:
         update our durable; retire the legacy one when unused."""
         await ensure_chat_stream(self._js, self._stream)
         try:
-            info = await self._js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+            info = await self._js.consumer_info(self._name, DURABLE)
         except NotFoundError:
             config = await self._new_config()
         else:
             # Update: a changed config (e.g. max_ack_pending) applies on restart.
-            config = _updated_config(info.config)
-        await self._js.add_consumer(subjects.CHAT_STREAM, config)
+            config = _updated_config(info.config, self._name)
+        await self._js.add_consumer(self._name, config)
         await self._retire_legacy()
 
     async def _new_config(self) -> ConsumerConfig:
         try:
-            legacy = await self._js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+            legacy = await self._js.consumer_info(self._name, LEGACY_DURABLE)
         except NotFoundError:
-            return consumer_config()
+            return consumer_config(stream=self._name)
         floor = legacy.ack_floor.stream_seq if legacy.ack_floor is not None else 0
         # Everything at or below the old durable's ack floor is in PostgreSQL.
         event(log, "creating the push consumer after the legacy pull consumer's ack floor",
               durable=DURABLE, legacy=LEGACY_DURABLE, start_seq=floor + 1)
-        return consumer_config(start_seq=floor + 1)
+        return consumer_config(start_seq=floor + 1, stream=self._name)
 
     async def _retire_legacy(self) -> None:
         """Delete the legacy pull durable once nothing pulls from it (seen idle twice)."""
         if self._legacy_gone:
             return
         try:
-            info = await self._js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
+            info = await self._js.consumer_info(self._name, LEGACY_DURABLE)
         except NotFoundError:
             self._legacy_gone = True
             return
@@ -309,7 +318,7 @@ class HistoryConsumer:
         idle = not info.num_waiting
         if idle and self._legacy_mark == delivered:
             with contextlib.suppress(NotFoundError):
-                await self._js.delete_consumer(subjects.CHAT_STREAM, LEGACY_DURABLE)
+                await self._js.delete_consumer(self._name, LEGACY_DURABLE)
             event(log, "legacy pull consumer deleted", legacy=LEGACY_DURABLE)
             self._legacy_gone = True
         else:
@@ -318,7 +327,7 @@ class HistoryConsumer:
     async def _subscribe(self) -> None:
         if self._sub is None:
             self._sub = await self._nc.subscribe(
-                DELIVER_SUBJECT, queue=DELIVER_GROUP, cb=self._on_msg,
+                deliver_subject(self._name), queue=DELIVER_GROUP, cb=self._on_msg,
                 # Never reached: the server stops at MAX_ACK_PENDING unacked.
                 pending_msgs_limit=4 * MAX_ACK_PENDING, pending_bytes_limit=512 * 1024 * 1024)
 
@@ -330,7 +339,7 @@ class HistoryConsumer:
                 return
             try:
                 try:
-                    await self._js.consumer_info(subjects.CHAT_STREAM, DURABLE)
+                    await self._js.consumer_info(self._name, DURABLE)
                 except NotFoundError as exc:
                     metrics.CONSUMER_ERRORS.inc()
                     self._trouble("nats", "consumer missing, re-creating it", exc)
@@ -457,7 +466,7 @@ class HistoryConsumer:
         for room, msg_id in changed:
             try:
                 for seq in await self._store.erasable(room, msg_id):
-                    if await erase_msg(self._js, stream_for_room(room), seq):
+                    if await erase_msg(self._js, self._stream.stream_for_room(room), seq):
                         metrics.ERASED.inc()
             except Exception as exc:
                 metrics.ERASE_ERRORS.inc()

@@ -26,13 +26,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
-from chat_kit.stream import stream_for_room
+from chat_kit.stream import StreamSettings
 
 from . import metrics
 from .consumer import DURABLE
 
 
-async def last_room_seq(js: JetStreamContext, room: str) -> int:
+async def last_room_seq(js: JetStreamContext, room: str,
+                        layout: StreamSettings | None = None) -> int:
     """The stream sequence of the room's newest message, 0 if it has none.
 
     A direct get may be answered by any replica of an R3 stream, which can
@@ -43,8 +44,9 @@ async def last_room_seq(js: JetStreamContext, room: str) -> int:
     stream is a window) also answers 0: what aged out was stored long ago,
     so a read waits for nothing but its own ``min_seq``.
     """
+    layout = layout or StreamSettings()
     try:
-        msg = await js.get_last_msg(stream_for_room(room), subjects.room_subject(room),
+        msg = await js.get_last_msg(layout.stream_for_room(room), layout.stored_subject(room),
                                     direct=True)
     except NotFoundError:
         return 0
@@ -62,8 +64,9 @@ class CommitTracker:
     """How far the durable consumer has committed; lets reads wait for a sequence."""
 
     def __init__(self, js: JetStreamContext, *, interval: float = 0.02,
-                 poll_timeout: float = 1.0) -> None:
+                 poll_timeout: float = 1.0, stream: str = subjects.CHAT_STREAM) -> None:
         self._js = js
+        self._stream = stream
         self._interval = interval
         self._poll_timeout = poll_timeout
         self._waiters: list[_Waiter] = []
@@ -106,13 +109,14 @@ class CommitTracker:
             started = loop.time()
             try:
                 info = await self._js.consumer_info(
-                    subjects.CHAT_STREAM, DURABLE, timeout=self._poll_timeout)
+                    self._stream, DURABLE, timeout=self._poll_timeout)
             except Exception:  # NATS down or consumer missing: the waiters time out
                 pass
             else:
                 if info.ack_floor is not None:
                     self.floor = max(self.floor, info.ack_floor.stream_seq)
-                    metrics.ACK_FLOOR.set(self.floor)
+                    if self._stream == subjects.CHAT_STREAM:
+                        metrics.ACK_FLOOR.set(self.floor)
                 # Nothing undelivered and nothing unacked: everything the
                 # stream held when this poll began is stored. Covers targets
                 # the floor cannot reach (a min_seq beyond the stream's end).
@@ -126,3 +130,22 @@ class CommitTracker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudged.wait(),
                                            max(0.0, self._interval - (loop.time() - started)))
+
+
+class CommitTrackers:
+    """One :class:`CommitTracker` per chat stream: a room's reads wait on its
+    partition's consumer (the floors of different streams are unrelated)."""
+
+    def __init__(self, js: JetStreamContext, layout: StreamSettings) -> None:
+        self.layout = layout
+        self._by_stream = {name: CommitTracker(js, stream=name) for name in layout.names()}
+
+    def for_room(self, room: str) -> CommitTracker:
+        return self._by_stream[self.layout.stream_for_room(room)]
+
+    def for_stream(self, name: str) -> CommitTracker:
+        return self._by_stream[name]
+
+    async def close(self) -> None:
+        for tracker in self._by_stream.values():
+            await tracker.close()

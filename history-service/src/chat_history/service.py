@@ -30,7 +30,7 @@ from . import __version__
 from .api import HistoryApi
 from .config import HistorySettings
 from .consumer import HistoryConsumer
-from .freshness import CommitTracker
+from .freshness import CommitTrackers
 from .rooms_api import RoomsApi
 from .rooms_store import RoomsStore
 from .store import MessageStore
@@ -49,9 +49,10 @@ class HistoryComponent:
         self.stream = stream
         self._pool: asyncpg.Pool | None = None
         self._store: MessageStore | None = None
-        self._consumer: HistoryConsumer | None = None
+        # One consumer per chat stream (partition); reads wait on their room's.
+        self._consumers: list[HistoryConsumer] = []
         self._monitor: StreamMonitor | None = None
-        self._tracker: CommitTracker | None = None
+        self._trackers: CommitTrackers | None = None
         self._api: HistoryApi | None = None
         self._service: Service | None = None
         self._rooms: RoomsApi | None = None
@@ -64,8 +65,13 @@ class HistoryComponent:
 
     @property
     def consumer(self) -> HistoryConsumer:
-        assert self._consumer is not None, "component not started"
-        return self._consumer
+        """The first stream's consumer (the only one unless partitioned)."""
+        assert self._consumers, "component not started"
+        return self._consumers[0]
+
+    @property
+    def consumers(self) -> list[HistoryConsumer]:
+        return list(self._consumers)
 
     async def start(self, rt: Runtime) -> None:
         s = self.settings
@@ -74,23 +80,26 @@ class HistoryComponent:
         self._store = MessageStore(self._pool)
         stream = self.stream or dataclasses.replace(StreamSettings.from_env(),
                                                     replicas=rt.settings.stream_replicas)
-        self._consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch, linger=s.linger,
-                                         stream=stream)
-        await self._consumer.start(rt.stopping)
-        rt.checks.append(self._consumer.is_ready)
-        # This service owns the stream: it exports its size, lag and cluster state.
-        self._monitor = StreamMonitor(rt.nc.jetstream(timeout=rt.settings.request_timeout))
-        self._monitor.start()
         # Reads give up on the stream as soon as on storage: same bound for both.
         js = rt.nc.jetstream(timeout=s.catchup_timeout)
-        self._tracker = CommitTracker(js)
-        self._consumer.on_stored = self._tracker.nudge
+        self._trackers = CommitTrackers(js, stream)
+        for name in stream.names():
+            consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch, linger=s.linger,
+                                       stream=stream, name=name)
+            await consumer.start(rt.stopping)
+            rt.checks.append(consumer.is_ready)
+            consumer.on_stored = self._trackers.for_stream(name).nudge
+            self._consumers.append(consumer)
+        # This service owns the stream: it exports its size, lag and cluster state.
+        self._monitor = StreamMonitor(rt.nc.jetstream(timeout=rt.settings.request_timeout),
+                                      layout=stream)
+        self._monitor.start()
         # Rooms (README "Rooms"): history reads ask it who may read; its edit and
         # read decisions wait for storage through the history API's catch-up.
         self._passwords = Passwords()
         self._rooms = RoomsApi(rt.nc, RoomsStore(self._pool), self._passwords,
                                lookup_timeout=rt.settings.request_timeout)
-        self._api = HistoryApi(js, self._store, self._tracker, s.catchup_timeout,
+        self._api = HistoryApi(js, self._store, self._trackers, s.catchup_timeout,
                                access=self._rooms.read_access)
         self._rooms.fresh = self._api.ensure_fresh
         handler = endpoint(SERVICE, "messages", HistoryRequest, self._api.messages)
@@ -104,12 +113,11 @@ class HistoryComponent:
             self._service = None
         if self._api is not None:
             await self._api.wait_idle(_STOP_REQUESTS_TIMEOUT)
-        if self._tracker is not None:
-            await self._tracker.close()
+        if self._trackers is not None:
+            await self._trackers.close()
         if self._monitor is not None:
             await self._monitor.stop()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), _STOP_REQUESTS_TIMEOUT)

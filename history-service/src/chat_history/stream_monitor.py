@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
 from chat_kit.logs import event
-from chat_kit.stream import stream_names
+from chat_kit.stream import StreamSettings
 
 from . import metrics
 from .consumer import DURABLE
@@ -57,10 +57,12 @@ def export_stream(info: StreamInfo) -> None:
         metrics.STREAM_PEERS.labels(name, label).set(n)
 
 
-async def age_from(js: JetStreamContext, stream: str, seq: int) -> float:
-    """Seconds since the first stream message at or after ``seq`` was stored (0: none)."""
+async def age_from(js: JetStreamContext, stream: str, seq: int,
+                   subject: str = subjects.CHAT_SUBJECTS) -> float:
+    """Seconds since the first stream message at or after ``seq`` was stored
+    (0: none); ``subject`` is the stream's subject filter."""
     try:
-        oldest = await js.get_msg(stream, seq=max(1, seq), subject=subjects.CHAT_SUBJECTS,
+        oldest = await js.get_msg(stream, seq=max(1, seq), subject=subject,
                                   next=True, direct=True)
     except NotFoundError:
         return 0.0
@@ -69,19 +71,22 @@ async def age_from(js: JetStreamContext, stream: str, seq: int) -> float:
     return max(0.0, (datetime.now(UTC) - oldest.time).total_seconds())
 
 
-async def consumer_lag(js: JetStreamContext, stream: str, info: ConsumerInfo) -> float:
+async def consumer_lag(js: JetStreamContext, stream: str, info: ConsumerInfo,
+                       subject: str = subjects.CHAT_SUBJECTS) -> float:
     """Seconds since the oldest message not yet stored was stored in the stream."""
     if not info.num_pending and not info.num_ack_pending:
         return 0.0
     floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-    return await age_from(js, stream, floor + 1)
+    return await age_from(js, stream, floor + 1, subject)
 
 
 class StreamMonitor:
     """Polls while running; one per history-service process."""
 
-    def __init__(self, js: JetStreamContext, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, js: JetStreamContext, interval: float = POLL_INTERVAL,
+                 layout: StreamSettings | None = None) -> None:
         self._js = js
+        self._layout = layout or StreamSettings()
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -97,15 +102,17 @@ class StreamMonitor:
 
     async def poll(self) -> None:
         """One round: every stream's info and our consumer's on it."""
-        for name in stream_names():
+        for name in self._layout.names():
+            subject = self._layout.stream_subjects(name)
             stream = await self._js.stream_info(name)
             export_stream(stream)
-            window = await age_from(self._js, name, stream.state.first_seq)
+            window = await age_from(self._js, name, stream.state.first_seq, subject)
             metrics.STREAM_WINDOW.labels(name).set(window if stream.state.messages else 0.0)
             info = await self._js.consumer_info(name, DURABLE)
             metrics.CONSUMER_PENDING.labels(name).set(info.num_pending or 0)
             metrics.CONSUMER_ACK_PENDING.labels(name).set(info.num_ack_pending or 0)
-            metrics.CONSUMER_LAG.labels(name).set(await consumer_lag(self._js, name, info))
+            metrics.CONSUMER_LAG.labels(name).set(
+                await consumer_lag(self._js, name, info, subject))
 
     async def _loop(self) -> None:
         while True:

@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
@@ -44,7 +45,6 @@ from .stream import (
     StreamSettings,
     chat_stream_config,
     differences,
-    stream_names,
 )
 
 # How long to try reaching NATS before giving up (a command, not a service).
@@ -95,38 +95,54 @@ def describe(info: StreamInfo, wanted: StreamConfig) -> dict[str, Any]:
 async def show(nc: NATS, settings: StreamSettings) -> list[dict[str, Any]]:
     js = nc.jetstream(timeout=REQUEST_TIMEOUT)
     out = []
-    for name in stream_names():
+    for name in settings.names():
         try:
             info = await js.stream_info(name)
         except NotFoundError:
             out.append({"stream": name, "missing": True})
             continue
-        out.append(describe(info, chat_stream_config(settings)))
+        out.append(describe(info, chat_stream_config(settings, name)))
     return out
 
 
 async def apply(nc: NATS, settings: StreamSettings, *, allow_lower_replicas: bool = False,
-                dry_run: bool = False) -> dict[str, Any]:
-    """Make the stream match ``settings``; returns what was (or would be) done."""
+                dry_run: bool = False) -> list[dict[str, Any]]:
+    """Make every chat stream match ``settings``; returns, per stream, what
+    was (or would be) done. A refusal stops before any stream is changed."""
     js = nc.jetstream(timeout=REQUEST_TIMEOUT)
-    wanted = chat_stream_config(settings)
+    wanted = [chat_stream_config(settings, name) for name in settings.names()]
+    plans = [await _plan(js, config, allow_lower_replicas) for config in wanted]
+    return [await _apply_one(js, config, info, dry_run)
+            for config, info in zip(wanted, plans, strict=True)]
+
+
+async def _plan(js: JetStreamContext, wanted: StreamConfig,
+                allow_lower_replicas: bool) -> StreamInfo | None:
+    """The stream's info (None if missing); Refused if the change must not be made."""
     try:
-        info = await js.stream_info(subjects.CHAT_STREAM)
+        info = await js.stream_info(wanted.name or subjects.CHAT_STREAM)
     except NotFoundError:
-        if not dry_run:
-            await js.add_stream(wanted)
-        return {"stream": subjects.CHAT_STREAM, "created": not dry_run,
-                "config": _plain(wanted)}
-    diff = differences(info.config, wanted)
+        return None
     live_r, want_r = info.config.num_replicas or 1, wanted.num_replicas or 1
     if want_r < live_r and not allow_lower_replicas:
-        raise Refused(f"the stream has {live_r} replicas and the settings ask for {want_r}: "
-                      "lowering them loses redundancy; pass --allow-lower-replicas to do it")
+        raise Refused(f"stream {info.config.name} has {live_r} replicas and the settings ask "
+                      f"for {want_r}: lowering them loses redundancy; pass "
+                      "--allow-lower-replicas to do it")
+    return info
+
+
+async def _apply_one(js: JetStreamContext, wanted: StreamConfig, info: StreamInfo | None,
+                     dry_run: bool) -> dict[str, Any]:
+    name = wanted.name or subjects.CHAT_STREAM
+    if info is None:
+        if not dry_run:
+            await js.add_stream(wanted)
+        return {"stream": name, "created": not dry_run, "config": _plain(wanted)}
+    diff = differences(info.config, wanted)
     if diff and not dry_run:
         changes = {field: getattr(wanted, field) for field in MANAGED_FIELDS if field in diff}
         await js.update_stream(dataclasses.replace(info.config, **changes))
-    return {"stream": subjects.CHAT_STREAM, "changed": diff if not dry_run else {},
-            "differences": diff}
+    return {"stream": name, "changed": diff if not dry_run else {}, "differences": diff}
 
 
 async def run(args: argparse.Namespace) -> int:

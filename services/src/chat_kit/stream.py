@@ -21,10 +21,19 @@ restart never lowers R3 to R1 nor undoes an operator's retention edit. The
 stream changes only through ``chat-admin stream apply`` (:mod:`chat_kit.admin`).
 Gateways only look the stream up (``$JS.API.STREAM.INFO.CHAT``).
 
-Partitions later. Every question "which stream (and subject) holds room X"
-goes through :func:`stream_for_room` and :func:`stream_names`; several
-streams with a room mapped to one by a stable hash would change those two
-and :func:`chat_stream_config`'s ``name``/subjects, not their callers.
+Partitions. One stream has one leader node that takes every message of
+every room; ``CHAT_STREAM_PARTITIONS=P`` (> 1) spreads rooms over P streams
+``CHAT_0`` … ``CHAT_<P-1>`` whose leaders JetStream places on different
+nodes. Clients keep publishing on ``chat.room.<room>``; the NATS server's
+subject mapping (:func:`subject_mapping`, in every server's config) rewrites
+that to ``chat.part.<p>.<room>`` with ``p = partition(P, room)`` — FNV-1a of
+the room id modulo P — and :func:`partition_of` computes the same hash, so
+readers know which stream (and stored subject) holds a room without asking.
+Each partition republishes on ``chat.live.<room>`` as before; a room's
+``seq``/``prev_seq`` are its partition's sequences, still per room (they come
+per subject). P=1 (the default) is the single ``CHAT`` stream on
+``chat.room.*`` with no mapping at all. P is fixed for a deployment's life:
+changing it moves rooms to other streams, whose sequences start elsewhere.
 """
 
 from __future__ import annotations
@@ -68,7 +77,8 @@ class StreamSettings:
 
     replicas: int = 1
     max_age: float = DEFAULT_MAX_AGE  # seconds; 0 = no age limit
-    max_bytes: int = DEFAULT_MAX_BYTES  # 0 = no size limit
+    max_bytes: int = DEFAULT_MAX_BYTES  # 0 = no size limit (per partition)
+    partitions: int = 1
 
     @classmethod
     def from_env(cls) -> StreamSettings:
@@ -76,30 +86,94 @@ class StreamSettings:
             replicas=stream_replicas(),
             max_age=env_float("CHAT_STREAM_MAX_AGE", DEFAULT_MAX_AGE),
             max_bytes=env_int("CHAT_STREAM_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=0),
+            partitions=env_int("CHAT_STREAM_PARTITIONS", 1, minimum=1),
         )
 
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions > 1
 
-def stream_names() -> list[str]:
-    """Every stream holding chat events (one today)."""
-    return [subjects.CHAT_STREAM]
+    def names(self) -> list[str]:
+        """Every stream holding chat events."""
+        if not self.partitioned:
+            return [subjects.CHAT_STREAM]
+        return [partition_stream(p) for p in range(self.partitions)]
+
+    def stream_for_room(self, room: str) -> str:
+        """The stream holding ``room``'s events."""
+        if not self.partitioned:
+            return subjects.CHAT_STREAM
+        return partition_stream(partition_of(room, self.partitions))
+
+    def stored_subject(self, room: str) -> str:
+        """The subject ``room``'s events are stored under (after the server's mapping)."""
+        if not self.partitioned:
+            return subjects.room_subject(room)
+        return partition_subject(partition_of(room, self.partitions), room)
+
+    def stream_subjects(self, name: str) -> str:
+        """The subject filter of one of :meth:`names`."""
+        if not self.partitioned:
+            return subjects.CHAT_SUBJECTS
+        return f"{PARTITION_PREFIX}.{name.rsplit('_', 1)[1]}.*"
 
 
-def stream_for_room(room: str) -> str:
-    """The stream holding ``room``'s events (its subject: ``subjects.room_subject``)."""
-    del room  # one stream today; partitions would hash the room id here
-    return subjects.CHAT_STREAM
+# Partitioned layout: the server maps chat.room.<room> to chat.part.<p>.<room>.
+PARTITION_PREFIX = "chat.part"
 
 
-def chat_stream_config(settings: StreamSettings | None = None) -> StreamConfig:
-    """The CHAT stream: stores every chat event and republishes it live.
+def partition_of(room: str, partitions: int) -> int:
+    """The partition of ``room``: NATS's ``partition(P, 1)`` mapping function,
+    FNV-1a (32 bit) of the room token modulo P (checked against the server in
+    tests/integration/test_stream_partitions.py)."""
+    h = 0x811C9DC5
+    for byte in room.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
+
+
+def partition_stream(p: int) -> str:
+    return f"{subjects.CHAT_STREAM}_{p}"
+
+
+def partition_subject(p: int, room: str) -> str:
+    return f"{PARTITION_PREFIX}.{p}.{room}"
+
+
+def subject_mapping(partitions: int) -> dict[str, str]:
+    """The account subject mapping every NATS server needs when partitioned
+    (``mappings`` in the server config); empty for one stream."""
+    if partitions <= 1:
+        return {}
+    dest = PARTITION_PREFIX + f".{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+    return {subjects.CHAT_SUBJECTS: dest}
+
+
+def stream_names(settings: StreamSettings | None = None) -> list[str]:
+    """Every stream holding chat events."""
+    return (settings or StreamSettings()).names()
+
+
+def stream_for_room(room: str, settings: StreamSettings | None = None) -> str:
+    """The stream holding ``room``'s events (stored under
+    :meth:`StreamSettings.stored_subject`)."""
+    return (settings or StreamSettings()).stream_for_room(room)
+
+
+def chat_stream_config(settings: StreamSettings | None = None,
+                       name: str = subjects.CHAT_STREAM) -> StreamConfig:
+    """One chat stream (``name``, of ``settings.names()``): stores chat events
+    and republishes each on ``chat.live.<room>``.
 
     RePublish adds ``Nats-Sequence`` (our ``seq``) and ``Nats-Last-Sequence``
     (the previous sequence on the same room subject: our ``prev_seq``).
     """
     s = settings or StreamSettings()
+    filter_subject = s.stream_subjects(name)
+    # chat.room.* → chat.live.{{wildcard(1)}}; chat.part.<p>.* → the same token.
     return StreamConfig(
-        name=subjects.CHAT_STREAM,
-        subjects=[subjects.CHAT_SUBJECTS],
+        name=name,
+        subjects=[filter_subject],
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
         storage=StorageType.FILE,
@@ -109,7 +183,7 @@ def chat_stream_config(settings: StreamSettings | None = None) -> StreamConfig:
         max_age=s.max_age or None,
         max_bytes=s.max_bytes or -1,
         allow_direct=True,
-        republish=RePublish(src=subjects.CHAT_SUBJECTS, dest=subjects.LIVE_DEST_TEMPLATE),
+        republish=RePublish(src=filter_subject, dest=subjects.LIVE_DEST_TEMPLATE),
     )
 
 
@@ -145,30 +219,38 @@ def differences(live: StreamConfig, wanted: StreamConfig) -> dict[str, dict[str,
 
 async def ensure_chat_stream(js: JetStreamContext,
                              settings: StreamSettings | None = None) -> dict[str, dict[str, Any]]:
-    """Create the CHAT stream if it is missing; otherwise verify it, never update it.
+    """Create each chat stream that is missing; verify the others, never update them.
 
-    Returns the differences found (empty when it matches or was just created);
-    each one is logged once here and flagged in ``chat_stream_config_drift``.
+    Returns the differences found (``{field: …}``, over all partitions; empty
+    when they match or were just created); each stream's are logged once here
+    and flagged in ``chat_stream_config_drift``.
     """
-    wanted = chat_stream_config(settings)
+    s = settings or StreamSettings()
+    found: dict[str, dict[str, Any]] = {}
+    for name in s.names():
+        found.update(await _ensure_one(js, chat_stream_config(s, name)))
+    _flag(found)
+    return found
+
+
+async def _ensure_one(js: JetStreamContext, wanted: StreamConfig) -> dict[str, dict[str, Any]]:
+    name = wanted.name or subjects.CHAT_STREAM
     try:
-        info = await js.stream_info(subjects.CHAT_STREAM)
+        info = await js.stream_info(name)
     except NotFoundError:
         try:
             await js.add_stream(wanted)
-            event(log, "CHAT stream created", stream=subjects.CHAT_STREAM,
+            event(log, "chat stream created", stream=name,
                   replicas=wanted.num_replicas, max_age=wanted.max_age,
                   max_bytes=wanted.max_bytes)
-            _flag({})
             return {}
         except BadRequestError:
-            info = await js.stream_info(subjects.CHAT_STREAM)  # created meanwhile
+            info = await js.stream_info(name)  # created meanwhile
     diff = differences(info.config, wanted)
-    _flag(diff)
     if diff:
-        event(log, "CHAT stream differs from the configured settings; left as it is "
+        event(log, "chat stream differs from the configured settings; left as it is "
               "(chat-admin stream apply changes it)", logging.WARNING,
-              stream=subjects.CHAT_STREAM, differences=diff)
+              stream=name, differences=diff)
     return diff
 
 
@@ -177,10 +259,11 @@ def _flag(diff: dict[str, dict[str, Any]]) -> None:
         CONFIG_DRIFT.labels(field).set(1 if field in diff else 0)
 
 
-async def stream_exists(js: JetStreamContext) -> bool:
-    """True if the CHAT stream exists (a stream info request, nothing more)."""
+async def stream_exists(js: JetStreamContext, settings: StreamSettings | None = None) -> bool:
+    """True if every chat stream exists (stream info requests, nothing more)."""
     try:
-        await js.stream_info(subjects.CHAT_STREAM)
+        for name in (settings or StreamSettings()).names():
+            await js.stream_info(name)
     except NotFoundError:
         return False
     return True

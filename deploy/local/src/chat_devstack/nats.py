@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +46,13 @@ def render_config(
     monitor_port: int | None = None,
     cluster: ClusterSpec | None = None,
     extra_config: str = "",
+    mappings: Mapping[str, str] | None = None,
 ) -> str:
-    """The server's config file text; every listener binds loopback."""
+    """The server's config file text; every listener binds loopback.
+
+    ``mappings`` are the account's subject mappings (chat_kit.stream's
+    partition mapping when the chat streams are partitioned).
+    """
     lines = [
         f"listen: {_quote(f'{LOOPBACK}:{port}')}",
         f"jetstream {{ store_dir: {_quote(str(store_dir))} }}",
@@ -64,6 +69,9 @@ def render_config(
             f"  routes: [{routes}]",
             "}",
         ]
+    if mappings:
+        pairs = ", ".join(f"{_quote(src)}: {_quote(dst)}" for src, dst in mappings.items())
+        lines.append(f"mappings = {{ {pairs} }}")
     if extra_config:
         lines.append(extra_config.strip())
     return "\n".join(lines) + "\n"
@@ -127,6 +135,7 @@ class NatsServer(procs.ServerProcess):
     log_path: Path | None = None
     cluster: ClusterSpec | None = None
     extra_config: str = ""
+    mappings: dict[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -162,7 +171,7 @@ class NatsServer(procs.ServerProcess):
 
     def config_text(self) -> str:
         return render_config(self.port, self.store_dir, self.monitor_port, self.cluster,
-                             self.extra_config)
+                             self.extra_config, self.mappings)
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Write the config and start the process, without waiting for it."""
@@ -246,6 +255,13 @@ class NatsCluster:
                 if leader is not None:
                     return leader
         return None
+
+    def set_mappings(self, mappings: Mapping[str, str]) -> None:
+        """New subject mappings on every node, by a rolling restart (a config
+        reload can add mappings but not take them away); JetStream stays up."""
+        for node in self.nodes:
+            node.mappings = dict(mappings)
+            node.restart()
 
     def stop(self) -> None:
         for node in self.nodes:
