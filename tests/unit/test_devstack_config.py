@@ -222,3 +222,22 @@ def test_role_table_uses_the_contract_names() -> None:
                                           subjects.PRESENCE_LEADER_BUCKET)
     assert (nats_auth.HISTORY_DURABLE, nats_auth.HISTORY_LEGACY, nats_auth.HISTORY_DELIVER) == (
         DURABLE, LEGACY_DURABLE, DELIVER_SUBJECT)
+
+
+def test_partitions_put_the_mapping_and_partition_rights_in_every_node(tmp_path: Path) -> None:
+    from chat_kit.stream import subject_mapping
+
+    config = StackConfig.from_env({"CHAT_NATS_NODES": "3", "CHAT_STREAM_PARTITIONS": "3",
+                                   "CHAT_RUN_DIR": str(tmp_path / "run")})
+    creds = NatsCredentials.load_or_create(tmp_path / "auth")
+    for server in config.nats_servers(creds.authorization(config.stream_partitions)):
+        assert server.mappings == subject_mapping(3)
+        text = server.config_text()
+        assert '"chat.room.*": "chat.part.{{partition(3,1)}}.{{wildcard(1)}}"' in text
+        # history-service owns each partition stream and takes its pushes.
+        assert "$JS.API.STREAM.CREATE.CHAT_2" in text and "chat.deliver.history.CHAT_0" in text
+        assert "$JS.API.STREAM.CREATE.CHAT\"" not in text
+    single = StackConfig.from_env({"CHAT_RUN_DIR": str(tmp_path / "run")})
+    assert single.nats_servers()[0].mappings == {}
+    with pytest.raises(ValueError, match="CHAT_STREAM_PARTITIONS"):
+        StackConfig.from_env({"CHAT_STREAM_PARTITIONS": "0"})

@@ -31,6 +31,44 @@ from pathlib import Path
 from typing import Any
 
 CHAT = "CHAT"  # the chat stream (chat_contract.subjects.CHAT_STREAM)
+
+
+def chat_streams(partitions: int = 1) -> list[str]:
+    """The chat streams: ``CHAT``, or ``CHAT_0..P-1`` (chat_kit.stream's names).
+
+    NATS wildcards are whole tokens, so ``CHAT_*`` cannot be written: the
+    table is rendered for a partition count (``--partitions``).
+    """
+    return [CHAT] if partitions <= 1 else [f"{CHAT}_{p}" for p in range(partitions)]
+
+
+def _deliver(stream: str) -> str:
+    """history-service's deliver subject on ``stream`` (chat_history.consumer)."""
+    return HISTORY_DELIVER if stream == CHAT else f"{HISTORY_DELIVER}.{stream}"
+
+
+def _chat_reader(stream: str) -> list[str]:
+    """Look a chat stream up and read messages by sequence or last per subject."""
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>"]
+
+
+def _chat_owner(stream: str) -> list[str]:
+    """history-service on one chat stream: create it when missing, erase single
+    messages, its durable consumer (and the legacy one it retires), acks."""
+    return [
+        *_chat_reader(stream),
+        f"$JS.API.STREAM.CREATE.{stream}",  # only when missing (chat_kit.stream)
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",  # erasing a deleted message's text
+        f"$JS.API.CONSUMER.INFO.{stream}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{HISTORY_DURABLE}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{HISTORY_DURABLE}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{HISTORY_LEGACY}",
+        f"$JS.API.CONSUMER.DELETE.{stream}.{HISTORY_LEGACY}",
+        f"$JS.ACK.{stream}.{HISTORY_DURABLE}.>",  # acks, naks, progress
+        f"$JS.FC.{stream}.{HISTORY_DURABLE}.>",  # flow-control replies
+    ]
 HISTORY_DURABLE = "history-push"  # history-service's push consumer
 HISTORY_LEGACY = "history"  # the pull consumer it retires on upgrade
 HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
@@ -96,34 +134,36 @@ class Role:
         return perms
 
 
-GATEWAY = Role(
-    "gateway",
-    "clients' sends and reads; calls every service, answers none",
-    publish=(
-        "chat.room.*",  # a send or edit: stored by the CHAT stream (request → PubAck)
-        "presence.*",  # typing notices
-        "sessions.kick.*",  # asks other gateways to close a session over the cap
-        "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
-        "svc.auth.jwks",
-        "svc.history.messages", "svc.presence.members", "svc.rooms.*",
-        "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
-        "$JS.API.INFO",
-        f"$JS.API.STREAM.INFO.{CHAT}",  # is the stream there (never creates it)
-        f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
-        f"$JS.API.DIRECT.GET.{CHAT}",  # gap repair by sequence
-        f"$JS.API.DIRECT.GET.{CHAT}.>",  # a room's last message at join
-        *_kv_owner(SESSIONS_BUCKET),  # per-user connection cap, shared by gateways
-    ),
-    subscribe=(
-        _inbox("gateway"),
-        "chat.live.*",  # the stream's republished events of rooms with local members
-        "chat.room.*.state",  # removals, archives, reads (from history-service)
-        "presence.*", "sessions.kick.*", "users.*.blocks",
-    ),
-    # Implied by the allow list; spelled out because it is the point: a
-    # gateway can neither read logins nor answer as a service.
-    subscribe_deny=("svc.>", "$SRV.>"),
-)
+def gateway_role(partitions: int = 1) -> Role:
+    return Role(
+        "gateway",
+        "clients' sends and reads; calls every service, answers none",
+        publish=(
+            "chat.room.*",  # a send or edit: stored by the CHAT stream (request → PubAck)
+            "presence.*",  # typing notices
+            "sessions.kick.*",  # asks other gateways to close a session over the cap
+            "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
+            "svc.auth.jwks",
+            "svc.history.messages", "svc.presence.members", "svc.rooms.*",
+            "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
+            "$JS.API.INFO",
+            # Is the stream there (never creates it); gap repair by sequence; a
+            # room's last message at join.
+            *(subject for stream in chat_streams(partitions) for subject in _chat_reader(stream)),
+            f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
+            *_kv_owner(SESSIONS_BUCKET),  # per-user connection cap, shared by gateways
+        ),
+        subscribe=(
+            _inbox("gateway"),
+            "chat.live.*",  # the stream's republished events of rooms with local members
+            "chat.room.*.state",  # removals, archives, reads (from history-service)
+            "presence.*", "sessions.kick.*", "users.*.blocks",
+        ),
+        # Implied by the allow list; spelled out because it is the point: a
+        # gateway can neither read logins nor answer as a service.
+        subscribe_deny=("svc.>", "$SRV.>"),
+    )
+
 
 AUTH = Role(
     "auth",
@@ -133,31 +173,21 @@ AUTH = Role(
     allow_responses=True,
 )
 
-HISTORY = Role(
-    "history",
-    "stores the CHAT stream in PostgreSQL, answers svc.history.* and svc.rooms.*",
-    publish=(
-        "svc.auth.users",  # names of the users it lists
-        "chat.room.*.state", "users.*.blocks",  # room and block notices to gateways
-        "$JS.API.INFO",
-        f"$JS.API.STREAM.INFO.{CHAT}",
-        f"$JS.API.STREAM.CREATE.{CHAT}",  # only when missing (chat_kit.stream)
-        f"$JS.API.STREAM.MSG.DELETE.{CHAT}",  # erasing a deleted message's text
-        f"$JS.API.DIRECT.GET.{CHAT}",
-        f"$JS.API.DIRECT.GET.{CHAT}.>",  # a room's last sequence (freshness)
-        f"$JS.API.CONSUMER.INFO.{CHAT}.{HISTORY_DURABLE}",
-        f"$JS.API.CONSUMER.CREATE.{CHAT}.{HISTORY_DURABLE}",
-        f"$JS.API.CONSUMER.CREATE.{CHAT}.{HISTORY_DURABLE}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{CHAT}.{HISTORY_DURABLE}",
-        f"$JS.API.CONSUMER.INFO.{CHAT}.{HISTORY_LEGACY}",
-        f"$JS.API.CONSUMER.DELETE.{CHAT}.{HISTORY_LEGACY}",
-        f"$JS.ACK.{CHAT}.{HISTORY_DURABLE}.>",  # acks, naks, progress
-        f"$JS.FC.{CHAT}.{HISTORY_DURABLE}.>",  # flow-control replies
-    ),
-    subscribe=(HISTORY_DELIVER, "svc.history.>", "svc.rooms.>", *_micro("history"),
-               _inbox("history")),
-    allow_responses=True,
-)
+def history_role(partitions: int = 1) -> Role:
+    return Role(
+        "history",
+        "stores the CHAT stream in PostgreSQL, answers svc.history.* and svc.rooms.*",
+        publish=(
+            "svc.auth.users",  # names of the users it lists
+            "chat.room.*.state", "users.*.blocks",  # room and block notices to gateways
+            "$JS.API.INFO",
+            *(subject for stream in chat_streams(partitions) for subject in _chat_owner(stream)),
+        ),
+        subscribe=(*(_deliver(stream) for stream in chat_streams(partitions)),
+                   "svc.history.>", "svc.rooms.>", *_micro("history"), _inbox("history")),
+        allow_responses=True,
+    )
+
 
 PRESENCE = Role(
     "presence",
@@ -179,7 +209,14 @@ ADMIN = Role(
     subscribe=(">",),
 )
 
-ROLES: dict[str, Role] = {role.name: role for role in (GATEWAY, AUTH, HISTORY, PRESENCE, ADMIN)}
+def roles(partitions: int = 1) -> dict[str, Role]:
+    """The role table for a deployment with ``partitions`` chat streams."""
+    return {role.name: role for role in (gateway_role(partitions), AUTH,
+                                         history_role(partitions), PRESENCE, ADMIN)}
+
+
+ROLES: dict[str, Role] = roles()
+GATEWAY, HISTORY = ROLES["gateway"], ROLES["history"]
 # Which role each stack process runs as.
 PROCESS_ROLES = {"auth": "auth", "history": "history", "presence": "presence",
                  "gateway": "gateway"}
@@ -256,8 +293,8 @@ class NatsCredentials:
     def password_file(self, role: str) -> Path:
         return Path(role_env(self.dir, role)["CHAT_NATS_PASSWORD_FILE"])
 
-    def authorization(self) -> str:
-        return render_authorization(literal(self.passwords))
+    def authorization(self, partitions: int = 1) -> str:
+        return render_authorization(literal(self.passwords), roles(partitions))
 
     def role_env(self, role: str) -> dict[str, str]:
         return role_env(self.dir, role)
@@ -283,10 +320,15 @@ DEPLOY_HEADER = """\
 """
 
 
-def deploy_authorization() -> str:
+def deploy_authorization(partitions: int = 1) -> str:
     """The block docker-compose and Kubernetes use: passwords from the environment."""
-    return DEPLOY_HEADER + render_authorization(env_reference) + "\n"
+    return DEPLOY_HEADER + render_authorization(env_reference, roles(partitions)) + "\n"
 
 
 if __name__ == "__main__":
-    print(deploy_authorization(), end="")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="print the deploy authorization block")
+    parser.add_argument("--partitions", type=int, default=1,
+                        help="CHAT_STREAM_PARTITIONS of the deployment (default 1)")
+    print(deploy_authorization(parser.parse_args().partitions), end="")

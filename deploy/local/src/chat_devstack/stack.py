@@ -49,6 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chat_kit.stream import subject_mapping
+
 from . import caddy, nats, nats_auth, postgres
 from .binaries import venv_bin_dir
 from .ports import LOOPBACK, port_in_use
@@ -80,6 +82,9 @@ class StackConfig:
     nats_monitor_port: int | None = 8222
     nats_nodes: int = 1
     nats_cluster_port: int = 6222
+    # CHAT_STREAM_PARTITIONS, read by the services too: > 1 needs the subject
+    # mapping and the partition streams' permissions in every NATS node.
+    stream_partitions: int = 1
     pg_port: int = 5432
     lb_port: int = 8080
     gateways: int = 2
@@ -99,6 +104,7 @@ class StackConfig:
             nats_port=_int_env(env, "CHAT_NATS_PORT", d.nats_port),
             nats_monitor_port=monitor or None,
             nats_nodes=_int_env(env, "CHAT_NATS_NODES", d.nats_nodes),
+            stream_partitions=_int_env(env, "CHAT_STREAM_PARTITIONS", d.stream_partitions),
             nats_cluster_port=_int_env(env, "CHAT_NATS_CLUSTER_PORT", d.nats_cluster_port),
             pg_port=_int_env(env, "CHAT_PG_PORT", d.pg_port),
             lb_port=_int_env(env, "CHAT_LB_PORT", d.lb_port),
@@ -115,6 +121,8 @@ class StackConfig:
     def validate(self) -> None:
         if self.gateways < 1:
             raise ValueError("CHAT_GATEWAYS must be at least 1")
+        if self.stream_partitions < 1:
+            raise ValueError("CHAT_STREAM_PARTITIONS must be at least 1")
         if self.nats_nodes < 1 or self.nats_nodes == 2:
             # Two nodes cannot elect a JetStream leader once one is down: no gain over one.
             raise ValueError("CHAT_NATS_NODES must be 1, or 3 or more")
@@ -191,14 +199,15 @@ class StackConfig:
 
         ``authorization`` is the users block every node gets (:mod:`.nats_auth`).
         """
+        mappings = subject_mapping(self.stream_partitions)
         if not self.clustered:
             return [nats.NatsServer(self.nats_port, self.run_dir / "nats", self.nats_monitor_port,
-                                    extra_config=authorization)]
+                                    extra_config=authorization, mappings=mappings)]
         routes = self.nats_cluster_ports()
         return [
             nats.NatsServer(port, self.run_dir / "nats-cluster" / f"n{n}", monitor,
                             cluster=nats.ClusterSpec(f"n{n}", routes[n - 1], routes),
-                            extra_config=authorization)
+                            extra_config=authorization, mappings=mappings)
             for n, (port, monitor) in enumerate(
                 zip(self.nats_ports(), self.nats_monitor_ports(), strict=True), start=1)
         ]
@@ -332,7 +341,7 @@ def prepare(config: StackConfig) -> None:
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
     creds = nats_auth.NatsCredentials.load_or_create(config.nats_auth_dir)
-    for server in config.nats_servers(creds.authorization()):
+    for server in config.nats_servers(creds.authorization(config.stream_partitions)):
         nats.write_config(server.store_dir, server.config_text())
     auth_dir = config.signing_key_file.parent
     auth_dir.mkdir(exist_ok=True)
