@@ -236,6 +236,7 @@ def test_partitions_put_the_mapping_and_partition_rights_in_every_node(tmp_path:
         assert '"chat.room.*": "chat.part.{{partition(3,1)}}.{{wildcard(1)}}"' in text
         # history-service owns each partition stream and takes its pushes.
         assert "$JS.API.STREAM.CREATE.CHAT_2" in text and "chat.deliver.history.CHAT_0" in text
+        assert '"chat.part.2.*"' in text  # the gateway's publish, as the server checks it
         assert "$JS.API.STREAM.CREATE.CHAT\"" not in text
     single = StackConfig.from_env({"CHAT_RUN_DIR": str(tmp_path / "run")})
     assert single.nats_servers()[0].mappings == {}

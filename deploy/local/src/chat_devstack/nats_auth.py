@@ -140,6 +140,8 @@ def gateway_role(partitions: int = 1) -> Role:
         "clients' sends and reads; calls every service, answers none",
         publish=(
             "chat.room.*",  # a send or edit: stored by the CHAT stream (request → PubAck)
+            # Partitioned, the server checks the mapped subject: chat.part.<p>.<room>.
+            *(f"chat.part.{p}.*" for p in range(partitions if partitions > 1 else 0)),
             "presence.*",  # typing notices
             "sessions.kick.*",  # asks other gateways to close a session over the cap
             "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
