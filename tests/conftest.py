@@ -2,7 +2,9 @@
 
 ``nats_url`` is a fresh server per test (it starts in ~50 ms and keeps
 JetStream state from leaking between tests); PostgreSQL is one server per
-session with a fresh database per test.
+session with a fresh database per test. ``nats_cluster`` is one 3-node
+JetStream cluster per session, shared by every cluster test (it takes ~6 s to
+form).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,11 +23,61 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import nats_server, postgres_server  # noqa: E402
 
+from chat_devstack.nats import NatsCluster  # noqa: E402
+from chat_devstack.ports import free_port  # noqa: E402
+
+# What the cluster's nodes add to their config (an authorization block once
+# NATS is locked down), what the stack's processes then need in their
+# environment, and the nats.connect options of a test's admin connection:
+# the one place to change for that.
+CLUSTER_EXTRA_CONFIG = ""
+CLUSTER_CLIENT_ENV: dict[str, str] = {}
+CLUSTER_ADMIN_OPTIONS: dict[str, Any] = {}
+
 
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
     with nats_server(tmp_path / "nats") as url:
         yield url
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """One 3-node JetStream cluster (n1..n3) on free loopback ports for the run.
+
+    Shared, so the stream names are too: a module that needs JetStream to
+    itself deletes the streams first (rooms and users are per test anyway). A
+    test that kills a node restarts it before it ends, caught up. Always the
+    local binaries (a cluster test kills and restarts nodes).
+    """
+    # A private dir, as for PostgreSQL: a concurrent pytest run prunes old basetemps.
+    with tempfile.TemporaryDirectory(prefix="chat-test-nats-cluster-") as tmp:
+        ports = _distinct_free_ports(9)
+        cluster = NatsCluster.start(Path(tmp), ports[0:3], ports[3:6], ports[6:9],
+                                    extra_config=CLUSTER_EXTRA_CONFIG)
+        with cluster:
+            yield cluster
+
+
+@pytest.fixture(scope="session")
+def nats_cluster_env() -> dict[str, str]:
+    """Environment a stack on ``nats_cluster`` adds (credentials, when required)."""
+    return dict(CLUSTER_CLIENT_ENV)
+
+
+@pytest.fixture(scope="session")
+def nats_cluster_admin() -> dict[str, Any]:
+    """``nats.connect`` keyword options of an admin connection to ``nats_cluster``."""
+    return dict(CLUSTER_ADMIN_OPTIONS)
 
 
 @pytest.fixture(scope="session")
