@@ -94,6 +94,39 @@ async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: st
     await nc.drain()
 
 
+async def test_events_lost_during_a_reconnect_are_relayed_without_a_next_event(
+        nats_url: str) -> None:
+    """A reconnect loses what was republished meanwhile; the room then goes
+    quiet. ``catch_up`` (run after each reconnect) relays the lost events —
+    without it they would wait for the room's next event."""
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await ensure_chat_stream(js)
+    hub = RoomHub(nc, js)
+    room = await hub.open("r2")
+    hub.attach(conn := FakeConn(), room, await hub.last_seq(room))  # type: ignore[arg-type]
+    first = await _publish(nc, "r2", 1)
+    await _until(lambda: len(conn.frames) == 1)
+    assert room.sub is not None
+    callback = room.sub._cb
+    await room.sub.unsubscribe()  # as during a reconnect
+    lost = await _publish(nc, "r2", 2)
+    room.sub = await nc.subscribe(subjects.live_subject("r2"), cb=callback)
+    await bus.sync(nc)
+    await asyncio.sleep(0.2)
+    assert len(conn.frames) == 1  # nothing shows the gap yet
+
+    assert await hub.catch_up()
+    assert [e["seq"] for e in conn.events()] == first + lost
+    assert [e["prev_seq"] for e in conn.events()] == [0, first[0], lost[0]]
+    assert await hub.catch_up()  # nothing more: relays nothing twice
+    after = await _publish(nc, "r2", 1)  # the live feed goes on from there
+    await _until(lambda: len(conn.frames) == 4)
+    assert [e["seq"] for e in conn.events()] == first + lost + after
+    await hub.close_all()
+    await nc.drain()
+
+
 async def test_a_leave_elsewhere_never_unsubscribes_a_room_mid_join(nats_url: str) -> None:
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()

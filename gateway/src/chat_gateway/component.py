@@ -188,8 +188,9 @@ class Gateway:
                               self.settings.common.request_timeout)
 
     async def _reconcile_after_reconnects(self, nc: NATS) -> None:
-        """After each NATS reconnect, re-check open rooms' memberships and
-        archive flags: state notices published meanwhile were lost."""
+        """After each NATS reconnect, relay the open rooms' events and re-check
+        their memberships and archive flags: live events and state notices
+        published meanwhile were lost."""
         seen = nc.stats["reconnects"]
         dirty = False
         while True:
@@ -198,7 +199,8 @@ class Gateway:
                 seen, dirty = nc.stats["reconnects"], True
             if dirty and nc.is_connected:
                 try:
-                    dirty = not (await self.hub.reconcile(self._room_view)
+                    dirty = not (await self.hub.catch_up()
+                                 and await self.hub.reconcile(self._room_view)
                                  and await self._refresh_blocks())
                 except Exception as exc:  # never let the watcher die
                     event(log, "room reconcile failed", logging.WARNING, error=repr(exc))

@@ -100,7 +100,7 @@ HISTORY_PAGE = 500
 
 class Room:
     __slots__ = ("name", "stream", "subject", "members", "sub", "state_sub", "last_seq", "recent",
-                 "ready", "pending", "archived", "chains", "removals")
+                 "ready", "pending", "archived", "chains", "removals", "repairing")
 
     def __init__(self, name: str, layout: StreamSettings | None = None) -> None:
         self.name = name
@@ -120,6 +120,8 @@ class Room:
         self.chains: Chains[Connection] = Chains()
         # user id → removal notices seen: a join in flight checks it did not change
         self.removals: dict[str, int] = {}
+        # One repair at a time: two interleaved ones could relay out of order.
+        self.repairing = asyncio.Lock()
 
 
 class RoomHub:
@@ -261,10 +263,29 @@ class RoomHub:
             if seq <= room.last_seq:
                 return  # already relayed (repaired earlier, or a redelivery)
             if 0 <= room.last_seq < prev:
-                await self._repair(room, prev)
+                async with room.repairing:
+                    await self._repair(room, prev)
+                if seq <= room.last_seq:
+                    return  # a catch-up relayed it meanwhile
             self._deliver(room, seq, prev, msg.data)
 
         return on_live
+
+    async def catch_up(self) -> bool:
+        """Relay what each open room stored while this node's NATS connection
+        was away: core NATS drops what is republished during a reconnect, and
+        in a room that then goes quiet no next event would show the gap.
+        False if some room could not be brought up to date (retry later)."""
+        complete = True
+        for room in list(self.rooms.values()):
+            if room.last_seq < 0 or self.rooms.get(room.name) is not room:
+                continue
+            last = await self.last_seq(room)
+            if last > room.last_seq:
+                async with room.repairing:
+                    await self._repair(room, last)
+                complete = complete and room.last_seq >= last
+        return complete
 
     async def _repair(self, room: Room, upto: int) -> None:
         """Relay the room's events in (last_seq, upto] from the stream, in order;
