@@ -85,6 +85,7 @@ class Sender:
                 # 2-minute dedupe window.
                 pending = (f"{room}-{self.name}-{i}", f"{room} {self.name} #{i}")
             started = now()
+            stage = "join"
             try:
                 if session is None:
                     first = not self.nodes  # later reconnects take whichever gateway
@@ -93,6 +94,7 @@ class Sender:
                     await session.request("join", room=room,
                                           **({} if since is None else {"since": since}))
                 cid, text = pending
+                stage = "send"
                 ack = await asyncio.wait_for(
                     session.request("send", room=room, text=text, client_msg_id=cid),
                     ACK_TIMEOUT)
@@ -100,9 +102,9 @@ class Sender:
                 if exc.code == "rate_limited":
                     await asyncio.sleep(0.5)
                     continue
-                failed = str(exc.code)
+                failed = f"{stage} {exc.code}"
             except Exception as exc:  # a timeout, a dropped socket, a refused connect
-                failed = type(exc).__name__
+                failed = f"{stage} {type(exc).__name__}"
             else:
                 failed = ""
             if failed:

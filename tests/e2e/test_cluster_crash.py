@@ -39,7 +39,7 @@ from chat_devstack.ports import LOOPBACK, free_port, http_ok
 from .client import Session, register_and_login, rest
 from .conftest import unique
 from .crashload import Load, Observer, Sender, history_problems, now, observer_problems
-from .hardening import wait_for
+from .hardening import metric, scrape, wait_for
 from .stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -256,6 +256,7 @@ async def crash_case(env: Env, tmp_path: Path, name: str, fault: Fault,
     observers = [Observer(f"o{k}", env.users[SENDERS + k]["access_token"], GATEWAYS[k % 2])
                  for k in range(OBSERVERS)]
     load = Load(env.ws, room, senders, observers)
+    before = await asyncio.to_thread(gateway_counts, env.stack)
     await load.start()
     try:
         await load.wait_acks_after(now(), 5, 30)  # steady before the crash
@@ -276,7 +277,9 @@ async def crash_case(env: Env, tmp_path: Path, name: str, fault: Fault,
         await load.stop()
     acked = load.acked()
     want = {a.msg_id for a in acked.values()}
+    stopped_at = now()
     stored = await stored_messages(env, room, env.users[SENDERS]["access_token"], 90, want)
+    history_lag = now() - stopped_at
     problems += history_problems(stored, acked)
     stored_ids = {m["msg_id"] for m in stored}
     for o in observers:
@@ -293,7 +296,10 @@ async def crash_case(env: Env, tmp_path: Path, name: str, fault: Fault,
         seen = await asyncio.to_thread(jsz_last_seq, node, CHAT)
         if seen != last:
             problems.append(f"{node.name} holds CHAT up to {seen}, the leader {last}")
-    report = {"case": name, "killed": victim, **load.windows()}
+    after = await asyncio.to_thread(gateway_counts, env.stack)
+    report = {"case": name, "killed": victim, **load.windows(),
+              "history_complete_after_s": round(history_lag, 2),
+              **{k: after[k] - before[k] for k in after}}
     print(f"\ncluster crash {json.dumps(report)}")
     (tmp_path / "windows.json").write_text(json.dumps(report, indent=2))
     if problems:
@@ -319,14 +325,15 @@ async def step_down(env: Env, stream: str, away_from: str) -> None:
         await asyncio.sleep(1.0)
 
 
-def kill_node(pick: Callable[[dict[str, str | None]], str], spare: str | None = None) -> Fault:
+def kill_node(pick: Callable[[NatsCluster, dict[str, str | None]], str],
+              spare: str | None = None) -> Fault:
     """SIGKILL the node ``pick`` names; first move ``spare``'s leadership off it,
     so that one case kills one leader."""
     async def fault(env: Env) -> tuple[str, Callable[[], Awaitable[None]]]:
         if spare is not None:
-            await step_down(env, spare, pick(leaders(env.cluster)))
+            await step_down(env, spare, pick(env.cluster, leaders(env.cluster)))
             await wait_streams_ok(env.admin, 30)
-        node = env.cluster.node(pick(leaders(env.cluster)))
+        node = env.cluster.node(await asyncio.to_thread(pick, env.cluster, leaders(env.cluster)))
         await asyncio.to_thread(node.kill)
 
         async def restart() -> None:
@@ -337,17 +344,43 @@ def kill_node(pick: Callable[[dict[str, str | None]], str], spare: str | None = 
     return fault
 
 
-def _bystander(lead: dict[str, str | None]) -> str:
-    """A node leading neither CHAT nor the presence bucket (nor any stream, if one can)."""
-    names = ["n1", "n2", "n3"]
+def gateway_counts(stack: Stack) -> dict[str, int]:
+    """Both gateways' NATS reconnects and events relayed by gap repair, so far."""
+    counts = {"gateway_nats_reconnects": 0, "gap_repaired_events": 0}
+    for i in (1, 2):
+        gw = stack.gateway(i)
+        counts["gateway_nats_reconnects"] += gw.log_path.read_text(
+            errors="replace").count('"msg":"nats reconnected"')
+        counts["gap_repaired_events"] += int(metric(scrape(gw.url), "chat_gap_repairs_total"))
+    return counts
+
+
+def client_names(node: NatsServer) -> list[str]:
+    """The names of the clients connected to ``node`` (its /connz)."""
+    url = f"http://{LOOPBACK}:{node.monitor_port}/connz?limit=1024"
+    try:
+        data = httpx.get(url, timeout=2, trust_env=False).json()
+    except (httpx.HTTPError, ValueError):
+        return []
+    return [str(c.get("name") or "") for c in data.get("connections") or []]
+
+
+def _bystander(cluster: NatsCluster, lead: dict[str, str | None]) -> str:
+    """A node leading neither CHAT nor the presence bucket; of those, one a
+    gateway is connected to (its reconnect is part of the case), then one
+    leading no stream at all."""
     busy = {lead.get(CHAT), lead.get(PRESENCE)}
-    free = [n for n in names if n not in busy]
-    idle = [n for n in free if n not in lead.values()]
-    return (idle or free)[0]
+    free = [n for n in cluster.nodes if n.name not in busy]
+
+    def score(node: NatsServer) -> tuple[bool, bool]:
+        gateways = any("gateway" in c for c in client_names(node))
+        return gateways, node.name not in lead.values()
+
+    return max(free, key=score).name
 
 
-def _leader_of(stream: str) -> Callable[[dict[str, str | None]], str]:
-    def pick(lead: dict[str, str | None]) -> str:
+def _leader_of(stream: str) -> Callable[[NatsCluster, dict[str, str | None]], str]:
+    def pick(_: NatsCluster, lead: dict[str, str | None]) -> str:
         name = lead.get(stream)
         assert name, f"{stream} has no leader: {lead}"
         return name
@@ -356,12 +389,24 @@ def _leader_of(stream: str) -> Callable[[dict[str, str | None]], str]:
 
 
 async def kill_history(env: Env) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """SIGKILL history-service while its consumer holds delivered, unacked
+    messages (a batch on its way to PostgreSQL), if one shows up within 10 s."""
+    js = env.admin.jetstream(timeout=2)
+    deadline, pending = now() + 10, 0
+    while now() < deadline:
+        try:
+            pending = (await js.consumer_info(CHAT, "history-push")).num_ack_pending or 0
+        except Exception:
+            pending = 0
+        if pending:
+            break
+        await asyncio.sleep(0.01)
     await env.stack.akill("history")
 
     async def restart() -> None:
         await env.stack.astart("history")
 
-    return "history", restart
+    return f"history ({pending} delivered, unacked)", restart
 
 
 @pytest.fixture(autouse=True)
