@@ -21,18 +21,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from e2e.stack import permission_violations, register_credentials  # noqa: E402
 from servers import nats_server, postgres_server  # noqa: E402
 
 from chat_devstack.nats import NatsCluster  # noqa: E402
+from chat_devstack.nats_auth import NatsCredentials  # noqa: E402
 from chat_devstack.ports import free_port  # noqa: E402
-
-# What the cluster's nodes add to their config (an authorization block once
-# NATS is locked down), what the stack's processes then need in their
-# environment, and the nats.connect options of a test's admin connection:
-# the one place to change for that.
-CLUSTER_EXTRA_CONFIG = ""
-CLUSTER_CLIENT_ENV: dict[str, str] = {}
-CLUSTER_ADMIN_OPTIONS: dict[str, Any] = {}
 
 
 @pytest.fixture
@@ -51,33 +45,48 @@ def _distinct_free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def nats_cluster() -> Iterator[NatsCluster]:
+def nats_cluster_credentials() -> Iterator[NatsCredentials]:
+    """The role users of ``nats_cluster`` (chat_devstack.nats_auth)."""
+    with tempfile.TemporaryDirectory(prefix="chat-test-nats-cluster-auth-") as tmp:
+        yield NatsCredentials.load_or_create(Path(tmp))
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(nats_cluster_credentials: NatsCredentials) -> Iterator[NatsCluster]:
     """One 3-node JetStream cluster (n1..n3) on free loopback ports for the run.
 
     Shared, so the stream names are too: a module that needs JetStream to
     itself deletes the streams first (rooms and users are per test anyway). A
     test that kills a node restarts it before it ends, caught up. Always the
     local binaries (a cluster test kills and restarts nodes).
+
+    Locked down like production: the role users, no anonymous access; a
+    ``Stack`` on it logs each process in as its role (tests/e2e/stack.py),
+    and the run fails if any node refused a role a publish or subscribe.
     """
     # A private dir, as for PostgreSQL: a concurrent pytest run prunes old basetemps.
     with tempfile.TemporaryDirectory(prefix="chat-test-nats-cluster-") as tmp:
         ports = _distinct_free_ports(9)
         cluster = NatsCluster.start(Path(tmp), ports[0:3], ports[3:6], ports[6:9],
-                                    extra_config=CLUSTER_EXTRA_CONFIG)
+                                    extra_config=nats_cluster_credentials.authorization())
+        register_credentials(cluster.url, nats_cluster_credentials)
         with cluster:
             yield cluster
+        refused = [line for node in cluster.nodes for line in permission_violations(node.log_path)]
+        assert not refused, "NATS permission violations:\n" + "\n".join(refused[:20])
 
 
 @pytest.fixture(scope="session")
-def nats_cluster_env() -> dict[str, str]:
-    """Environment a stack on ``nats_cluster`` adds (credentials, when required)."""
-    return dict(CLUSTER_CLIENT_ENV)
+def nats_cluster_env(nats_cluster_credentials: NatsCredentials) -> dict[str, str]:
+    """The admin role's login as environment, for tools such as ``chat-admin``
+    (a ``Stack``'s processes replace it with their own role's)."""
+    return nats_cluster_credentials.role_env("admin")
 
 
 @pytest.fixture(scope="session")
-def nats_cluster_admin() -> dict[str, Any]:
+def nats_cluster_admin(nats_cluster_credentials: NatsCredentials) -> dict[str, Any]:
     """``nats.connect`` keyword options of an admin connection to ``nats_cluster``."""
-    return dict(CLUSTER_ADMIN_OPTIONS)
+    return nats_cluster_credentials.connect_kwargs("admin")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from chat_devstack.nats import NatsCluster
+from chat_devstack.nats_auth import NatsCredentials
 from chat_kit.stream import StreamSettings, partition_of, partition_stream, subject_mapping
 
 from .client import Session, register_and_login, rest
@@ -46,15 +47,19 @@ async def _delete_partition_streams(cluster: NatsCluster, admin: dict[str, Any])
 
 
 @pytest.fixture(scope="module")
-def partitioned(nats_cluster: NatsCluster, nats_cluster_admin: dict[str, Any]) -> Iterator[
-        NatsCluster]:
+def partitioned(nats_cluster: NatsCluster, nats_cluster_admin: dict[str, Any],
+                nats_cluster_credentials: NatsCredentials) -> Iterator[NatsCluster]:
+    """The shared cluster with the partition mapping and the partition streams'
+    rights in the role table, as chat-stack configures it for P=3."""
     asyncio.run(_delete_partition_streams(nats_cluster, nats_cluster_admin))
-    nats_cluster.set_mappings(subject_mapping(P))
+    nats_cluster.reconfigure(mappings=subject_mapping(P),
+                             extra_config=nats_cluster_credentials.authorization(P))
     try:
         yield nats_cluster
     finally:
         asyncio.run(_delete_partition_streams(nats_cluster, nats_cluster_admin))
-        nats_cluster.set_mappings({})
+        nats_cluster.reconfigure(mappings={},
+                                 extra_config=nats_cluster_credentials.authorization())
 
 
 @pytest.fixture(scope="module")

@@ -256,11 +256,16 @@ class NatsCluster:
                     return leader
         return None
 
-    def set_mappings(self, mappings: Mapping[str, str]) -> None:
-        """New subject mappings on every node, by a rolling restart (a config
-        reload can add mappings but not take them away); JetStream stays up."""
+    def reconfigure(self, mappings: Mapping[str, str] | None = None,
+                    extra_config: str | None = None) -> None:
+        """New subject mappings and/or extra config on every node, by a rolling
+        restart (a config reload can add mappings but not take them away);
+        JetStream keeps a quorum throughout."""
         for node in self.nodes:
-            node.mappings = dict(mappings)
+            if mappings is not None:
+                node.mappings = dict(mappings)
+            if extra_config is not None:
+                node.extra_config = extra_config
             node.restart()
 
     def stop(self) -> None:
