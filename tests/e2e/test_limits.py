@@ -1,4 +1,4 @@
-"""Limits of PROTOCOL.md §3.6 on a real stack with small settings (issue 5):
+"""Limits of docs/protocol.md §3.6 on a real stack with small settings (issue 5):
 send rate, abuse → 1008, auth timeout, heartbeat/idle close, max rooms, the
 per-user connection cap (4409), slow consumers (1013), login throttling, and
 the metrics and audit lines these produce."""

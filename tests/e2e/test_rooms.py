@@ -73,7 +73,7 @@ async def test_room_object_has_every_field(stack: Stack) -> None:
             assert room["created_at"].endswith("Z"), where
         assert mine[rid]["unread"] == 0 and mine[rid]["last_seq"] == 0
         assert public[rid]["member_count"] == 1
-        # members are {"id","name","online"} (PROTOCOL §8) plus the role
+        # members are {"id","name","online"} (docs/protocol.md §8) plus the role
         for m in got.json()["members"]:
             assert {"id", "name", "online", "role"} <= set(m), m
             assert isinstance(m["online"], bool) and m["role"] in ("owner", "member")

@@ -46,7 +46,7 @@ def _chain_ok(msgs: list[dict[str, Any]], start: int = 0) -> None:
 
 
 async def _typing(session: Session, room: str, state: str = "start") -> None:
-    # typing has no ack (PROTOCOL §3.3): sent without a request id
+    # typing has no ack (docs/protocol.md §3.3): sent without a request id
     await session.ws.send(json.dumps({"type": "typing", "room": room, "state": state}))
 
 
@@ -338,7 +338,7 @@ async def test_read_pointer_and_unread(stack: Stack) -> None:
         assert await refused(bob1, "read", room="bad.id", seq=1) == "bad_request"
         c = await Session.open(stack.ws_url(2), carol["access_token"])
         assert await refused(c, "read", room=rid, seq=1) == "forbidden"
-        # seq is a required field of read (PROTOCOL §3.3, no "?")
+        # seq is a required field of read (docs/protocol.md §3.3, no "?")
         assert await refused(bob1, "read", room=rid) == "bad_request"
         for s in (a, bob1, bob2, c):
             await s.close()

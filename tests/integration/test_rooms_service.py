@@ -843,7 +843,7 @@ async def test_change_needs_membership_and_a_plausible_msg_id(stack: Stack) -> N
     # The owner keeps owner rights after leaving.
     await member(s, s.ann, room, s.ann.id, add=False)
     assert (await change(s, s.ann, room, bob_msg, "delete")).sender == s.bob
-    # Ids no message can have → not_found (PROTOCOL §8), for members too.
+    # Ids no message can have → not_found (docs/protocol.md §8), for members too.
     for msg_id in ("", "m" * 65, "m" * 1000):
         await fails(ErrorCode.NOT_FOUND, change(s, s.cat, room, msg_id, "edit"))
         await fails(ErrorCode.NOT_FOUND, change(s, s.cat, room, msg_id, "delete"))

@@ -358,7 +358,7 @@ def test_alerts_use_exported_metrics() -> None:
         assert rule["annotations"]["summary"], rule["alert"]
         unknown = used_metrics(rule["expr"]) - exported
         assert not unknown, f"{rule['alert']}: {unknown} is exported by nothing"
-    # The alerts this project promised (PROTOCOL.md §7 names).
+    # The alerts this project promised (docs/protocol.md §7 names).
     assert re.search(r"chat_nats_connected\s*==\s*0", exprs)
     assert re.search(r"histogram_quantile\(0\.99,[^>]*chat_delivery_latency_seconds_bucket"
                      r"[^>]*>\s*0\.25", exprs)

@@ -1,4 +1,4 @@
-"""chat-auth: the only holder of the signing key (PROTOCOL.md §2).
+"""chat-auth: the only holder of the signing key (docs/protocol.md §2).
 
 config     AuthSettings from CHAT_* environment variables
 keys       the Ed25519 signing key, its RFC 7638 ``kid`` and the public JWKS

@@ -1,4 +1,4 @@
-"""Event timestamps: RFC 3339 UTC with milliseconds (PROTOCOL.md §3.4)."""
+"""Event timestamps: RFC 3339 UTC with milliseconds (docs/protocol.md §3.4)."""
 
 from __future__ import annotations
 

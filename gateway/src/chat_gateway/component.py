@@ -1,6 +1,6 @@
 """Wiring of one gateway node, and its drain order on SIGTERM.
 
-Drain (PROTOCOL.md §3.5.6): readiness already fails (the runtime sets
+Drain (docs/protocol.md §3.5.6): readiness already fails (the runtime sets
 ``stopping`` first), new sockets are refused with 1012, open ones are closed
 with 1012 so clients reconnect through the load balancer, then the runtime
 drains NATS. No acked message can be lost: acks are sent only after

@@ -1,7 +1,7 @@
 """The ``/ws`` endpoint: authenticate, then read frames until the socket ends.
 
 Tokens come from ``?token=``, ``Authorization: Bearer`` or a first ``auth``
-frame within the auth timeout (PROTOCOL.md §3.1). A bad token is answered by
+frame within the auth timeout (docs/protocol.md §3.1). A bad token is answered by
 accepting the upgrade and closing with 4401, as browsers cannot read an HTTP
 401 on an upgrade.
 """

@@ -1,4 +1,4 @@
-"""The REST API (PROTOCOL.md §5): auth and the caller here, the room model
+"""The REST API (docs/protocol.md §5): auth and the caller here, the room model
 in :mod:`.rest_rooms`, with the shared helpers below.
 
 Every route is a thin translation: HTTP in, one NATS request to a service,

@@ -1,4 +1,4 @@
-"""REST routes of the room model (PROTOCOL.md §5): rooms, members, DMs,
+"""REST routes of the room model (docs/protocol.md §5): rooms, members, DMs,
 blocks, read pointers, history and search.
 
 Each route checks what it can without a round trip (token, ids, types,

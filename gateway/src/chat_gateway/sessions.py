@@ -1,4 +1,4 @@
-"""Per-user connection cap across all gateways (PROTOCOL.md §3.6, §8).
+"""Per-user connection cap across all gateways (docs/protocol.md §3.6, §8).
 
 At most ``CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER`` connections per user,
 counted across every gateway. A new connection is always accepted; when it

@@ -1,6 +1,6 @@
 """Local verification of access tokens with the auth service's public keys.
 
-The gateway never holds a signing key (PROTOCOL.md §2). It fetches the JWKS
+The gateway never holds a signing key (docs/protocol.md §2). It fetches the JWKS
 once at start and again when a token names a ``kid`` it does not know (a key
 rotation), at most once per ``refresh_interval`` so that a flood of tokens
 with made-up ``kid`` values cannot turn into a flood of JWKS requests.

@@ -10,7 +10,7 @@ costs at most two notices per window and room, whatever the client does.
 In (every gateway with local members of the room): the first ``start`` of a
 user is relayed, refreshes are not; it lapses :data:`TYPING_TTL` seconds
 after the client's last ``start`` unless refreshed, and the lapse is relayed
-as ``stop`` (PROTOCOL.md §3.4, §8).
+as ``stop`` (docs/protocol.md §3.4, §8).
 """
 
 from __future__ import annotations

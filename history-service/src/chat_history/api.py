@@ -29,7 +29,7 @@ from .store import MessageStore
 
 
 def validate(req: HistoryRequest) -> None:
-    """Reject what no page can answer (PROTOCOL §8: bad bounds → bad_request)."""
+    """Reject what no page can answer (docs/protocol.md §8: bad bounds → bad_request)."""
     if not is_valid_room_id(req.room):
         raise ChatError(ErrorCode.BAD_REQUEST, "invalid room id")
     if not 1 <= req.limit <= MAX_LIMIT:

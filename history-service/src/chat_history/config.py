@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from chat_kit.settings import CommonSettings, SettingsError, env_float, env_int, env_secret
 
-# The internal page limit: `join` with `since` asks for 500 (PROTOCOL §3.3);
+# The internal page limit: `join` with `since` asks for 500 (docs/protocol.md §3.3);
 # the gateway enforces the client-facing 1–100 rule of `history` itself.
 MAX_LIMIT = 500
 

@@ -1,4 +1,4 @@
-"""Read-your-writes for history reads (PROTOCOL §3.5.1).
+"""Read-your-writes for history reads (docs/protocol.md §3.5.1).
 
 A read must include every message already in the CHAT stream for its room.
 Two questions, both answered by JetStream rather than by this process, so

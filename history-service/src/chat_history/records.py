@@ -72,7 +72,7 @@ def parse_ts(raw: str) -> datetime:
 
 
 def format_ts(value: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, as events carry it (PROTOCOL §3.4)."""
+    """RFC 3339 UTC with milliseconds, as events carry it (docs/protocol.md §3.4)."""
     utc = value.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 

@@ -78,7 +78,7 @@ SEARCH_OFFSET_MAX = 1000
 # (offset 1000 + limit 50) plus the row that tells has_more.
 SEARCH_CANDIDATES = SEARCH_OFFSET_MAX + SEARCH_LIMIT_MAX + 1
 BLOCKS_MAX = 1000
-MSG_ID_MAX = 64  # as the gateway: no message has a longer id (PROTOCOL §8: unknown → not_found)
+MSG_ID_MAX = 64  # no message has a longer id (docs/protocol.md §8: unknown → not_found)
 # Wrong room passwords (README "Rooms"): per (user, room) and per user, within
 # the window; beyond → rate_limited before any argon2 verify.
 PASSWORD_FAILURES_PER_ROOM = 10

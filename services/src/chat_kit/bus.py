@@ -27,6 +27,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.rpc import Rpc
 
 from . import metrics
 from .logs import event
@@ -186,6 +187,11 @@ async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float
     return ack
 
 
+async def request(nc: NATS, rpc: Rpc[Req, Rep], payload: Req, timeout: float) -> Rep:
+    """Call the service endpoint ``rpc`` (chat_contract.rpc): its subject, its reply type."""
+    return await call(nc, rpc.subject, payload, rpc.reply, timeout)
+
+
 async def call(
     nc: NATS, subject: str, request: msgspec.Struct, reply_type: type[Rep], timeout: float
 ) -> Rep:
@@ -273,6 +279,15 @@ def endpoint(
             metrics.SERVICE_LATENCY.labels(service, name).observe(time.perf_counter() - started)
 
     return handle
+
+
+def serves(
+    service: str, rpc: Rpc[Req, Rep], handler: Callable[[Req], Awaitable[Rep]],
+    concurrency: int = 64,
+) -> tuple[str, tuple[str, MicroHandler]]:
+    """One entry of :func:`start_service`'s endpoints: ``rpc`` answered by ``handler``."""
+    return rpc.name, (rpc.subject, endpoint(service, rpc.name, rpc.request, handler,
+                                            concurrency))
 
 
 async def sync(nc: NATS) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics shared by every process (names: PROTOCOL.md §7).
+"""Prometheus metrics shared by every process (names: docs/protocol.md §7).
 
 Gateway-only metrics live here too so that one registry serves ``/metrics``
 and dashboards find every name in one place.

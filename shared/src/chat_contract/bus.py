@@ -1,4 +1,4 @@
-"""Payloads on NATS (PROTOCOL.md §6): versioned msgspec structs as JSON.
+"""Payloads on NATS (docs/protocol.md §6): versioned msgspec structs as JSON.
 
 ``ChatRecord`` is what a gateway publishes to ``chat.room.<room>`` and what the
 CHAT stream stores; the stream's sequence becomes the event's ``seq`` and the
@@ -161,7 +161,7 @@ class MemberView(msgspec.Struct):
 
 
 class RoomView(msgspec.Struct, omit_defaults=True):
-    """A room as REST shows it (PROTOCOL §5, §8).
+    """A room as REST shows it (docs/protocol.md §5, §8).
 
     ``password``: true if joining needs one (the hash never leaves the service).
     ``dm``: a direct-message room (private, exactly two members, no invites).

@@ -1,4 +1,4 @@
-"""Access-token claims (PROTOCOL.md §2)."""
+"""Access-token claims (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Error codes and WebSocket close codes of PROTOCOL.md §3.2, §4 and §8.
+"""Error codes and WebSocket close codes of docs/protocol.md §3.2, §4 and §8.
 
 Hierarchy::
 

@@ -1,4 +1,4 @@
-"""Server → client events (PROTOCOL.md §3.1, §3.2, §3.4).
+"""Server → client events (docs/protocol.md §3.1, §3.2, §3.4).
 
 Optional fields default to ``None``/``False`` and are omitted on the wire.
 """

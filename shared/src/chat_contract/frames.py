@@ -1,4 +1,4 @@
-"""Client → server frames (PROTOCOL.md §3.2–3.3), a tagged union on ``type``.
+"""Client → server frames (docs/protocol.md §3.2–3.3), a tagged union on ``type``.
 
 Field rules that map to ``bad_request`` (types, room ids, ``limit`` range,
 request ids) live in the types so one decode validates them. Text length maps

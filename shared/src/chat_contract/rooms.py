@@ -1,4 +1,4 @@
-"""Room ids: one NATS subject token each, so the alphabet is closed (PROTOCOL.md §3.3)."""
+"""Room ids: one NATS subject token each, so the alphabet is closed (docs/protocol.md §3.3)."""
 
 from __future__ import annotations
 

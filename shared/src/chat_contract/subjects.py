@@ -1,4 +1,4 @@
-"""NATS subjects and stream names (PROTOCOL.md §6 plus the project's own).
+"""NATS subjects and stream names (docs/protocol.md §6 plus the project's own).
 
 Room ids are validated before they reach here; the builders assert it so that
 a subject token can never carry ``.``, ``*``, ``>`` or white space.

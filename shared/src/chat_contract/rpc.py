@@ -1,0 +1,96 @@
+"""Every service request–reply, declared once: subject, request type, reply type.
+
+The caller (``chat_kit.bus.request(nc, rpc, payload, timeout)``) and the
+service (``chat_kit.bus.serve(service, rpc, handler)``) both take the same
+:class:`Rpc`, so a subject and its payload types cannot drift apart between
+the two sides. Payloads are in :mod:`.bus`, subjects in :mod:`.subjects`
+(docs/protocol.md "Services on NATS").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+
+from . import subjects
+from .bus import (
+    AccessReply,
+    AccessRequest,
+    BlockRequest,
+    BlocksReply,
+    BlocksRequest,
+    ChangeGrant,
+    ChangeRequest,
+    Credentials,
+    DmRequest,
+    Empty,
+    HistoryReply,
+    HistoryRequest,
+    JwksReply,
+    MemberChange,
+    MembersReply,
+    MembersRequest,
+    ReadReply,
+    ReadRequest,
+    RefreshRequest,
+    RegisterReply,
+    RoomCreate,
+    RoomListRequest,
+    RoomRef,
+    RoomReply,
+    RoomsReply,
+    SearchReply,
+    SearchRequest,
+    TokenPair,
+    UsersReply,
+    UsersRequest,
+)
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep", bound=msgspec.Struct)
+
+
+@dataclass(frozen=True)
+class Rpc(Generic[Req, Rep]):
+    """One endpoint: ``name`` within its service (micro endpoint name, metric label)."""
+
+    name: str
+    subject: str
+    request: type[Req]
+    reply: type[Rep]
+
+
+# auth-service
+AUTH_REGISTER = Rpc("register", subjects.AUTH_REGISTER, Credentials, RegisterReply)
+AUTH_LOGIN = Rpc("login", subjects.AUTH_LOGIN, Credentials, TokenPair)
+AUTH_REFRESH = Rpc("refresh", subjects.AUTH_REFRESH, RefreshRequest, TokenPair)
+AUTH_LOGOUT = Rpc("logout", subjects.AUTH_LOGOUT, RefreshRequest, Empty)
+AUTH_JWKS = Rpc("jwks", subjects.AUTH_JWKS, Empty, JwksReply)
+AUTH_USERS = Rpc("users", subjects.AUTH_USERS, UsersRequest, UsersReply)
+
+# history-service: messages, and the room model
+HISTORY_MESSAGES = Rpc("messages", subjects.HISTORY_MESSAGES, HistoryRequest, HistoryReply)
+ROOMS_CREATE = Rpc("rooms_create", subjects.ROOMS_CREATE, RoomCreate, RoomReply)
+ROOMS_GET = Rpc("rooms_get", subjects.ROOMS_GET, RoomRef, RoomReply)
+ROOMS_LIST = Rpc("rooms_list", subjects.ROOMS_LIST, RoomListRequest, RoomsReply)
+ROOMS_ACCESS = Rpc("rooms_access", subjects.ROOMS_ACCESS, AccessRequest, AccessReply)
+ROOMS_MEMBER = Rpc("rooms_member", subjects.ROOMS_MEMBER, MemberChange, RoomReply)
+ROOMS_ARCHIVE = Rpc("rooms_archive", subjects.ROOMS_ARCHIVE, RoomRef, RoomReply)
+ROOMS_DM = Rpc("rooms_dm", subjects.ROOMS_DM, DmRequest, RoomReply)
+ROOMS_BLOCK = Rpc("rooms_block", subjects.ROOMS_BLOCK, BlockRequest, BlocksReply)
+ROOMS_BLOCKS = Rpc("rooms_blocks", subjects.ROOMS_BLOCKS, BlocksRequest, BlocksReply)
+ROOMS_CHANGE = Rpc("rooms_change", subjects.ROOMS_CHANGE, ChangeRequest, ChangeGrant)
+ROOMS_READ = Rpc("rooms_read", subjects.ROOMS_READ, ReadRequest, ReadReply)
+ROOMS_SEARCH = Rpc("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, SearchReply)
+
+# presence-service
+PRESENCE_MEMBERS = Rpc("members", subjects.PRESENCE_MEMBERS, MembersRequest, MembersReply)
+
+ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
+    AUTH_REGISTER, AUTH_LOGIN, AUTH_REFRESH, AUTH_LOGOUT, AUTH_JWKS, AUTH_USERS,
+    HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
+    ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
+    ROOMS_SEARCH, PRESENCE_MEMBERS,
+)  # type: ignore[assignment]
