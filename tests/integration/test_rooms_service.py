@@ -60,7 +60,7 @@ from chat_contract.bus import (
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_history.config import HistorySettings
-from chat_history.rooms_api import dm_room_id
+from chat_history.room_rules import dm_room_id
 from chat_history.rooms_store import RoomsStore
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call, publish_durable

@@ -10,6 +10,7 @@ import pytest
 from chat_contract.bus import ChatRecord, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
+from chat_contract.limits import MSG_ID_MAX
 from chat_history.api import required_seq, validate
 from chat_history.config import HistorySettings
 from chat_history.records import (
@@ -20,6 +21,7 @@ from chat_history.records import (
     format_ts,
     parse_ts,
     row_from_payload,
+    to_message,
 )
 from chat_kit.settings import SettingsError
 
@@ -79,13 +81,21 @@ def test_row_room_comes_from_the_subject_not_the_payload() -> None:
         (record(text="a\x00b"), "nul"),
         (record(msg_id="m\x00"), "nul"),
         (record(ts="yesterday"), "bad_ts"),
-        (record(msg_id="m" * 257), "too_long"),
+        (record(msg_id="m" * (MSG_ID_MAX + 1)), "too_long"),
     ],
 )
 def test_unstorable_payloads_are_bad_records(data: bytes, reason: str) -> None:
     with pytest.raises(BadRecord) as info:
         row_from_payload("lobby", 1, data)
     assert info.value.reason == reason
+
+
+def test_msg_ids_up_to_the_contract_limit_are_stored_and_longer_stored_rows_still_load() -> None:
+    assert row_from_payload("lobby", 1, record(msg_id="m" * MSG_ID_MAX)).msg_id == "m" * MSG_ID_MAX
+    # Rows stored while the limit was 256 are read as they are: only input is checked.
+    old = PageRow(room="lobby", seq=3, msg_id="m" * 256, sender_id="u", sender_name="n",
+                  text="t", reply_to=None, ts=datetime(2025, 1, 1, tzinfo=UTC))
+    assert to_message(old, 2).msg_id == "m" * 256
 
 
 def test_invalid_room_token_is_a_bad_record() -> None:

@@ -8,9 +8,13 @@ consumer    the ``history-push`` durable push consumer: buffer, insert, then ack
 freshness   read-your-writes: the room's last stream seq vs the ack floor
 api         the svc.history.messages endpoint
 rooms_store the rooms domain in PostgreSQL (migration 0003)
-rooms_api   the svc.rooms.* endpoints: rules, validation, state notices
+room_rules  who may join, see, invite, remove, edit, delete; request validation (pure)
+rooms_context what every svc.rooms.* endpoint shares: store, user lookups, catch-up, notices
+room_endpoints     svc.rooms.create/get/list/archive/access/member/dm; history read access
+block_endpoints    svc.rooms.block/blocks
+activity_endpoints svc.rooms.change (edit/delete grants), read (pointers), search
 users       user lookup through auth-service (svc.auth.users)
-service     the Component: pool, migrations, consumer, micro service
+service     the Component: pool, migrations, consumers, the micro service's endpoints
 main        the ``chat-history`` console script
 """
 

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 
 from chat_contract.bus import HistoryReply, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
-from chat_contract.frames import MAX_SEQ
+from chat_contract.limits import SEQ_MAX
 from chat_contract.rooms import is_valid_room_id
 from chat_kit.db import DB_UNAVAILABLE
 
@@ -35,8 +35,8 @@ def validate(req: HistoryRequest) -> None:
     if not 1 <= req.limit <= MAX_LIMIT:
         raise ChatError(ErrorCode.BAD_REQUEST, f"limit must be 1-{MAX_LIMIT}")
     for name, value in (("before", req.before), ("after", req.after), ("min_seq", req.min_seq)):
-        if value is not None and not 0 <= value <= MAX_SEQ:
-            raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {MAX_SEQ}")
+        if value is not None and not 0 <= value <= SEQ_MAX:
+            raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {SEQ_MAX}")
 
 
 def required_seq(req: HistoryRequest, room_last: int) -> int:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chat_contract import limits
 from chat_kit.settings import CommonSettings, SettingsError, env_float, env_int, env_secret
 
-# The internal page limit: `join` with `since` asks for 500 (docs/protocol.md §3.3);
-# the gateway enforces the client-facing 1–100 rule of `history` itself.
-MAX_LIMIT = 500
+# The internal page limit: `join` with `since` asks for up to MISSED_MAX (500,
+# docs/protocol.md §3.3); the gateway enforces the client-facing PAGE_MAX rule
+# of `history` itself.
+MAX_LIMIT = limits.MISSED_MAX
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,10 @@ import msgspec
 
 from chat_contract.bus import ChatRecord, RecordKind
 from chat_contract.events import Message, User
+from chat_contract.limits import MSG_ID_MAX
 from chat_contract.rooms import is_valid_room_id
 
 _record_decoder = msgspec.json.Decoder(ChatRecord)
-# msg_id is indexed, and a btree entry over ~2.7 kB fails its whole batch; real
-# ids (gateway-made) are far shorter.
-MAX_MSG_ID = 256
 
 
 class BadRecord(ValueError):
@@ -89,7 +87,10 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
         record = _record_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRecord("decode", str(exc)[:200]) from None
-    if len(record.msg_id) > MAX_MSG_ID:
+    # Gateways make msg_ids (short hex); a longer one is no message of ours, and
+    # an indexed msg_id over ~2.7 kB would fail its whole batch. Checked here, on
+    # the way in only: rows already stored load whatever their length.
+    if len(record.msg_id) > MSG_ID_MAX:
         raise BadRecord("too_long", f"msg_id of {len(record.msg_id)} characters")
     strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to)
     # PostgreSQL text cannot hold NUL; such a row would fail its whole batch forever.

@@ -18,20 +18,22 @@ import asyncpg
 from nats.micro.service import Service
 from starlette.routing import BaseRoute
 
-from chat_contract import subjects
-from chat_contract.bus import HistoryRequest
-from chat_kit.bus import endpoint, start_service
+from chat_contract import rpc
+from chat_kit.bus import serves, start_service
 from chat_kit.db import create_pool, migrate
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 from chat_kit.stream import StreamSettings
 
 from . import __version__
+from .activity_endpoints import ActivityEndpoints
 from .api import HistoryApi
+from .block_endpoints import BlockEndpoints
 from .config import HistorySettings
 from .consumer import HistoryConsumer
 from .freshness import CommitTrackers
-from .rooms_api import RoomsApi
+from .room_endpoints import RoomEndpoints
+from .rooms_context import RoomsContext, db_guard
 from .rooms_store import RoomsStore
 from .store import MessageStore
 from .stream_monitor import StreamMonitor
@@ -55,7 +57,6 @@ class HistoryComponent:
         self._trackers: CommitTrackers | None = None
         self._api: HistoryApi | None = None
         self._service: Service | None = None
-        self._rooms: RoomsApi | None = None
         self._passwords: Passwords | None = None
 
     @property
@@ -97,15 +98,30 @@ class HistoryComponent:
         # Rooms (README "Rooms"): history reads ask it who may read; its edit and
         # read decisions wait for storage through the history API's catch-up.
         self._passwords = Passwords()
-        self._rooms = RoomsApi(rt.nc, RoomsStore(self._pool), self._passwords,
-                               lookup_timeout=rt.settings.request_timeout)
+        rooms_ctx = RoomsContext(rt.nc, RoomsStore(self._pool),
+                                 lookup_timeout=rt.settings.request_timeout)
+        rooms = RoomEndpoints(rooms_ctx, self._passwords)
+        blocks = BlockEndpoints(rooms_ctx)
+        activity = ActivityEndpoints(rooms_ctx)
         self._api = HistoryApi(js, self._store, self._trackers, s.catchup_timeout,
-                               access=self._rooms.read_access)
-        self._rooms.fresh = self._api.ensure_fresh
-        handler = endpoint(SERVICE, "messages", HistoryRequest, self._api.messages)
-        self._service = await start_service(
-            rt.nc, SERVICE, __version__, {"messages": (subjects.HISTORY_MESSAGES, handler),
-                                          **self._rooms.endpoints(SERVICE)})
+                               access=rooms.read_access)
+        rooms_ctx.fresh = self._api.ensure_fresh
+        g = db_guard  # a database outage answers unavailable
+        self._service = await start_service(rt.nc, SERVICE, __version__, dict([
+            serves(SERVICE, rpc.HISTORY_MESSAGES, self._api.messages),
+            serves(SERVICE, rpc.ROOMS_CREATE, g(rooms.create)),
+            serves(SERVICE, rpc.ROOMS_GET, g(rooms.get)),
+            serves(SERVICE, rpc.ROOMS_LIST, g(rooms.list_rooms)),
+            serves(SERVICE, rpc.ROOMS_ACCESS, g(rooms.access)),
+            serves(SERVICE, rpc.ROOMS_MEMBER, g(rooms.member)),
+            serves(SERVICE, rpc.ROOMS_ARCHIVE, g(rooms.archive)),
+            serves(SERVICE, rpc.ROOMS_DM, g(rooms.dm)),
+            serves(SERVICE, rpc.ROOMS_BLOCK, g(blocks.block)),
+            serves(SERVICE, rpc.ROOMS_BLOCKS, g(blocks.blocks)),
+            serves(SERVICE, rpc.ROOMS_CHANGE, g(activity.change)),
+            serves(SERVICE, rpc.ROOMS_READ, g(activity.read)),
+            serves(SERVICE, rpc.ROOMS_SEARCH, g(activity.search)),
+        ]))
 
     async def stop(self) -> None:
         if self._service is not None:

@@ -2,7 +2,7 @@
 
 auth-service owns users; this service keeps no copy beyond the member names
 it records at join. Auth down → the ``unavailable`` ChatError of
-:func:`chat_kit.bus.call` propagates to the caller.
+:func:`chat_kit.bus.request` propagates to the caller.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Iterable
 
 from nats.aio.client import Client as NATS
 
-from chat_contract import subjects
-from chat_contract.bus import UsersReply, UsersRequest
+from chat_contract import rpc
+from chat_contract.bus import UsersRequest
 from chat_contract.events import User
-from chat_kit.bus import call
+from chat_kit.bus import request
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -22,8 +22,8 @@ DEFAULT_TIMEOUT = 2.0
 async def lookup(nc: NATS, ids: Iterable[str] = (), names: Iterable[str] = (), *,
                  timeout: float = DEFAULT_TIMEOUT) -> list[User]:
     """The users found: those matching ``ids`` first, then ``names`` (case-insensitive)."""
-    request = UsersRequest(ids=list(ids), names=list(names))
-    if not request.ids and not request.names:
+    users = UsersRequest(ids=list(ids), names=list(names))
+    if not users.ids and not users.names:
         return []
-    reply = await call(nc, subjects.AUTH_USERS, request, UsersReply, timeout)
+    reply = await request(nc, rpc.AUTH_USERS, users, timeout)
     return reply.users

@@ -1,26 +1,39 @@
-"""Pure room rules of history-service (chat_history.rooms_api): ids, names, join rules."""
+"""Pure room rules of history-service (chat_history.room_rules): ids, names, limits,
+who may join, see, invite, remove, archive, edit and delete."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from chat_contract.bus import SearchRequest
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
+from chat_contract.limits import SEARCH_LIMIT_MAX, SEARCH_OFFSET_MAX
 from chat_contract.rooms import is_valid_room_id
 from chat_contract.subjects import DM_PREFIX
-from chat_history.rooms_api import (
+from chat_history.room_rules import (
     PASSWORD_FAILURES_PER_ROOM,
     PASSWORD_FAILURES_PER_USER,
     PASSWORD_WINDOW,
     SEARCH_CANDIDATES,
-    SEARCH_LIMIT_MAX,
-    SEARCH_OFFSET_MAX,
+    check_list_limit,
+    check_may_archive,
+    check_may_change,
+    check_may_invite,
+    check_may_reinvite,
+    check_may_remove,
+    check_new_room_id,
     check_password,
+    check_read_seq,
+    check_user_id,
+    check_user_ref,
     dm_name,
     dm_room_id,
+    initial_members,
+    is_possible_msg_id,
     join_rule,
     may_see,
     new_room_id,
@@ -144,6 +157,89 @@ def test_may_see() -> None:
     assert not may_see(standing(banned=True), ME.id)
     assert not may_see(standing(banned=True, archived=True), ME.id)
     assert not may_see(standing(banned=True, visibility="private"), ME.id)
+
+
+def refused(code: ErrorCode, check: Any, *args: object) -> str:
+    with pytest.raises(ChatError) as info:
+        check(*args)
+    assert info.value.code is code
+    return info.value.message
+
+
+def test_new_room_ids_outside_the_dm_namespace() -> None:
+    check_new_room_id("general")
+    refused(ErrorCode.BAD_REQUEST, check_new_room_id, DM_PREFIX + "x")
+    refused(ErrorCode.BAD_REQUEST, check_new_room_id, "a.b")
+
+
+def test_user_ids_and_refs() -> None:
+    check_user_id("u_1-A")
+    check_user_ref("ann.smith")  # a name may hold a dot, an id may not
+    for bad in ("", "a b", "x" * 65, "a.b"):
+        refused(ErrorCode.BAD_REQUEST, check_user_id, bad)
+    for bad in ("", "a b", "x" * 65, "a/b"):
+        refused(ErrorCode.BAD_REQUEST, check_user_ref, bad)
+
+
+def test_initial_members_deduplicated_without_the_creator_and_bounded() -> None:
+    assert initial_members("u_me", ["u_b", "u_me", "u_a", "u_b"]) == ["u_b", "u_a"]
+    assert len(initial_members("u_me", [f"u_{i}" for i in range(100)])) == 100
+    refused(ErrorCode.BAD_REQUEST, initial_members, "u_me", [f"u_{i}" for i in range(101)])
+    refused(ErrorCode.BAD_REQUEST, initial_members, "u_me", ["bad id"])
+
+
+def test_list_limit_is_the_contracts() -> None:
+    check_list_limit(1)
+    check_list_limit(100)
+    for bad in (0, 101, 200):
+        refused(ErrorCode.BAD_REQUEST, check_list_limit, bad)
+
+
+def test_read_seq_and_msg_id_bounds() -> None:
+    check_read_seq(0)
+    check_read_seq(2**63 - 1)
+    refused(ErrorCode.BAD_REQUEST, check_read_seq, -1)
+    refused(ErrorCode.BAD_REQUEST, check_read_seq, 2**63)
+    assert is_possible_msg_id("m" * 64)
+    assert not any(map(is_possible_msg_id, ("", "m" * 65, "m\x00")))
+
+
+def test_who_may_invite() -> None:
+    check_may_invite(standing(member=True), ME.id)
+    check_may_invite(standing(visibility="private", owner=ME.id), ME.id)  # owner, not member
+    assert "members" in refused(ErrorCode.FORBIDDEN, check_may_invite, standing(), ME.id)
+    refused(ErrorCode.FORBIDDEN, check_may_invite,
+            standing(dm=True, owner=None, member=True), ME.id)
+    refused(ErrorCode.FORBIDDEN, check_may_invite, standing(archived=True, member=True), ME.id)
+    # A removed user comes back only by the owner's invite.
+    check_may_reinvite(standing(), ME.id)
+    check_may_reinvite(standing(banned=True, owner=ME.id), ME.id)
+    refused(ErrorCode.FORBIDDEN, check_may_reinvite, standing(banned=True), ME.id)
+
+
+def test_only_the_owner_removes_and_archives() -> None:
+    for check in (check_may_remove, check_may_archive):
+        check(standing(owner=ME.id), ME.id)
+        refused(ErrorCode.FORBIDDEN, check, standing(member=True), ME.id)
+
+
+@pytest.mark.parametrize(("kw", "action", "sender", "allowed"), [
+    ({"member": True}, "edit", ME.id, True),
+    ({"member": True}, "edit", "u_other", False),
+    ({"owner": ME.id}, "edit", "u_other", False),  # the owner edits only their own
+    ({"member": True, "archived": True}, "edit", ME.id, False),
+    ({"member": True}, "delete", ME.id, True),
+    ({"member": True}, "delete", "u_other", False),
+    ({"owner": ME.id}, "delete", "u_other", True),
+    ({"member": True, "archived": True}, "delete", ME.id, True),  # privacy
+])
+def test_who_may_edit_and_delete(kw: dict[str, object], action: str, sender: str,
+                                 allowed: bool) -> None:
+    s = standing(**kw)  # type: ignore[arg-type]
+    if allowed:
+        check_may_change(s, ME.id, action, sender)  # type: ignore[arg-type]
+    else:
+        refused(ErrorCode.FORBIDDEN, check_may_change, s, ME.id, action, sender)
 
 
 def test_search_candidates_cover_the_deepest_page() -> None:
