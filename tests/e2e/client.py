@@ -9,10 +9,11 @@ import json
 from typing import Any
 
 import httpx
+from waiting import QUIET, scaled
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10.0)  # one request, one REST call, one awaited event
 
 
 class RequestFailed(Exception):
@@ -124,8 +125,12 @@ async def refused(session: Session, type_: str, **fields: Any) -> str | None:
     raise AssertionError(f"{type_} {fields} was acked: {ack}")
 
 
-async def collect(session: Session, seconds: float) -> list[dict[str, Any]]:
-    """Every event that arrives within ``seconds`` (plus what is already queued)."""
+async def collect(session: Session, seconds: float = QUIET) -> list[dict[str, Any]]:
+    """Every event that arrives within ``seconds`` (plus what is already queued).
+
+    A negative check (nothing more arrives) listens for the default
+    ``waiting.QUIET``; a given ``seconds`` is not scaled.
+    """
     out: list[dict[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + seconds
     while True:

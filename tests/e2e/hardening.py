@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from waiting import wait_until
 
 from .stack import Stack
 
@@ -66,12 +67,8 @@ def audit_lines(log_path: Path) -> list[dict[str, Any]]:
 
 
 def wait_for(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Block until ``check()`` is true (``timeout`` scaled; see tests/waiting.py)."""
+    wait_until(check, timeout, what)
 
 
 class RawWs:
