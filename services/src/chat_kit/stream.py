@@ -60,7 +60,7 @@ log = logging.getLogger("chat_kit.stream")
 # next to the presence buckets. Whichever limit is reached first applies.
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 DEFAULT_MAX_BYTES = 1 << 30
-# The 2-minute ``client_msg_id`` idempotency window (docs/protocol.md §3.5.1).
+# The 2-minute ``client_msg_id`` idempotency window (docs/protocol.md §3.3).
 DUPLICATE_WINDOW = 120.0
 
 CONFIG_DRIFT = Gauge(

@@ -1,10 +1,11 @@
 """Every service request–reply, declared once: subject, request type, reply type.
 
 The caller (``chat_kit.bus.request(nc, rpc, payload, timeout)``) and the
-service (``chat_kit.bus.serve(service, rpc, handler)``) both take the same
+service (``chat_kit.bus.serves(service, rpc, handler)``) both take the same
 :class:`Rpc`, so a subject and its payload types cannot drift apart between
-the two sides. Payloads are in :mod:`.bus`, subjects in :mod:`.subjects`
-(docs/protocol.md "Services on NATS").
+the two sides. Payloads are in :mod:`.bus`, subjects in :mod:`.subjects`;
+docs/protocol.md §9 lists them all (a unit test keeps that table equal to
+:data:`ALL`).
 """
 
 from __future__ import annotations
@@ -94,3 +95,19 @@ ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
     ROOMS_SEARCH, PRESENCE_MEMBERS,
 )  # type: ignore[assignment]
+
+# Which micro service (also its queue group) answers a subject, by prefix.
+_SERVICE_BY_PREFIX = {
+    "svc.auth.": "auth",
+    "svc.history.": "history",
+    "svc.rooms.": "history",  # the room model lives beside the messages
+    "svc.presence.": "presence",
+}
+
+
+def service_of(rpc: Rpc[Req, Rep]) -> str:
+    """The micro service that answers ``rpc`` (``auth``, ``history``, ``presence``)."""
+    for prefix, service in _SERVICE_BY_PREFIX.items():
+        if rpc.subject.startswith(prefix):
+            return service
+    raise ValueError(f"no service answers {rpc.subject}")
