@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from waiting import eventually, scaled
 
 from .client import (
     Session,
@@ -41,16 +42,6 @@ async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     room: dict[str, Any] = r.json()
     assert room["id"], room
     return room
-
-
-async def _until(check: Any, timeout: float = 3.0, step: float = 0.1) -> Any:
-    """Poll an async predicate until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(step)
 
 
 async def test_room_object_has_every_field(stack: Stack) -> None:
@@ -172,7 +163,7 @@ async def test_password_room(stack: Stack) -> None:
         b = await Session.open(stack.ws_url(2), bob["access_token"])
         assert await refused(b, "join", room=rid) == "forbidden"
         assert await refused(b, "join", room=rid, password="open sesame 43") == "forbidden"
-        assert await refused(b, "join", room=rid, password="") in ("forbidden", "bad_request")
+        assert await refused(b, "join", room=rid, password="") == "forbidden"  # a wrong one
         assert await refused(b, "join", room=rid, password=42) == "bad_request"
         assert await refused(b, "send", room=rid, text="hi") == "forbidden"
         joined = await b.request("join", room=rid, password=secret)
@@ -209,7 +200,7 @@ async def test_join_creates_public_room_and_room_listing(stack: Stack) -> None:
         async def online() -> bool:
             r = await ha.get(f"/v1/rooms/{rid}")
             return bool(r.json()["members"][0]["online"])
-        assert await _until(online), "a connected member is reported online"
+        await eventually(online, 3.0, "a connected member reported online")
 
         # anyone may look at a public room
         r = await hb.get(f"/v1/rooms/{rid}")
@@ -232,9 +223,9 @@ async def test_join_creates_public_room_and_room_listing(stack: Stack) -> None:
         ghost = unique("ghost")
         _err(await ha.get(f"/v1/rooms/{ghost}"), 404, "not_found")
         r = await ha.get(f"/v1/rooms/{ghost}/messages")
-        assert r.status_code in (200, 404), r.text
+        assert r.status_code == 200 and r.json()["messages"] == [], r.text
         # nobody can create a dm- room by joining or POSTing it
-        assert await refused(a, "join", room="dm-" + "0" * 32) in ("forbidden", "not_found")
+        assert await refused(a, "join", room="dm-" + "0" * 32) == "not_found"
         _err(await ha.post("/v1/rooms", json={"id": "dm-" + unique("x"), "name": "fake dm",
                                                "visibility": "private"}), 400, "bad_request")
         # a room without an id gets a generated one
@@ -294,25 +285,25 @@ async def test_removal_takes_effect_on_other_gateway_within_a_second(stack: Stac
         c = await Session.open(stack.ws_url(2), carol["access_token"])
         for s in (a, b, b_tab, c):
             await s.request("join", room=rid)
-        await b.request("send", room=rid, text="I am here")
+        here = await b.request("send", room=rid, text="I am here")
         for s in (a, b, b_tab, c):
-            await collect(s, 0.3)
+            assert (await s.next_event("message"))["msg_id"] == here["msg_id"]
 
         t0 = time.monotonic()
         r = await ha.delete(f"/v1/rooms/{rid}/members/{_uid(bob)}")
         assert r.status_code == 204, r.text
         for s in (b, b_tab):
-            sys_ev = await s.next_event("system", timeout=1.0)
+            sys_ev = await s.next_event("system", timeout=scaled(1.0))
             assert sys_ev["room"] == rid
         # a send within the second after the removal is refused
         assert await refused(b, "send", room=rid, text="am I still here?") == "forbidden"
-        assert time.monotonic() - t0 < 1.0 + 0.5  # the refusal itself, not a later retry
-        await collect(b, 0.1)
+        # the refusal itself, not a later retry
+        assert time.monotonic() - t0 < scaled(1.0 + 0.5)
         later = await a.request("send", room=rid, text="bob is gone")
         got = await c.next_event("message")
         assert got["msg_id"] == later["msg_id"]
         for s in (b, b_tab):
-            leaked = [e for e in await collect(s, 0.7) if e["type"] == "message"]
+            leaked = [e for e in await collect(s) if e["type"] == "message"]
             assert leaked == [], "a removed member still receives the room's messages"
         assert await refused(b_tab, "send", room=rid, text="and here?") == "forbidden"
         # banned: no rejoin on any gateway, even for a public room
@@ -367,7 +358,7 @@ async def test_a_join_refused_now_takes_the_socket_out_of_the_room(stack: Stack)
     assert await refused(b, "join", room=rid) == "forbidden"
     assert await refused(b, "send", room=rid, text="and now?") == "forbidden"
     await a.request("send", room=rid, text="bob no longer gets this")
-    assert [m["text"] for m in await collect(b, 0.5) if m["type"] == "message"] \
+    assert [m["text"] for m in await collect(b) if m["type"] == "message"] \
         == ["not yet noticed"]
     await a.close()
     await b.close()
@@ -385,8 +376,9 @@ async def test_archive_read_only_on_both_gateways(stack: Stack) -> None:
         await b.request("join", room=rid)
         mine = await b.request("send", room=rid, text="bob's words")
         theirs = await a.request("send", room=rid, text="alice's words")
-        await collect(a, 0.2)
-        await collect(b, 0.2)
+        for s in (a, b):
+            assert [m["msg_id"] for m in await s.messages(2)] == [mine["msg_id"],
+                                                                   theirs["msg_id"]]
 
         _err(await hb.post(f"/v1/rooms/{rid}/archive"), 403, "forbidden")
         r = await ha.post(f"/v1/rooms/{rid}/archive")
@@ -394,9 +386,9 @@ async def test_archive_read_only_on_both_gateways(stack: Stack) -> None:
         assert r.json()["archived"] is True and r.json()["id"] == rid
         t0 = time.monotonic()
         for s in (a, b):
-            ev = await s.next_event("system", timeout=1.0)
+            ev = await s.next_event("system", timeout=scaled(1.0))
             assert ev["room"] == rid
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < scaled(1.0)  # README "Rooms": well within a second
         assert await refused(a, "send", room=rid, text="archived?") == "forbidden"
         assert await refused(b, "send", room=rid, text="archived?") == "forbidden"
         assert await refused(b, "edit", room=rid, msg_id=mine["msg_id"],
@@ -424,13 +416,14 @@ async def test_archive_read_only_on_both_gateways(stack: Stack) -> None:
         assert rid not in [x["id"] for x in r.json()["rooms"]]
         r = await hb.get(f"/v1/rooms/{rid}")
         assert r.json()["archived"] is True
-        # a fresh connection of a member still cannot send
+        # a fresh connection of a member cannot join (README "Rooms": join, send
+        # and edit → forbidden in an archived room) nor, unjoined, send
         b2 = await Session.open(stack.ws_url(1), bob["access_token"])
-        try:
-            await b2.request("join", room=rid)
-            assert await refused(b2, "send", room=rid, text="x") == "forbidden"
-        except Exception as exc:  # members may also be refused the join itself
-            assert getattr(exc, "code", None) == "forbidden", exc
+        assert await refused(b2, "join", room=rid) == "forbidden"
+        assert await refused(b2, "send", room=rid, text="x") == "forbidden"
+        # ... but still reads the history
+        hist = await b2.request("history", room=rid)
+        assert theirs["msg_id"] in [m["msg_id"] for m in hist["messages"]]
         _err(await ha.post(f"/v1/rooms/{unique('nope')}/archive"), 404, "not_found")
         for s in (a, b, b2, d):
             await s.close()
