@@ -1,4 +1,4 @@
-"""Payloads on NATS (docs/protocol.md §6): versioned msgspec structs as JSON.
+"""Payloads on NATS (docs/protocol.md §6 and §9): versioned msgspec structs as JSON.
 
 ``ChatRecord`` is what a gateway publishes to ``chat.room.<room>`` and what the
 CHAT stream stores; the stream's sequence becomes the event's ``seq`` and the
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from . import limits
 from .events import Message, User
 
 VERSION = 1
@@ -129,7 +130,8 @@ class HistoryReply(_Payload):
 
 
 class UsersRequest(_Payload):
-    """Look users up by id and/or by name (names case-insensitively); at most 100 each."""
+    """Look users up by id and/or by name (names case-insensitively);
+    at most ``limits.USERS_LOOKUP_MAX`` each."""
 
     ids: list[str] = []
     names: list[str] = []
@@ -211,7 +213,7 @@ class RoomListRequest(_Payload):
 
     caller: User
     public: bool = False
-    limit: int = 100
+    limit: int = limits.ROOM_LIST_MAX
     v: int = VERSION
 
 

@@ -3,6 +3,7 @@
 Field rules that map to ``bad_request`` (types, room ids, ``limit`` range,
 request ids) live in the types so one decode validates them. Text length maps
 to ``too_large`` instead, so it is checked by :func:`check_text`, not here.
+Every bound is one of :mod:`.limits` (docs/protocol.md §8.1).
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from . import limits
 from .errors import ChatError, ErrorCode
 from .rooms import RoomId
 
-MAX_TEXT_CHARS = 4000
+# The names other modules import, kept as aliases of the limits.
+MAX_TEXT_CHARS = limits.TEXT_MAX_CHARS
+MAX_SEQ = limits.SEQ_MAX
 
-RequestId = Annotated[str, msgspec.Meta(max_length=64)]
+RequestId = Annotated[str, msgspec.Meta(max_length=limits.REQUEST_ID_MAX)]
 # Sequences are JetStream's uint64, stored as PostgreSQL bigint: bound them there.
-MAX_SEQ = 2**63 - 1
-Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=limits.SEQ_MAX)]
+Limit = Annotated[int, msgspec.Meta(ge=limits.PAGE_MIN, le=limits.PAGE_MAX)]
+MsgId = Annotated[str, msgspec.Meta(max_length=limits.MSG_ID_MAX)]
+ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.CLIENT_MSG_ID_MAX)]
 
 
 class _Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
@@ -44,8 +49,8 @@ class Leave(_Frame, tag="leave"):
 class Send(_Frame, tag="send"):
     room: RoomId = ""
     text: str = ""
-    reply_to: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    reply_to: MsgId | None = None
+    client_msg_id: ClientMsgId | None = None
 
 
 class Edit(_Frame, tag="edit"):
@@ -125,18 +130,19 @@ def decode_frame(data: bytes | str) -> ClientFrame:
 def request_id_of(data: bytes | str) -> str | None:
     """Best-effort request id of a frame that failed to decode, to echo it.
 
-    Only a string of at most 64 chars is echoed: anything else is itself the
-    error and echoing it back would let a client reflect arbitrary data.
+    Only a string of at most ``REQUEST_ID_MAX`` chars is echoed: anything else
+    is itself the error and echoing it back would let a client reflect
+    arbitrary data.
     """
     try:
         rid = _id_decoder.decode(data).id
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    return rid if isinstance(rid, str) and len(rid) <= 64 else None
+    return rid if isinstance(rid, str) and len(rid) <= limits.REQUEST_ID_MAX else None
 
 
 def check_text(text: str) -> str:
-    """Trimmed message text, or ``bad_request`` (empty) / ``too_large`` (> 4000)."""
+    """Trimmed message text, or ``bad_request`` (empty) / ``too_large`` (> TEXT_MAX_CHARS)."""
     trimmed = text.strip()
     if not trimmed:
         raise ChatError(ErrorCode.BAD_REQUEST, "text is empty")

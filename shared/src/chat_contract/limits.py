@@ -1,4 +1,4 @@
-"""Every limit of the contract, in one place (docs/protocol.md §3.3, §3.6, §5, §8).
+"""Every limit of the contract, in one place (docs/protocol.md §8.1 lists them all).
 
 These are the bounds a client can count on and every deployable enforces
 alike: a gateway refusing what history-service would accept (or the reverse)

@@ -1,4 +1,4 @@
-"""NATS subjects and stream names (docs/protocol.md §6 plus the project's own).
+"""NATS subjects and stream names (docs/protocol.md §6, and the project's own in §9 and §10).
 
 Room ids are validated before they reach here; the builders assert it so that
 a subject token can never carry ``.``, ``*``, ``>`` or white space.
