@@ -15,16 +15,16 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from waiting import scaled
 
 from chat_auth.config import AuthSettings
 from chat_auth.service import AuthService
 from chat_auth.store import AuthStore
 from chat_auth.tokens import new_refresh_token
-from chat_contract import subjects
+from chat_contract import rpc
 from chat_contract.bus import (
     Credentials,
     Empty,
-    JwksReply,
     RefreshRequest,
     RegisterReply,
     TokenPair,
@@ -33,13 +33,13 @@ from chat_contract.bus import (
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_gateway.tokens import TokenVerifier
-from chat_kit.bus import call
+from chat_kit.bus import request
 from chat_kit.runtime import Runtime
 from chat_kit.settings import CommonSettings
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10.0)
 PASSWORD = "correct horse battery"
 
 
@@ -109,25 +109,27 @@ async def client(nats_url: str) -> AsyncIterator[NATS]:
 
 
 async def register(nc: NATS, username: str, password: str = PASSWORD) -> RegisterReply:
-    return await call(nc, subjects.AUTH_REGISTER,
-                      Credentials(username=username, password=password, remote="10.0.0.1"),
-                      RegisterReply, TIMEOUT)
+    return await request(nc, rpc.AUTH_REGISTER,
+                         Credentials(username=username, password=password, remote="10.0.0.1"),
+                         TIMEOUT)
 
 
 async def login(nc: NATS, username: str, password: str = PASSWORD) -> TokenPair:
-    return await call(nc, subjects.AUTH_LOGIN,
-                      Credentials(username=username, password=password, remote="10.0.0.1"),
-                      TokenPair, TIMEOUT)
+    return await request(nc, rpc.AUTH_LOGIN,
+                         Credentials(username=username, password=password, remote="10.0.0.1"),
+                         TIMEOUT)
 
 
 async def refresh(nc: NATS, token: str) -> TokenPair:
-    return await call(nc, subjects.AUTH_REFRESH, RefreshRequest(refresh_token=token),
-                      TokenPair, TIMEOUT)
+    return await request(nc, rpc.AUTH_REFRESH, RefreshRequest(refresh_token=token), TIMEOUT)
 
 
 async def logout(nc: NATS, token: str) -> Empty:
-    return await call(nc, subjects.AUTH_LOGOUT, RefreshRequest(refresh_token=token),
-                      Empty, TIMEOUT)
+    return await request(nc, rpc.AUTH_LOGOUT, RefreshRequest(refresh_token=token), TIMEOUT)
+
+
+async def users(nc: NATS, req: UsersRequest) -> UsersReply:
+    return await request(nc, rpc.AUTH_USERS, req, TIMEOUT)
 
 
 async def fails(code: ErrorCode, request: Awaitable[object]) -> ChatError:
@@ -139,7 +141,7 @@ async def fails(code: ErrorCode, request: Awaitable[object]) -> ChatError:
 
 def verifier_for(nc: NATS) -> TokenVerifier:
     async def fetch() -> list[dict[str, Any]]:
-        return (await call(nc, subjects.AUTH_JWKS, Empty(), JwksReply, TIMEOUT)).keys
+        return (await request(nc, rpc.AUTH_JWKS, Empty(), TIMEOUT)).keys
 
     return TokenVerifier("chat-auth", "chat", fetch)
 
@@ -163,15 +165,11 @@ async def test_duplicate_name_in_other_case_conflicts(auth: Replica, client: NAT
 async def test_users_lookup_by_id_and_name(auth: Replica, client: NATS) -> None:
     alice = (await register(client, "Alice")).user
     bob = (await register(client, "bob")).user
-    reply = await call(client, subjects.AUTH_USERS,
-                       UsersRequest(ids=[bob.id, "u_nobody"], names=["ALICE", "carol"]),
-                       UsersReply, TIMEOUT)
+    reply = await users(client, UsersRequest(ids=[bob.id, "u_nobody"], names=["ALICE", "carol"]))
     assert reply.users == [bob, alice]  # ids first, names case-insensitively, unknown absent
-    empty = await call(client, subjects.AUTH_USERS, UsersRequest(ids=["' OR 1=1 --"]),
-                       UsersReply, TIMEOUT)
+    empty = await users(client, UsersRequest(ids=["' OR 1=1 --"]))
     assert empty.users == []
-    await fails(ErrorCode.BAD_REQUEST, call(client, subjects.AUTH_USERS,
-                                            UsersRequest(ids=["x"] * 101), UsersReply, TIMEOUT))
+    await fails(ErrorCode.BAD_REQUEST, users(client, UsersRequest(ids=["x"] * 101)))
 
 
 @pytest.mark.parametrize("username", ["ab", "a" * 33, "has space", "emoji😀", "a/b", "", "é" * 5])
@@ -185,13 +183,22 @@ async def test_bad_password(auth: Replica, client: NATS, password: str) -> None:
 
 
 async def test_limits_are_inclusive(auth: Replica, client: NATS) -> None:
-    await register(client, "abc", "x" * 8)
-    await register(client, "a" * 32, "y" * 256)
-    await login(client, "a" * 32, "y" * 256)
+    """The shortest and longest name and password are accepted: the user is
+    created with that name and can log in with that password."""
+    verifier = verifier_for(client)
+    await verifier.start()
+    for name, password in (("abc", "x" * 8), ("a" * 32, "y" * 256)):
+        user = (await register(client, name, password)).user
+        assert user.name == name and user.id.startswith("u_")
+        pair = await login(client, name, password)
+        claims = verifier.verify(pair.access_token)
+        assert (claims.sub, claims.name) == (user.id, name)
+        found = await users(client, UsersRequest(names=[name]))
+        assert found.users == [user]
 
 
 async def test_garbled_payload_is_bad_request(auth: Replica, client: NATS) -> None:
-    msg = await client.request(subjects.AUTH_LOGIN, b"{not json", timeout=TIMEOUT)
+    msg = await client.request(rpc.AUTH_LOGIN.subject, b"{not json", timeout=TIMEOUT)
     assert msg.headers is not None
     assert msg.headers["Nats-Service-Error-Code"] == "bad_request"
 
@@ -209,7 +216,7 @@ async def test_login_issues_a_token_the_gateway_verifies(auth: Replica, client: 
 
 
 async def test_jwks(auth: Replica, client: NATS) -> None:
-    keys = (await call(client, subjects.AUTH_JWKS, Empty(), JwksReply, TIMEOUT)).keys
+    keys = (await request(client, rpc.AUTH_JWKS, Empty(), TIMEOUT)).keys
     assert len(keys) == 1
     assert keys[0].keys() == {"kty", "crv", "x", "use", "alg", "kid"}
     assert (keys[0]["kty"], keys[0]["crv"], keys[0]["alg"], keys[0]["use"]) == (
@@ -245,8 +252,11 @@ async def test_refresh_rotates(auth: Replica, client: NATS) -> None:
     assert err.message == "invalid or expired refresh token"
     # Within the grace period the replay is taken for a race: the new token lives on.
     third = await refresh(client, second.refresh_token)
+    assert verifier.verify(third.access_token).name == "alice"
     await fails(ErrorCode.UNAUTHORIZED, refresh(client, "made-up"))
-    await refresh(client, third.refresh_token)
+    fourth = await refresh(client, third.refresh_token)
+    assert fourth.refresh_token not in (first.refresh_token, second.refresh_token,
+                                        third.refresh_token)
 
 
 async def test_reuse_after_grace_revokes_the_family(start_replica: Start, client: NATS,
@@ -262,7 +272,8 @@ async def test_reuse_after_grace_revokes_the_family(start_replica: Start, client
     assert stolen.refresh_token not in caplog.text and legit.refresh_token not in caplog.text
     await fails(ErrorCode.UNAUTHORIZED, refresh(client, legit.refresh_token))
     # Only that login's family is gone; the user's other session is untouched.
-    await refresh(client, other_session.refresh_token)
+    renewed = await refresh(client, other_session.refresh_token)
+    assert renewed.refresh_token != other_session.refresh_token
 
 
 async def test_expired_refresh_token(auth: Replica, client: NATS, db_url: str) -> None:
@@ -311,7 +322,8 @@ async def test_concurrent_double_refresh_has_exactly_one_winner(
         losers = [r for r in results if isinstance(r, ChatError)]
         assert len(winners) == 1 and len(losers) == 7, results
         assert {e.code for e in losers} == {ErrorCode.UNAUTHORIZED}
-        await refresh(client, winners[0].refresh_token)  # the winner's session lives on
+        lives_on = await refresh(client, winners[0].refresh_token)  # the winner's session
+        assert lives_on.refresh_token != winners[0].refresh_token
 
 
 async def test_store_rotation_is_atomic(auth: Replica, client: NATS, db_url: str) -> None:
@@ -344,13 +356,14 @@ async def test_key_file_and_restart(start_replica: Start, client: NATS, tmp_path
     verifier = verifier_for(client)
     await verifier.start()
     assert verifier.verify(pair.access_token).name == "alice"
-    await refresh(client, pair.refresh_token)
+    renewed = await refresh(client, pair.refresh_token)
+    assert verifier.verify(renewed.access_token).name == "alice"
 
 
 async def test_micro_service_discovery(auth: Replica, client: NATS) -> None:
     msg = await client.request("$SRV.INFO.auth", b"", timeout=TIMEOUT)
     info = msgspec.json.decode(msg.data)
     assert info["name"] == "auth"
-    assert {e["subject"] for e in info["endpoints"]} == {
-        subjects.AUTH_REGISTER, subjects.AUTH_LOGIN, subjects.AUTH_REFRESH,
-        subjects.AUTH_LOGOUT, subjects.AUTH_JWKS, subjects.AUTH_USERS}
+    assert {(e["name"], e["subject"]) for e in info["endpoints"]} == {
+        (r.name, r.subject) for r in (rpc.AUTH_REGISTER, rpc.AUTH_LOGIN, rpc.AUTH_REFRESH,
+                                      rpc.AUTH_LOGOUT, rpc.AUTH_JWKS, rpc.AUTH_USERS)}
