@@ -1,4 +1,5 @@
-"""The five auth operations, as typed handlers (no NATS here; see :mod:`.service`).
+"""The auth operations (register, login, refresh, logout, users, jwks) as typed
+handlers; no NATS here (:mod:`.service` binds each to its chat_contract.rpc).
 
 Refresh-token reuse: a token is spent when rotated. When a spent token comes
 back *after* the grace period (``CHAT_AUTH_REUSE_GRACE``, default 5 s), either
@@ -15,6 +16,7 @@ import logging
 import re
 import secrets
 
+from chat_contract import limits
 from chat_contract.bus import (
     Credentials,
     Empty,
@@ -37,14 +39,15 @@ from .tokens import TokenIssuer, new_family, new_refresh_token, refresh_token_ha
 
 log = logging.getLogger("chat_auth.handlers")
 
-USERNAME = re.compile(r"[A-Za-z0-9_.-]{3,32}")
-PASSWORD_MIN, PASSWORD_MAX = 8, 256
+# Contract bounds (docs/protocol.md §2, §8.1), under the names this module used.
+USERNAME = re.compile(limits.USERNAME_PATTERN)
+PASSWORD_MIN, PASSWORD_MAX = limits.PASSWORD_MIN, limits.PASSWORD_MAX
+# Ids and names per user lookup (an invite list, a DM, a block).
+MAX_LOOKUP = limits.USERS_LOOKUP_MAX
 # One message for every login failure: it must not tell "no such user" apart.
 BAD_CREDENTIALS = "invalid username or password"
 BAD_REFRESH = "invalid or expired refresh token"
 # Spent tokens are kept this long past expiry so late reuse is still recognised.
-# Ids and names per user lookup (an invite list, a DM, a block).
-MAX_LOOKUP = 100
 KEEP_EXPIRED = 7 * 24 * 3600.0
 
 

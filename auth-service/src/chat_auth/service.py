@@ -10,9 +10,8 @@ import asyncpg
 from nats.micro.service import Service
 from starlette.routing import BaseRoute
 
-from chat_contract import subjects
-from chat_contract.bus import Credentials, Empty, RefreshRequest, UsersRequest
-from chat_kit.bus import endpoint, start_service
+from chat_contract import rpc
+from chat_kit.bus import serves, start_service
 from chat_kit.db import create_pool, migrate
 from chat_kit.logs import event
 from chat_kit.passwords import Passwords
@@ -62,17 +61,14 @@ class AuthService:
         self._watch = asyncio.create_task(self._watch_db(h.store))
         # endpoint() runs requests concurrently (a login waits ~50 ms on argon2);
         # the hashing pool and the DB pool bound the real work.
-        self._service = await start_service(rt.nc, SERVICE, VERSION, {
-            "register": (subjects.AUTH_REGISTER,
-                         endpoint(SERVICE, "register", Credentials, h.register)),
-            "login": (subjects.AUTH_LOGIN, endpoint(SERVICE, "login", Credentials, h.login)),
-            "refresh": (subjects.AUTH_REFRESH,
-                        endpoint(SERVICE, "refresh", RefreshRequest, h.refresh)),
-            "logout": (subjects.AUTH_LOGOUT,
-                       endpoint(SERVICE, "logout", RefreshRequest, h.logout)),
-            "jwks": (subjects.AUTH_JWKS, endpoint(SERVICE, "jwks", Empty, h.jwks)),
-            "users": (subjects.AUTH_USERS, endpoint(SERVICE, "users", UsersRequest, h.users)),
-        })
+        self._service = await start_service(rt.nc, SERVICE, VERSION, dict([
+            serves(SERVICE, rpc.AUTH_REGISTER, h.register),
+            serves(SERVICE, rpc.AUTH_LOGIN, h.login),
+            serves(SERVICE, rpc.AUTH_REFRESH, h.refresh),
+            serves(SERVICE, rpc.AUTH_LOGOUT, h.logout),
+            serves(SERVICE, rpc.AUTH_JWKS, h.jwks),
+            serves(SERVICE, rpc.AUTH_USERS, h.users),
+        ]))
         event(log, "auth service started", kid=key.kid, issuer=s.issuer, audience=s.audience)
 
     async def stop(self) -> None:

@@ -34,7 +34,7 @@ from nats.micro.service import Service
 from prometheus_client import Counter, Gauge
 from starlette.routing import BaseRoute
 
-from chat_contract import subjects
+from chat_contract import rpc, subjects
 from chat_contract.bus import MembersReply, MembersRequest, PresenceEntry, PresenceNotice
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
@@ -50,6 +50,7 @@ log = logging.getLogger("chat_presence")
 EVENTS = Counter("chat_presence_events_total", "join/leave events published", ["event"])
 LEADER = Gauge("chat_presence_leader", "1 while this instance holds the leader lease")
 LIVE = Gauge("chat_presence_live_entries", "Live (room, user, connection) entries")
+SERVICE = "presence"  # micro service name and queue group
 LEADER_KEY = "leader"
 ANNOUNCED_PREFIX = f"$KV.{subjects.PRESENCE_ANNOUNCED_BUCKET}."
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
@@ -142,10 +143,9 @@ class PresenceService:
         self._ready = True
         rt.checks.append(lambda: self._ready)
         self._tasks += [asyncio.create_task(self._lead()), asyncio.create_task(self._reconcile())]
-        self._svc = await bus.start_service(rt.nc, "presence", "1.0.0", {
-            "members": (subjects.PRESENCE_MEMBERS,
-                        bus.endpoint("presence", "members", MembersRequest, self.members)),
-        })
+        self._svc = await bus.start_service(rt.nc, SERVICE, "1.0.0", dict([
+            bus.serves(SERVICE, rpc.PRESENCE_MEMBERS, self.members),
+        ]))
         event(log, "presence ready", instance=self.instance, ttl=s.ttl,
               entries=self.state.live_entries(), announced=len(self.state.announced))
 
