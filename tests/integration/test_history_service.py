@@ -9,7 +9,6 @@ calls it (``chat_kit.bus.call``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
@@ -23,7 +22,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
@@ -32,11 +31,10 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, User
 from chat_history import consumer as consumer_module
 from chat_history.config import HistorySettings
-from chat_history.consumer import (
+from chat_history.consumer_setup import (
     DELIVER_GROUP,
     DELIVER_SUBJECT,
     DURABLE,
-    LEGACY_DURABLE,
     MAX_ACK_PENDING,
     consumer_config,
 )
@@ -526,7 +524,8 @@ async def test_the_consumer_is_a_push_consumer_with_a_deliver_group(
 ) -> None:
     js = client.jetstream()
     # An existing durable keeps its start position and gets our other settings.
-    old = consumer_config(start_seq=1)
+    old = consumer_config()
+    old.deliver_policy, old.opt_start_seq = DeliverPolicy.BY_START_SEQUENCE, 1
     old.max_ack_pending = 10
     await js.add_consumer(subjects.CHAT_STREAM, old)
     async with running(nats_url, db_url):
@@ -548,7 +547,6 @@ async def test_a_deleted_consumer_is_recreated_while_running(
         first = await send(js, room, "before")
         await history(client, room)
         await js.delete_consumer(subjects.CHAT_STREAM, DURABLE)
-        await asyncio.sleep(0.05)
         second = await send(js, room, "while it was gone")
 
         async def present() -> bool:
@@ -566,63 +564,6 @@ async def test_a_deleted_consumer_is_recreated_while_running(
         reply = await history(client, room)
         assert [m.seq for m in reply.messages] == [first, second, third]
         assert component.consumer.stored == 3
-
-
-async def test_an_older_versions_pull_durable_is_taken_over_at_its_ack_floor(
-    nats_url: str, db_url: str, client: NATS, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL", 0.1)
-    js = client.jetstream()
-    room = new_room()
-    # What an older version leaves: the pull durable "history", acked (stored) up to
-    # a point, two more delivered but not acked.
-    await js.add_consumer(subjects.CHAT_STREAM, ConsumerConfig(
-        durable_name=LEGACY_DURABLE, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0))
-    seqs = [await send(js, room, f"m{i}") for i in range(10)]
-    old = await js.pull_subscribe_bind(durable=LEGACY_DURABLE, stream=subjects.CHAT_STREAM)
-    fetched = await old.fetch(6, timeout=2 * UNIT)
-    for msg in fetched[:4]:
-        await msg.ack()
-    floor = 0
-    while floor < seqs[3]:
-        info = await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
-        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-        await asyncio.sleep(0.01)
-
-    async def old_instance_pulling() -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                for msg in await old.fetch(10, timeout=0.3):
-                    await msg.ack()
-
-    pulling = asyncio.create_task(old_instance_pulling())
-    try:
-        async with running(nats_url, db_url) as component:
-            info = await js.consumer_info(subjects.CHAT_STREAM, DURABLE)
-            assert info.config.deliver_policy == DeliverPolicy.BY_START_SEQUENCE
-            assert info.config.opt_start_seq == seqs[3] + 1
-            reply = await history(client, room)
-            assert [m.seq for m in reply.messages] == seqs[4:]
-            assert component.consumer.stored == 6
-            # An older instance still pulls from it: it stays meanwhile.
-            await asyncio.sleep(1.0)
-            await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
-
-            pulling.cancel()
-            deadline = time.monotonic() + 5 * UNIT
-            while True:
-                try:
-                    await js.consumer_info(subjects.CHAT_STREAM, LEGACY_DURABLE)
-                except NotFoundError:
-                    break
-                assert time.monotonic() < deadline, "legacy durable not retired"
-                await asyncio.sleep(0.05)
-            later = await send(js, room, "later")
-            reply = await history(client, room, after=seqs[-1])
-            assert [m.seq for m in reply.messages] == [later]
-    finally:
-        pulling.cancel()
-        await asyncio.gather(pulling, return_exceptions=True)
 
 
 # --- edits, deletes, blocked senders ---------------------------------------------------

@@ -18,7 +18,10 @@ Run from the repo root: ``.venv/bin/python tests/load/history_ingest.py [N]``
    benchmark counts it, and the batches it made (its /metrics).
 
 Settings come from the environment (``HistorySettings.from_env``), so the
-script also runs against an older checkout put first on ``PYTHONPATH``.
+script also runs against an older checkout put first on ``PYTHONPATH``: an A/B
+of two versions runs this same script with each version's ``history-service/src``
+(and ``shared/src``, ``services/src``) first on the path, interleaved
+(tests/load/RESULTS.md "History consumer" has the commands).
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from chat_devstack.nats import NatsServer
 from chat_devstack.ports import free_port
 from chat_devstack.postgres import PostgresServer
 from chat_history.config import HistorySettings
-from chat_history.consumer import DURABLE
 from chat_history.records import MessageRow
 from chat_history.service import HistoryComponent
 from chat_kit.bus import call
@@ -56,6 +58,9 @@ from chat_kit.runtime import Runtime
 from chat_kit.stream import ensure_chat_stream
 
 ANN = User(id="u_bench", name="bench")
+# The durable's name (chat_history.consumer_setup.DURABLE), spelled out so the
+# script runs unchanged against a checkout from before the module split.
+DURABLE = "history-push"
 ROOMS = 50
 
 

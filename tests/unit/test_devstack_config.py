@@ -213,15 +213,14 @@ def test_role_table_keeps_the_issue_promises() -> None:
 
 def test_role_table_uses_the_contract_names() -> None:
     from chat_devstack import nats_auth
-    from chat_history.consumer import DELIVER_SUBJECT, DURABLE, LEGACY_DURABLE
+    from chat_history.consumer_setup import DELIVER_SUBJECT, DURABLE
 
     assert nats_auth.CHAT == subjects.CHAT_STREAM
     assert nats_auth.SESSIONS_BUCKET == subjects.SESSIONS_BUCKET
     assert nats_auth.PRESENCE_BUCKETS == (subjects.PRESENCE_BUCKET,
                                           subjects.PRESENCE_ANNOUNCED_BUCKET,
                                           subjects.PRESENCE_LEADER_BUCKET)
-    assert (nats_auth.HISTORY_DURABLE, nats_auth.HISTORY_LEGACY, nats_auth.HISTORY_DELIVER) == (
-        DURABLE, LEGACY_DURABLE, DELIVER_SUBJECT)
+    assert (nats_auth.HISTORY_DURABLE, nats_auth.HISTORY_DELIVER) == (DURABLE, DELIVER_SUBJECT)
 
 
 def test_partitions_put_the_mapping_and_partition_rights_in_every_node(tmp_path: Path) -> None:

@@ -1,9 +1,13 @@
-"""The history consumer's delivery buffer and writer, without servers.
+"""The history consumer (chat_history.consumer): its delivery buffer, flow
+control and writer loop, without servers.
 
 A fake NATS client records what is published (acks, naks, progress, flow
-control replies) and a fake store records the batches it is asked to insert,
-so the batching, ack-after-commit and outage rules can be checked exactly.
-Real NATS and PostgreSQL are in tests/integration/test_history_*.py.
+control replies: the delivered messages' own ``ack()``/``nak()``/... publish
+through it) and a fake store records the batches it is asked to insert, so
+the batching, ack-after-commit and outage rules can be checked exactly. The
+linger policy alone is in test_history_batching, the commit alone in
+test_history_commit. Real NATS and PostgreSQL are in
+tests/integration/test_history_*.py.
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ from nats.aio.msg import Msg
 from chat_contract.bus import ChatRecord
 from chat_contract.events import User
 from chat_history import consumer as consumer_module
-from chat_history.consumer import HistoryConsumer, stream_seq
-from chat_history.freshness import CommitTracker
+from chat_history.consumer import HistoryConsumer
 from chat_history.records import MessageRow
 
 ANN = User(id="u_ann", name="ann")
@@ -69,12 +72,13 @@ def reply(seq: int, delivered: int = 1) -> str:
     return f"$JS.ACK.CHAT.history-push.{delivered}.{seq}.{seq}.1700000000000000000.0"
 
 
-def delivery(seq: int, delivered: int = 1, data: bytes | None = None) -> Msg:
+def delivery(nc: FakeNats, seq: int, delivered: int = 1, data: bytes | None = None,
+             reply_to: str | None = None) -> Msg:
     if data is None:
         data = msgspec.json.encode(ChatRecord(room="lobby", msg_id=f"m{seq}", sender=ANN,
                                               text=f"t{seq}", ts="2025-06-01T12:00:00Z"))
-    return Msg(_client=None, subject="chat.room.lobby",  # type: ignore[arg-type]
-               reply=reply(seq, delivered), data=data)
+    return Msg(_client=nc, subject="chat.room.lobby",  # type: ignore[arg-type]
+               reply=reply_to or reply(seq, delivered), data=data)
 
 
 async def started(nc: FakeNats, store: FakeStore, *, batch: int = 500,
@@ -97,14 +101,19 @@ async def until(check: Any, timeout: float = 2.0) -> None:
         await asyncio.sleep(0.002)
 
 
-def test_stream_seq_from_ack_subjects() -> None:
-    assert stream_seq("$JS.ACK.CHAT.history-push.1.42.7.1700000000000000000.3") == 42
-    # Newer form: domain and account hash after ACK, a random token at the end.
-    assert stream_seq("$JS.ACK._.ACCHASH.CHAT.history-push.2.43.8.1700000000000000000.0.x") == 43
-    assert stream_seq("$JS.ACK._.ACCHASH.CHAT.history-push.2.44.8.1700000000000000000.0") == 44
-    for bad in ("", "_INBOX.abc", "$JS.FC.CHAT.history-push.xyz", "$JS.ACK.CHAT.c.1.x.2.3.4",
-                "$JS.ACK.CHAT.history-push.1.2.3.4"):
-        assert stream_seq(bad) is None, bad
+async def test_deliveries_are_filed_by_their_stream_sequence() -> None:
+    nc, store = FakeNats(), FakeStore()
+    consumer = HistoryConsumer(nc, store, batch=500, linger=0.05)  # type: ignore[arg-type]
+    for subject in ("$JS.ACK.CHAT.history-push.1.42.7.1700000000000000000.3",
+                    # Newer forms: domain and account hash after ACK, a random token at the end.
+                    "$JS.ACK._.ACCHASH.CHAT.history-push.2.43.8.1700000000000000000.0.x",
+                    "$JS.ACK._.ACCHASH.CHAT.history-push.2.44.8.1700000000000000000.0"):
+        await consumer._on_msg(delivery(nc, 0, reply_to=subject))
+    assert list(consumer._buf) == [42, 43, 44]
+    # Anything else on the deliver subject is not a delivery: counted, never filed or acked.
+    for bad in ("_INBOX.abc", "$JS.ACK.CHAT.c.1.x.2.3.4", "$JS.ACK.CHAT.history-push.1.2.3.4"):
+        await consumer._on_msg(delivery(nc, 0, reply_to=bad))
+    assert list(consumer._buf) == [42, 43, 44] and nc.published == []
 
 
 async def test_a_lone_message_is_stored_at_once_and_acked_after_commit() -> None:
@@ -112,7 +121,7 @@ async def test_a_lone_message_is_stored_at_once_and_acked_after_commit() -> None
     consumer = await started(nc, store, linger=5.0)
     try:
         t0 = time.monotonic()
-        await consumer._on_msg(delivery(1))
+        await consumer._on_msg(delivery(nc, 1))
         await until(lambda: nc.sent(b""))
         assert time.monotonic() - t0 < 1.0  # nowhere near the 5 s linger
         assert [[r.seq for r in b] for b in store.batches] == [[1]]
@@ -131,7 +140,7 @@ async def test_a_busy_stream_is_stored_in_batches_of_one_linger() -> None:
         for _ in range(100):  # ~2000 messages/s for ~0.5 s
             for _ in range(10):
                 seq += 1
-                await consumer._on_msg(delivery(seq))
+                await consumer._on_msg(delivery(nc, seq))
             await asyncio.sleep(0.005)
         await until(lambda: store.rows == seq)
         # At once while the rate was unknown, then about one batch per linger.
@@ -146,7 +155,7 @@ async def test_a_full_batch_does_not_wait_for_the_linger() -> None:
     consumer = await started(nc, store, batch=50, linger=5.0)
     try:
         for seq in range(1, 401):
-            await consumer._on_msg(delivery(seq))
+            await consumer._on_msg(delivery(nc, seq))
             if seq % 50 == 0:
                 await asyncio.sleep(0.001)
         await until(lambda: store.rows == 400)
@@ -158,9 +167,9 @@ async def test_a_full_batch_does_not_wait_for_the_linger() -> None:
 async def test_a_redelivery_replaces_its_waiting_copy() -> None:
     nc, store = FakeNats(), FakeStore()
     consumer = HistoryConsumer(nc, store, batch=500, linger=0.05)  # type: ignore[arg-type]
-    await consumer._on_msg(delivery(7, delivered=1))
-    await consumer._on_msg(delivery(8, delivered=1))
-    await consumer._on_msg(delivery(7, delivered=2))
+    await consumer._on_msg(delivery(nc, 7, delivered=1))
+    await consumer._on_msg(delivery(nc, 8, delivered=1))
+    await consumer._on_msg(delivery(nc, 7, delivered=2))
     assert list(consumer._buf) == [7, 8]
     assert consumer._buf[7].reply == reply(7, delivered=2)
 
@@ -170,8 +179,8 @@ async def test_the_buffer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     nc, store = FakeNats(), FakeStore()
     consumer = HistoryConsumer(nc, store, batch=500, linger=0.05)  # type: ignore[arg-type]
     for seq in range(1, 16):
-        await consumer._on_msg(delivery(seq))
-    await consumer._on_msg(delivery(3, delivered=2))  # a redelivery still replaces
+        await consumer._on_msg(delivery(nc, seq))
+    await consumer._on_msg(delivery(nc, 3, delivered=2))  # a redelivery still replaces
     assert list(consumer._buf) == list(range(1, 11))
     assert consumer._buf[3].reply == reply(3, delivered=2)
     assert nc.published == []  # dropped ones stay unacked: redelivered after ack_wait
@@ -201,9 +210,9 @@ async def test_bad_payloads_are_terminated_and_the_rest_stored() -> None:
     nc, store = FakeNats(), FakeStore()
     consumer = await started(nc, store)
     try:
-        await consumer._on_msg(delivery(1))
-        await consumer._on_msg(delivery(2, data=b"garbage"))
-        await consumer._on_msg(delivery(3))
+        await consumer._on_msg(delivery(nc, 1))
+        await consumer._on_msg(delivery(nc, 2, data=b"garbage"))
+        await consumer._on_msg(delivery(nc, 3))
         await until(lambda: len(nc.sent(b"")) == 2)
         assert nc.sent(b"+TERM") == [reply(2)]
         assert consumer.rejected == 1 and consumer.stored == 2
@@ -216,7 +225,7 @@ async def test_a_database_outage_keeps_the_batch_unacked_and_unready() -> None:
     store.failures = 3
     consumer = await started(nc, store)
     try:
-        await consumer._on_msg(delivery(1))
+        await consumer._on_msg(delivery(nc, 1))
         await until(lambda: not consumer.is_ready())
         assert nc.sent(b"") == []  # never acked before commit
         await until(lambda: store.rows == 1, timeout=5)
@@ -232,7 +241,7 @@ async def test_stop_stores_what_was_delivered() -> None:
     consumer = await started(nc, store, linger=5.0)
     store.delay = 0.05
     for seq in range(1, 1201):
-        await consumer._on_msg(delivery(seq))
+        await consumer._on_msg(delivery(nc, seq))
     await consumer.stop()
     assert store.rows == 1200
     assert sorted(nc.sent(b"")) == sorted(reply(s) for s in range(1, 1201))
@@ -244,7 +253,7 @@ async def test_stop_with_the_database_away_hands_everything_back() -> None:
     consumer = await started(nc, store)
     store.failures = 10**6
     for seq in range(1, 1201):
-        await consumer._on_msg(delivery(seq))
+        await consumer._on_msg(delivery(nc, seq))
     await until(lambda: not consumer.is_ready())
     await consumer.stop()
     assert nc.sent(b"") == []
@@ -257,41 +266,9 @@ async def test_a_sender_waiting_for_each_message_is_never_made_to_linger() -> No
     try:
         t0 = time.monotonic()
         for seq in range(1, 101):  # fast, but each message only after the previous is stored
-            await consumer._on_msg(delivery(seq))
+            await consumer._on_msg(delivery(nc, seq))
             await until(lambda n=seq: len(nc.sent(b"")) == n)
         assert time.monotonic() - t0 < 2.0  # a single 5 s linger would fail this
         assert consumer.batches == 100
     finally:
         await consumer.stop()
-
-
-class FakeJetStream:
-    def __init__(self) -> None:
-        self.floor = 0
-        self.polls = 0
-
-    async def consumer_info(self, stream: str, durable: str, timeout: float = 0) -> Any:
-        self.polls += 1
-        seq = type("Seq", (), {"stream_seq": self.floor})()
-        return type("Info", (), {"ack_floor": seq, "num_pending": 1, "num_ack_pending": 1})()
-
-
-async def test_a_nudge_polls_the_ack_floor_at_once() -> None:
-    js = FakeJetStream()
-    tracker = CommitTracker(js, interval=10.0)  # type: ignore[arg-type]
-    try:
-        waiting = asyncio.create_task(tracker.wait_for(5, timeout=5.0))
-        await until(lambda: js.polls == 1)
-        tracker.nudge()  # nothing stored yet: polls again, keeps waiting
-        await until(lambda: js.polls == 2)
-        assert not waiting.done()
-        js.floor = 5
-        t0 = time.monotonic()
-        tracker.nudge()
-        assert await waiting
-        assert time.monotonic() - t0 < 1.0  # not the 10 s interval
-        tracker.nudge()  # no read waits: nothing to do
-        await asyncio.sleep(0.01)
-        assert js.polls == 3
-    finally:
-        await tracker.close()

@@ -39,7 +39,7 @@ class HistorySettings:
             # The linger: while the stream is busy, a batch gathers this long
             # after the previous one began unless it reaches CHAT_HISTORY_BATCH
             # first, so one INSERT and one burst of acks per linger instead of
-            # per handful of messages. A quiet stream never waits (consumer.py).
+            # per handful of messages. A quiet stream never waits (batching.py).
             # The name is from when this was the pull's fetch timeout.
             linger=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
             catchup_timeout=env_float("CHAT_HISTORY_CATCHUP_TIMEOUT", 1.5, minimum=0.01),

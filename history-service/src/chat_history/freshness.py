@@ -6,7 +6,7 @@ that any number of instances agree:
 
 - *How far must storage be?* The room's last stream sequence: a direct get of
   the last message on ``chat.room.<room>`` (0 for a room without messages).
-- *How far is storage?* The ``history`` durable consumer's ack floor. With
+- *How far is storage?* The ``history-push`` durable consumer's ack floor. With
   explicit acks, and acks sent only after commit, every stream message at or
   below the floor is committed to PostgreSQL, whichever instance stored it.
 
@@ -29,7 +29,7 @@ from chat_contract import subjects
 from chat_kit.stream import StreamSettings
 
 from . import metrics
-from .consumer import DURABLE
+from .consumer_setup import DURABLE
 
 
 async def last_room_seq(js: JetStreamContext, room: str,

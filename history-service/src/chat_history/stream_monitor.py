@@ -30,7 +30,7 @@ from chat_kit.logs import event
 from chat_kit.stream import StreamSettings
 
 from . import metrics
-from .consumer import DURABLE
+from .consumer_setup import DURABLE
 
 log = logging.getLogger("chat_history.stream_monitor")
 

@@ -43,7 +43,7 @@ def chat_streams(partitions: int = 1) -> list[str]:
 
 
 def _deliver(stream: str) -> str:
-    """history-service's deliver subject on ``stream`` (chat_history.consumer)."""
+    """history-service's deliver subject on ``stream`` (chat_history.consumer_setup)."""
     return HISTORY_DELIVER if stream == CHAT else f"{HISTORY_DELIVER}.{stream}"
 
 
@@ -55,7 +55,7 @@ def _chat_reader(stream: str) -> list[str]:
 
 def _chat_owner(stream: str) -> list[str]:
     """history-service on one chat stream: create it when missing, erase single
-    messages, its durable consumer (and the legacy one it retires), acks."""
+    messages, its durable consumer, acks."""
     return [
         *_chat_reader(stream),
         f"$JS.API.STREAM.CREATE.{stream}",  # only when missing (chat_kit.stream)
@@ -64,13 +64,10 @@ def _chat_owner(stream: str) -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{stream}.{HISTORY_DURABLE}",
         f"$JS.API.CONSUMER.CREATE.{stream}.{HISTORY_DURABLE}.>",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{HISTORY_DURABLE}",
-        f"$JS.API.CONSUMER.INFO.{stream}.{HISTORY_LEGACY}",
-        f"$JS.API.CONSUMER.DELETE.{stream}.{HISTORY_LEGACY}",
         f"$JS.ACK.{stream}.{HISTORY_DURABLE}.>",  # acks, naks, progress
         f"$JS.FC.{stream}.{HISTORY_DURABLE}.>",  # flow-control replies
     ]
 HISTORY_DURABLE = "history-push"  # history-service's push consumer
-HISTORY_LEGACY = "history"  # the pull consumer it retires on upgrade
 HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
 PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
 SESSIONS_BUCKET = "CHAT_SESSIONS"
