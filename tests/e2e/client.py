@@ -146,6 +146,15 @@ async def collect(session: Session, seconds: float = QUIET) -> list[dict[str, An
     return out
 
 
+async def through(session: Session, msg_id: str, timeout: float = TIMEOUT
+                  ) -> list[dict[str, Any]]:
+    """Every event ``session`` receives up to and including the message ``msg_id``."""
+    got: list[dict[str, Any]] = []
+    while not got or (got[-1]["type"], got[-1].get("msg_id")) != ("message", msg_id):
+        got.append(await asyncio.wait_for(session.events.get(), timeout))
+    return got
+
+
 def logged_errors(stack: Any) -> list[str]:
     """Lines at level error/critical, or tracebacks, in the logs of a running stack."""
     bad = []
