@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
+from nats.js.errors import NoKeysError
+from waiting import QUIET, eventually, scaled
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .client import RequestFailed, Session, register_and_login
+from chat_contract import subjects
+
+from .client import TIMEOUT, RequestFailed, Session, register_and_login
 from .conftest import unique
 from .hardening import RawWs, audit_lines, close_code_of, make_stack, metric, scrape, wait_for
 from .stack import Stack
@@ -48,7 +53,7 @@ async def _user(stack: Stack, gw: int = 1) -> dict[str, Any]:
     return await register_and_login(stack.gateway(gw).url, unique("lim"))
 
 
-async def _closed(s: Session, timeout: float = 10) -> int | None:
+async def _closed(s: Session, timeout: float = TIMEOUT) -> int | None:
     assert s._reader is not None
     await asyncio.wait_for(s._reader, timeout)
     return s.close_code
@@ -91,9 +96,9 @@ async def test_auth_frame_timeout_closes_4401(stack: Stack) -> None:
     async with connect(stack.ws_url(2)) as ws:
         with pytest.raises(ConnectionClosed):
             while True:
-                await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
         assert ws.close_code == 4401
-    assert 0.8 < time.monotonic() - started < 5
+    assert 0.8 < time.monotonic() - started < scaled(5)  # CHAT_GATEWAY_AUTH_TIMEOUT=1
 
 
 async def test_idle_client_is_closed_but_a_ponging_one_stays(stack: Stack) -> None:
@@ -101,7 +106,7 @@ async def test_idle_client_is_closed_but_a_ponging_one_stays(stack: Stack) -> No
     raw = RawWs(stack.gateway(1).port, u["access_token"])  # never reads, never pongs
     live = await Session.open(stack.ws_url(1), u["access_token"])  # answers pings itself
     try:
-        frames, eof = await asyncio.to_thread(raw.read_all, 8.0)
+        frames, eof = await asyncio.to_thread(raw.read_all, scaled(8.0))
         assert eof, "an idle socket must be closed"
         assert any(op == 0x9 for op, _ in frames), "the server pings"
         assert close_code_of(frames) == 1011  # keepalive ping timeout
@@ -145,10 +150,40 @@ async def test_room_member_cap_counts_users_across_gateways(stack: Stack) -> Non
     a2 = await Session.open(stack.ws_url(2), a["access_token"])  # a second tab is no new member
     await a2.request("join", room=room)
     await sb.request("leave", room=room)
-    await asyncio.sleep(0.5)  # presence sees the leave
-    await sc.request("join", room=room)
+
+    async def admitted() -> bool:  # once presence has seen the leave
+        try:
+            await sc.request("join", room=room)
+        except RequestFailed as exc:
+            assert exc.code == "forbidden" and "full" in str(exc), exc
+            return False
+        return True
+
+    await eventually(admitted, 5.0, "a place freed by the leave", interval=0.1)
     for s in (sa, sb, sc, a2):
         await s.close()
+
+
+async def _counted(stack: Stack, user: dict[str, Any]) -> int:
+    """How many of ``user``'s connections count toward the cap: their keys in
+    the CHAT_SESSIONS bucket (gateway/src/chat_gateway/sessions.py)."""
+    nc = await nats.connect(stack.nats_url, **stack.nats_login())
+    try:
+        kv = await nc.jetstream().key_value(subjects.SESSIONS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return 0
+        return sum(k.startswith(f"{user['user']['id']}.") for k in keys)
+    finally:
+        await nc.close()
+
+
+async def _counted_is(stack: Stack, user: dict[str, Any], n: int) -> None:
+    async def equal() -> bool:
+        return await _counted(stack, user) == n
+
+    await eventually(equal, 5.0, f"{n} connections of the user counted")
 
 
 async def test_connection_cap_closes_oldest_with_4409_across_gateways(stack: Stack) -> None:
@@ -156,21 +191,23 @@ async def test_connection_cap_closes_oldest_with_4409_across_gateways(stack: Sta
     sessions = []
     for i in range(3):
         sessions.append(await Session.open(stack.ws_url(1 + i % 2), u["access_token"]))
-        await asyncio.sleep(0.05)  # distinct opening times
-    await asyncio.sleep(0.3)
+        # counted one after the other: distinct opening times, the first the oldest
+        await _counted_is(stack, u, i + 1)
+    await asyncio.sleep(QUIET)  # a negative check: nobody is closed within the cap
     assert all(s.close_code is None for s in sessions)
     newest = await Session.open(stack.ws_url(2), u["access_token"])  # the 4th: over the cap
     assert await _closed(sessions[0]) == 4409
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(QUIET)  # a negative check: only the oldest is closed
     for s in (*sessions[1:], newest):
         assert s.close_code is None
         await s.ws.send(json.dumps({"type": "ping"}))
         assert (await s.next_event("pong"))["type"] == "pong"
     # A closed session stops counting: one more after closing one is within the cap.
     await sessions[1].close()
-    await asyncio.sleep(0.5)
+    await _counted_is(stack, u, 2)
     extra = await Session.open(stack.ws_url(1), u["access_token"])
-    await asyncio.sleep(0.5)
+    await _counted_is(stack, u, 3)
+    await asyncio.sleep(QUIET)  # a negative check: nobody is closed
     for s in (sessions[2], newest, extra):
         assert s.close_code is None
         await s.close()
@@ -201,6 +238,8 @@ async def test_slow_consumer_closed_1013_and_readers_unaffected(stack: Stack) ->
     for i in range(12):  # big messages make each history page ~40 KB
         await sender.request("send", room=room, text=f"{i}" + "x" * 3500)
     await reader.messages(12)
+    # Pacing, not a wait for a condition: the 12 sends above took most of the
+    # sender's burst (10/s); let it refill so the baseline is not rate limited.
     await asyncio.sleep(1.2)
     baseline = await _latencies(sender, reader, room, 6)
     before = scrape(gw.url)
@@ -214,7 +253,7 @@ async def test_slow_consumer_closed_1013_and_readers_unaffected(stack: Stack) ->
         for i in range(150):
             slow.send_text(json.dumps({"type": "history", "id": f"h{i}", "room": room}))
         during = await _latencies(sender, reader, room, 6)
-        frames, eof = await asyncio.to_thread(slow.read_all, 8.0)
+        frames, eof = await asyncio.to_thread(slow.read_all, scaled(8.0))
     finally:
         slow.close()
     assert eof, "the non-reading client must be disconnected"
@@ -233,7 +272,7 @@ async def test_slow_consumer_closed_1013_and_readers_unaffected(stack: Stack) ->
 async def test_login_throttled_per_user_and_per_address(stack: Stack) -> None:
     url = stack.gateway(1).url
     name = unique("victim")
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http:
         r = await http.post("/v1/auth/register",
                             json={"username": name, "password": "right pass 1"})
         assert r.status_code == 201
