@@ -14,8 +14,9 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
+from waiting import QUIET, scaled
 
-from .client import RequestFailed, Session, register_and_login
+from .client import TIMEOUT, RequestFailed, Session, collect, register_and_login
 from .conftest import unique
 from .stack import Stack
 
@@ -47,23 +48,24 @@ async def _watch(stack: Stack, user: dict[str, Any], gw: int, room: str) -> Sess
     """A member that has joined ``room`` and seen its own ``join`` event."""
     s = await _open(stack, user, gw)
     await s.request("join", room=room)
-    own = await s.next_event("presence", timeout=3)
+    own = await s.next_event("presence", timeout=scaled(3))
     assert own["event"] == "join" and own["user"] == user["user"], own
     return s
 
 
 async def _events(s: Session, type_: str, wait: float) -> list[dict[str, Any]]:
-    """Every ``type_`` event arriving within ``wait`` seconds."""
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            frame = await asyncio.wait_for(s.events.get(), left)
-        except TimeoutError:
-            break
-        if frame["type"] == type_:
-            out.append(frame)
-    return out
+    """Every ``type_`` event arriving within ``wait`` seconds, or already queued."""
+    return [frame for frame in await collect(s, wait) if frame["type"] == type_]
+
+
+async def _presence_of(s: Session, user: dict[str, Any], n: int,
+                       quiet: float = QUIET) -> list[str]:
+    """``user``'s presence events on ``s`` (their ``event``): wait for ``n`` of
+    them, then listen ``quiet`` seconds more for any that should not come."""
+    seen: list[str] = []
+    while len(seen) < n:
+        seen += _seen([await s.next_event("presence")], user)
+    return seen + _seen(await _events(s, "presence", quiet), user)
 
 
 def _ids(members: list[dict[str, Any]]) -> set[str]:
@@ -82,7 +84,7 @@ async def test_two_tabs_on_two_gateways_join_once_and_leave_once(stack: Stack) -
     ack = await tab1.request("join", room=room)
     assert _ids(ack["members"]) == {bob["user"]["id"], alice["user"]["id"]}
     assert {"id": alice["user"]["id"], "name": alice["user"]["name"]} in ack["members"]
-    got = await watcher.next_event("presence", timeout=2)
+    got = await watcher.next_event("presence", timeout=scaled(2))
     assert got["event"] == "join" and got["user"] == alice["user"] and got["room"] == room
     assert got["ts"].endswith("Z")
 
@@ -91,20 +93,20 @@ async def test_two_tabs_on_two_gateways_join_once_and_leave_once(stack: Stack) -
     listed = await tab2.request("presence", room=room)
     assert _ids(listed["members"]) == _ids(ack["members"])
     await tab1.close()
-    assert _seen(await _events(watcher, "presence", 1.5), alice) == []  # still on gw-2
+    assert await _presence_of(watcher, alice, 0) == []  # still on gw-2
     started = time.monotonic()
     await tab2.close()
-    left = await watcher.next_event("presence", timeout=2)
+    left = await watcher.next_event("presence", timeout=scaled(2))
     assert left["event"] == "leave" and left["user"] == alice["user"]
-    assert time.monotonic() - started < 2.0
-    assert _seen(await _events(watcher, "presence", 0.5), alice) == []
+    assert time.monotonic() - started < scaled(2.0)
+    assert await _presence_of(watcher, alice, 0) == []
     assert _ids((await watcher.request("presence", room=room))["members"]) == {bob["user"]["id"]}
 
     # A leave frame (not a close) is a leave too, and a rejoin a join.
     tab3 = await _open(stack, alice, 2)
     await tab3.request("join", room=room)
     await tab3.request("leave", room=room)
-    assert _seen(await _events(watcher, "presence", 1.0), alice) == ["join", "leave"]
+    assert await _presence_of(watcher, alice, 2) == ["join", "leave"]
     await tab3.close()
     await watcher.close()
 
@@ -119,17 +121,20 @@ async def test_sigkilled_gateway_users_leave_within_ttl_unless_connected_elsewhe
     carol_safe = await _open(stack, carol, 1)
     for s in (doomed, carol_doomed, carol_safe):
         await s.request("join", room=room)
-    joins = await _events(watcher, "presence", 1.0)
-    assert sorted(_seen(joins, alice) + _seen(joins, carol)) == ["join", "join"]
+    joins: list[dict[str, Any]] = []
+    while len(_seen(joins, alice) + _seen(joins, carol)) < 2:
+        joins.append(await watcher.next_event("presence"))
+    joins += await _events(watcher, "presence", QUIET)
+    assert (_seen(joins, alice), _seen(joins, carol)) == (["join"], ["join"])
 
     killed = time.monotonic()
     stack.gateway(2).kill()  # SIGKILL: no goodbye
     try:
-        left = await watcher.next_event("presence", timeout=TTL + 5)
+        left = await watcher.next_event("presence", timeout=TTL + scaled(5))
         took = time.monotonic() - killed
         assert left["event"] == "leave" and left["user"] == alice["user"], left
-        assert took < TTL + 5
-        assert _seen(await _events(watcher, "presence", 1.5), carol) == []
+        assert took < TTL + scaled(5)  # the TTL is what is under test
+        assert await _presence_of(watcher, carol, 0) == []
         members = (await watcher.request("presence", room=room))["members"]
         assert _ids(members) == {bob["user"]["id"], carol["user"]["id"]}
     finally:
@@ -144,21 +149,22 @@ async def test_gateway_restart_does_not_flap_users_who_reconnect(stack: Stack) -
     watcher = await _watch(stack, bob, 2, room)
     first = await _open(stack, alice, 1)
     await first.request("join", room=room)
-    assert _seen(await _events(watcher, "presence", 0.5), alice) == ["join"]
+    assert await _presence_of(watcher, alice, 1) == ["join"]
     stop = asyncio.create_task(stack.astop("gateway-1"))  # SIGTERM: drain, close 1012
     assert first._reader is not None
-    await asyncio.wait_for(first._reader, 10)
+    await asyncio.wait_for(first._reader, TIMEOUT)
     assert first.close_code == 1012
     again = await _open(stack, alice, 2)  # what the load balancer does
     await again.request("join", room=room)
     await stop
     try:
-        # Well past the TTL of the drained node's entries: no leave, no second join.
-        assert _seen(await _events(watcher, "presence", TTL + 2.5), alice) == []
+        # Well past the TTL of the drained node's entries: no leave, no second
+        # join (a negative check whose window is the TTL under test).
+        assert await _presence_of(watcher, alice, 0, quiet=TTL + scaled(2.5)) == []
     finally:
         await stack.astart("gateway-1")
     await again.close()
-    assert _seen(await _events(watcher, "presence", 2), alice) == ["leave"]
+    assert await _presence_of(watcher, alice, 1) == ["leave"]
     await watcher.close()
 
 
@@ -168,17 +174,18 @@ async def test_presence_service_restart_and_crash_emit_no_false_events(stack: St
     watcher = await _watch(stack, bob, 1, room)
     s = await _open(stack, alice, 2)
     await s.request("join", room=room)
-    assert _seen(await _events(watcher, "presence", 0.5), alice) == ["join"]
+    assert await _presence_of(watcher, alice, 1) == ["join"]
 
     await stack.astop("presence")  # SIGTERM
     await stack.astart("presence")
     stack.services["presence"].kill()  # and a crash: the lease must lapse first
     await stack.astart("presence")
-    assert await _events(watcher, "presence", TTL + 1) == []  # entries kept alive, no leave
+    # Entries kept alive, no leave: a negative check over the TTL under test.
+    assert await _events(watcher, "presence", TTL + scaled(1)) == []
     assert _ids((await s.request("presence", room=room))["members"]) == {
         bob["user"]["id"], alice["user"]["id"]}
     await s.close()
-    left = await watcher.next_event("presence", timeout=3)
+    left = await watcher.next_event("presence", timeout=scaled(3))
     assert left["event"] == "leave" and left["user"] == alice["user"]
     await watcher.close()
 
@@ -194,15 +201,14 @@ async def test_two_presence_instances_publish_each_event_once(stack: Stack) -> N
             s = await _open(stack, alice, 1 + i % 2)
             await s.request("join", room=room)
             await s.close()
-        seen = _seen(await _events(watcher, "presence", 1.5), alice)
-        assert seen == ["join", "leave"] * 3
+        assert await _presence_of(watcher, alice, 6) == ["join", "leave"] * 3
         stack.services["presence"].kill()  # the leader (it started first) dies
         s = await _open(stack, alice, 2)
         await s.request("join", room=room)  # the survivor answers the members query
-        got = await watcher.next_event("presence", timeout=5)  # after the lease lapses
+        got = await watcher.next_event("presence", timeout=scaled(5))  # after the lease lapses
         assert got["event"] == "join" and got["user"] == alice["user"]
         await s.close()
-        assert _seen(await _events(watcher, "presence", 1.5), alice) == ["leave"]
+        assert await _presence_of(watcher, alice, 1) == ["leave"]
         await watcher.close()
     finally:
         await stack.astop("presence-2")
@@ -222,21 +228,22 @@ async def test_typing_relayed_coalesced_and_expired(stack: Stack) -> None:
     for _ in range(20):  # a fast typist: one start per keystroke
         await typist.ws.send(f'{{"type":"typing","room":"{room}","state":"start"}}')
         await asyncio.sleep(0.05)
-    first = await reader.next_event("typing", timeout=2)
+    first = await reader.next_event("typing", timeout=scaled(2))
     assert first == {"type": "typing", "room": room, "user": alice["user"], "state": "start"}
-    stop = await reader.next_event("typing", timeout=9)  # it lapses: 6 s after the last start
+    # it lapses: 6 s after the last start (the expiry is what is under test)
+    stop = await reader.next_event("typing", timeout=6 + scaled(3))
     lapsed = time.monotonic() - started
     assert stop["state"] == "stop" and stop["user"] == alice["user"]
-    assert 5.5 < lapsed < 8.5, lapsed
+    assert 5.5 < lapsed < 6 + scaled(2.5), lapsed
     # The typist's own connections are not told about their own typing.
-    assert await _events(typist, "typing", 0.1) == []
-    assert await _events(other_tab, "typing", 0.1) == []
+    assert await _events(typist, "typing", QUIET) == []
+    assert await _events(other_tab, "typing", 0) == []  # the same window: already over
 
     await typist.ws.send(f'{{"type":"typing","room":"{room}","state":"start"}}')
     await typist.ws.send(f'{{"type":"typing","room":"{room}","state":"stop"}}')
-    got = [(await reader.next_event("typing", timeout=5))["state"] for _ in range(2)]
+    got = [(await reader.next_event("typing", timeout=scaled(5)))["state"] for _ in range(2)]
     assert got == ["start", "stop"]
-    assert await _events(reader, "typing", 0.5) == []
+    assert await _events(reader, "typing", QUIET) == []
     for s in (typist, other_tab, reader):
         await s.close()
 

@@ -24,7 +24,7 @@ from chat_devstack.caddy import Caddy
 from chat_devstack.nats import NatsServer
 from chat_devstack.ports import free_port, http_ok
 
-from .client import RequestFailed, Session, register_and_login
+from .client import TIMEOUT, RequestFailed, Session, register_and_login
 from .conftest import assert_no_violations, unique
 from .hardening import make_stack, metric, scrape, wait_for
 from .stack import Stack, authorized_nats
@@ -149,7 +149,7 @@ async def test_nats_down_keeps_sockets_answers_unavailable_and_recovers(
 async def test_auth_service_down_rest_503_then_back(stack: Stack) -> None:
     await asyncio.to_thread(stack.services["auth"].stop)
     try:
-        async with httpx.AsyncClient(base_url=stack.gateway(2).url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=stack.gateway(2).url, timeout=TIMEOUT) as http:
             for path in ("/v1/auth/login", "/v1/auth/register"):
                 started = time.monotonic()
                 r = await http.post(path, json={"username": unique("x"), "password": "pw123456!"})

@@ -8,10 +8,11 @@ import json
 from typing import Any
 
 import pytest
+from waiting import eventually
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from .client import RequestFailed, Session, register_and_login
+from .client import TIMEOUT, RequestFailed, Session, register_and_login
 from .conftest import unique
 from .stack import Stack
 
@@ -27,7 +28,7 @@ async def _close_code(url: str, **kwargs: Any) -> tuple[int | None, str | None]:
     async with connect(url, **kwargs) as ws:
         with pytest.raises(ConnectionClosed):
             while True:
-                await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
         assert ws.close_code is not None
         return ws.close_code, ws.close_reason
 
@@ -64,7 +65,7 @@ async def test_bad_tokens_close_4401(stack: Stack, user: dict[str, Any]) -> None
                 await ws.send(json.dumps({"type": "auth", "token": "nope"}))
                 with pytest.raises(ConnectionClosed):
                     while True:
-                        await asyncio.wait_for(ws.recv(), 10)
+                        await asyncio.wait_for(ws.recv(), TIMEOUT)
                 code, reason = ws.close_code, ws.close_reason
         assert code == 4401, (url, code, reason)
         assert reason
@@ -170,20 +171,22 @@ async def test_join_ack_comes_before_any_event_of_the_room(
     await writer.request("join", room=room)
     first = await writer.request("send", room=room, text="m0")
 
+    pumped: list[dict[str, Any]] = []
+
     async def pump() -> None:
         for i in range(1, 19):  # within the default burst of 20
-            await writer.request("send", room=room, text=f"m{i}")
-            await asyncio.sleep(0.03)  # still sending while the other joins
+            pumped.append(await writer.request("send", room=room, text=f"m{i}"))
+            await asyncio.sleep(0.03)  # pacing: still sending while the other joins
 
     pumping = asyncio.create_task(pump())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: pumped, 5.0, "the first pumped message")  # a busy room
     async with connect(f"{stack.ws_url(2)}?token={user['access_token']}") as ws:
         assert json.loads(await ws.recv())["type"] == "welcome"
         await ws.send(json.dumps({"type": "join", "id": "j", "room": room,
                                   "since": first["seq"]}))
         frames = []
         while True:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
             if frame["type"] in ("ack", "message"):
                 frames.append(frame)
             if frame["type"] == "ack":
@@ -192,7 +195,7 @@ async def test_join_ack_comes_before_any_event_of_the_room(
         chain = frames[0]["missed"]
         await pumping
         while not chain or chain[-1]["text"] != "m18":
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
             if frame["type"] == "message":
                 chain.append(frame)
     assert [m["text"] for m in chain] == [f"m{i}" for i in range(1, 19)]
@@ -205,7 +208,7 @@ async def test_rest_bodies_and_bounds_are_capped(stack: Stack, user: dict[str, A
     import httpx
 
     base = stack.gateway(1).url
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
         big = b'{"username":"' + b"x" * 70_000 + b'","password":"p"}'
         r = await http.post("/v1/auth/login", content=big,
                             headers={"content-type": "application/json"})
