@@ -8,10 +8,9 @@ and listens on ``presence.<room>`` like a gateway does.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -19,8 +18,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
+from waiting import QUIET, eventually, scaled
 
-from chat_contract import subjects
+from chat_contract import rpc, subjects
 from chat_contract.bus import MembersReply, MembersRequest, PresenceEntry, PresenceNotice
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
@@ -32,7 +32,6 @@ from chat_presence.service import PresenceService
 
 pytestmark = pytest.mark.integration
 
-UNIT = float(os.environ.get("CHAT_TEST_TIME_FACTOR", "1"))
 ANN = User(id="u_ann", name="ann")
 BOB = User(id="u_bob", name="bob")
 
@@ -80,8 +79,8 @@ class Gateway:
         await self.kv.delete(subjects.presence_key(room, user.id, session))
 
     async def members(self, room: str, min_rev: int = 0) -> list[User]:
-        reply = await bus.call(self.nc, subjects.PRESENCE_MEMBERS,
-                               MembersRequest(room=room, min_rev=min_rev), MembersReply, 5 * UNIT)
+        reply = await bus.request(self.nc, rpc.PRESENCE_MEMBERS,
+                                  MembersRequest(room=room, min_rev=min_rev), scaled(5))
         return reply.members
 
     def seen(self) -> list[tuple[str, str]]:
@@ -96,14 +95,6 @@ async def gateway(nats_url: str) -> AsyncIterator[Gateway]:
         yield Gateway(nc, kv)
     finally:
         await nc.drain()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10 * UNIT) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 def room_id() -> str:
@@ -123,11 +114,12 @@ async def test_one_join_and_one_leave_per_user_across_sessions(nats_url: str) ->
         assert await gw.members(room, min_rev=rev) == [ANN, BOB]
         await eventually(lambda: len(gw.notices) == 2)
         await gw.delete(room, ANN, "s_1")
-        await asyncio.sleep(0.3 * UNIT)
-        assert gw.seen() == [("join", ANN.id), ("join", BOB.id)]  # ann still has s_2
+        await asyncio.sleep(QUIET)  # a negative check: no leave, ann still has s_2
+        assert gw.seen() == [("join", ANN.id), ("join", BOB.id)]
         await gw.delete(room, ANN, "s_2")
-        took = await eventually(lambda: len(gw.notices) == 3)
-        assert took < 2.0 and gw.seen()[-1] == ("leave", ANN.id)
+        started = time.monotonic()
+        await eventually(lambda: len(gw.notices) == 3, what="ann's leave")
+        assert time.monotonic() - started < scaled(2.0) and gw.seen()[-1] == ("leave", ANN.id)
         assert await gw.members(room) == [BOB]
         assert gw.notices[0].room == room and gw.notices[0].ts.endswith("Z")
         assert await gw.members(room_id()) == []
@@ -138,10 +130,10 @@ async def test_unrefreshed_entries_expire_into_leave(nats_url: str) -> None:
     async with running(nats_url, ttl=2), gateway(nats_url) as gw:
         await gw.listen(room)
         await gw.put(room, ANN, "s_dead")  # a gateway that then dies: no refresh
-        for _ in range(4):  # bob's gateway keeps refreshing
+        for _ in range(4):  # bob's gateway keeps refreshing, well within the TTL of 2 s
             await gw.put(room, BOB, "s_live")
-            await asyncio.sleep(0.6)
-        await eventually(lambda: ("leave", ANN.id) in gw.seen(), timeout=2 + 5)
+            await asyncio.sleep(0.6)  # the refresh period: the timing under test
+        await eventually(lambda: ("leave", ANN.id) in gw.seen(), 2 + 5, "ann's expiry")
         assert ("leave", BOB.id) not in gw.seen()
         assert await gw.members(room) == [BOB]
 
@@ -161,7 +153,7 @@ async def test_restart_keeps_state_and_announces_what_changed_meanwhile(nats_url
         await outside.put(room, carol, "s_c")
         async with running(nats_url, ttl=30) as service:
             await eventually(lambda: len(outside.notices) == 2)
-            await asyncio.sleep(0.5 * UNIT)
+            await asyncio.sleep(QUIET)  # a negative check: nothing more is announced
             assert sorted(outside.seen()) == [("join", carol.id), ("leave", BOB.id)]
             assert await outside.members(room) == [ANN, carol]
             assert service.leading
@@ -178,7 +170,7 @@ async def test_two_instances_publish_each_event_once_and_fail_over(nats_url: str
                 await gw.put(room, BOB, f"s_{i}")
                 await gw.delete(room, ANN, f"s_{i}")
             await eventually(lambda: len(gw.notices) >= 4)
-            await asyncio.sleep(0.5 * UNIT)
+            await asyncio.sleep(QUIET)  # a negative check: no event published twice
             events = gw.seen()
             # Each transition once: ann joins and leaves up to 5 times, bob joins once.
             assert events.count(("join", BOB.id)) == 1
@@ -186,7 +178,7 @@ async def test_two_instances_publish_each_event_once_and_fail_over(nats_url: str
             # Both instances answer queries, consistently.
             assert [u.id for u in second.state.members(room)] == [BOB.id]
             await first.stop()  # hands over the lease
-            await eventually(lambda: second.leading, timeout=3 * UNIT)
+            await eventually(lambda: second.leading, 3.0, "the second instance leading")
             before = len(gw.notices)
             await gw.put(room, ANN, "s_late")
             await eventually(lambda: len(gw.notices) == before + 1)
@@ -196,8 +188,9 @@ async def test_two_instances_publish_each_event_once_and_fail_over(nats_url: str
 async def test_members_request_errors(nats_url: str) -> None:
     async with running(nats_url), gateway(nats_url) as gw:
         with pytest.raises(ChatError) as bad:
-            await bus.call(gw.nc, subjects.PRESENCE_MEMBERS, MembersReply(members=[]),
-                           MembersReply, 5 * UNIT)
+            # the wrong payload type on purpose: what a confused client sends
+            await bus.call(gw.nc, rpc.PRESENCE_MEMBERS.subject, MembersReply(members=[]),
+                           MembersReply, scaled(5))
         assert bad.value.code == ErrorCode.BAD_REQUEST
         with pytest.raises(ChatError) as late:  # a revision the bucket never reaches
             await gw.members(room_id(), min_rev=10**9)
