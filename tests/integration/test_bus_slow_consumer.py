@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from nats.aio.msg import Msg
+from waiting import eventually
 
 from chat_kit import bus, metrics
 
@@ -27,11 +28,9 @@ async def test_nats_slow_consumer_drops_are_counted(nats_url: str) -> None:
     for i in range(100):
         await pub.publish("chat.live.slow", b"x%d" % i)
     await pub.flush()
-    for _ in range(100):
-        if counter._value.get() > before:
-            break
-        await asyncio.sleep(0.02)
-    release.set()
-    assert counter._value.get() > before
+    try:
+        await eventually(lambda: counter._value.get() > before, 2.0, "a counted drop")
+    finally:
+        release.set()
     await pub.close()
     await nc.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from waiting import eventually, scaled
 
 from chat_contract import subjects
 from chat_devstack.nats import NatsServer
@@ -76,11 +76,9 @@ class Login:
 
     async def refused(self, what: str, timeout: float = 5.0) -> None:
         """Wait until NATS reported a permissions violation naming ``what``."""
-        deadline = time.monotonic() + timeout
         # nats-py lower-cases the server's message.
-        while not any(what.lower() in v.lower() for v in self.violations()):
-            assert time.monotonic() < deadline, f"no violation for {what!r}: {self.errors}"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: any(what.lower() in v.lower() for v in self.violations()),
+                         timeout, f"a violation for {what!r} (errors: {self.errors})")
 
 
 Connect = Callable[[str], Awaitable[Login]]
@@ -110,7 +108,7 @@ async def login(server: NatsServer, creds: NatsCredentials) -> AsyncIterator[Con
 async def chat_stream(login: Connect) -> AsyncIterator[Login]:
     """The CHAT stream, created the way history-service does (history role)."""
     history = await login("history")
-    js = history.nc.jetstream(timeout=2)
+    js = history.nc.jetstream(timeout=scaled(2))
     try:
         await js.stream_info(CHAT)
     except NotFoundError:
@@ -121,7 +119,7 @@ async def chat_stream(login: Connect) -> AsyncIterator[Login]:
 
 
 async def _messages(admin: Login) -> int:
-    return int((await admin.nc.jetstream(timeout=2).stream_info(CHAT)).state.messages)
+    return int((await admin.nc.jetstream(timeout=scaled(2)).stream_info(CHAT)).state.messages)
 
 
 async def _receives(nc: NATS, subject: str) -> asyncio.Queue[Msg]:
@@ -147,7 +145,7 @@ async def test_anonymous_and_wrong_logins_are_refused(server: NatsServer,
     try:
         with pytest.raises(nats.errors.Error, match="Authorization Violation"):
             await nc.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0,
-                             connect_timeout=2, **options)
+                             connect_timeout=scaled(2), **options)
     finally:
         await nc.close()  # nats-py leaves the refused socket open otherwise
 
@@ -177,7 +175,7 @@ async def test_gateway_cannot_answer_jwks(login: Connect) -> None:
     await attacker.nc.subscribe(f"{subjects.AUTH_JWKS}", queue="auth")
     # Nobody answers: the gateway's request finds no responder instead of a forged key.
     with pytest.raises(nats.errors.NoRespondersError):
-        await victim.nc.request(subjects.AUTH_JWKS, b"{}", timeout=2)
+        await victim.nc.request(subjects.AUTH_JWKS, b"{}", timeout=scaled(2))
     # Nor can it publish into a requester's inbox it guessed.
     inbox = "_INBOX.gateway.victim.1"
     waiting = await _receives(victim.nc, inbox)
@@ -206,11 +204,11 @@ async def test_gateway_cannot_manage_the_stream(chat_stream: Login, login: Conne
         with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
             await attempt()
         await gateway.refused(f'publish to "{subject}')
-    info = await admin.nc.jetstream(timeout=2).stream_info(CHAT)
+    info = await admin.nc.jetstream(timeout=scaled(2)).stream_info(CHAT)
     assert info.state.messages == before and info.config.max_msgs in (None, -1)
     # What it needs: the stream's info and direct gets.
     assert (await js.stream_info(CHAT)).config.name == CHAT
-    msg = await gateway.nc.jetstream(timeout=2).get_msg(CHAT, seq=ack.seq, direct=True)
+    msg = await gateway.nc.jetstream(timeout=scaled(2)).get_msg(CHAT, seq=ack.seq, direct=True)
     assert msg.data == b'{"text":"kept"}'
 
 
@@ -230,7 +228,7 @@ async def test_presence_cannot_publish_chat_events(chat_stream: Login, login: Co
     await presence.refused('publish to "chat.room.lobby.state"')
     assert await _messages(admin) == before
     # What it needs: its KV buckets and presence events.
-    kv = await presence.nc.jetstream(timeout=2).create_key_value(KeyValueConfig(
+    kv = await presence.nc.jetstream(timeout=scaled(2)).create_key_value(KeyValueConfig(
         bucket=subjects.PRESENCE_ANNOUNCED_BUCKET, storage=StorageType.FILE, history=1))
     await kv.put("lobby.u1", b"{}")
     assert (await kv.get("lobby.u1")).value == b"{}"
@@ -262,23 +260,23 @@ async def test_auth_cannot_read_history(login: Connect) -> None:
 
     await auth.nc.subscribe("svc.auth.>", queue="auth", cb=answer)
     await auth.nc.flush()
-    reply = await gateway.nc.request(subjects.AUTH_LOGIN, b"{}", timeout=2)
+    reply = await gateway.nc.request(subjects.AUTH_LOGIN, b"{}", timeout=scaled(2))
     assert reply.data == b'{"access_token":"t"}'
     assert reply.subject.startswith("_INBOX.gateway.")  # the gateway role's own inbox
     # History answers its requests and calls auth for user names.
     history_answers = await _receives(history.nc, "svc.history.>")
     request = asyncio.create_task(gateway.nc.request(subjects.HISTORY_MESSAGES, b"{}",
-                                                     timeout=2))
+                                                     timeout=scaled(2)))
     got = await asyncio.wait_for(history_answers.get(), 5)
     await got.respond(b'{"messages":[]}')
     assert (await request).data == b'{"messages":[]}', history.errors
-    assert (await history.nc.request(subjects.AUTH_USERS, b"{}", timeout=2)).data
+    assert (await history.nc.request(subjects.AUTH_USERS, b"{}", timeout=scaled(2))).data
     assert history.violations() == [] and gateway.violations() == []
 
 
 async def test_only_history_and_admin_may_create_the_stream(login: Connect) -> None:
     admin = await login("admin")
-    with_js = admin.nc.jetstream(timeout=2)
+    with_js = admin.nc.jetstream(timeout=scaled(2))
     try:
         await with_js.delete_stream(CHAT)  # admin may; history re-creates it below
     except NotFoundError:
@@ -290,7 +288,7 @@ async def test_only_history_and_admin_may_create_the_stream(login: Connect) -> N
                 StreamConfig(name=CHAT, subjects=[subjects.CHAT_SUBJECTS]))
         await other.refused(f'publish to "$JS.API.STREAM.CREATE.{CHAT}"')
     history = await login("history")
-    await history.nc.jetstream(timeout=2).add_stream(
+    await history.nc.jetstream(timeout=scaled(2)).add_stream(
         StreamConfig(name=CHAT, subjects=[subjects.CHAT_SUBJECTS], allow_direct=True))
     assert history.violations() == []
 
@@ -367,7 +365,7 @@ async def test_stack_over_tls_with_a_generated_ca(creds: NatsCredentials, db_url
         no_cert = ssl.create_default_context(cafile=str(pki["ca"]))
         with pytest.raises((nats.errors.Error, OSError)):
             await nats.connect(url, tls=no_cert, allow_reconnect=False,
-                               max_reconnect_attempts=0, connect_timeout=2,
+                               max_reconnect_attempts=0, connect_timeout=scaled(2),
                                **creds.connect_kwargs("admin"))
         await asyncio.to_thread(stack.start)
         async with httpx.AsyncClient(base_url=stack.gateway(1).url, timeout=10) as http:
