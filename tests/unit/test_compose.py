@@ -4,6 +4,9 @@ No Docker engine runs here, so nothing is built: the compose file is parsed
 with PyYAML, the Dockerfiles are read as text (their dependency-extraction
 snippet and health check command are run for real), and the Caddyfile is
 checked by the real caddy binary.
+
+These test deployment files, not a Python module: hence a name without a
+package prefix (tests/unit otherwise mirrors src as test_<package>_<module>.py).
 """
 
 from __future__ import annotations

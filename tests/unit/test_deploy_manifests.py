@@ -3,6 +3,9 @@
 Plain parsing, no cluster: probes point at /readyz and /healthz on the port
 the image listens on, every variable is one the code reads, secrets come from
 Secrets, and every metric an alert or a panel uses is one the code exports.
+
+These test deployment files, not a Python module: hence a name without a
+package prefix (tests/unit otherwise mirrors src as test_<package>_<module>.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The rendered Caddyfile is accepted by the real caddy binary and says what we mean."""
+"""chat_devstack.caddy: the rendered Caddyfile is accepted by the real caddy
+binary and says what we mean."""
 
 from __future__ import annotations
 
