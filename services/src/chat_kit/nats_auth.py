@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .settings import SettingsError, env_secret, env_str
+from .env import SettingsError, env_secret, env_str
 
 INBOX_ROOT = "_INBOX"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")

@@ -1,76 +1,23 @@
 """Configuration read once at start from ``CHAT_*`` environment variables.
 
-Each deployable declares a frozen dataclass and fills it with these helpers; a
-bad value fails at start with the variable's name, never later.
+Each deployable declares a frozen dataclass and fills it with the helpers of
+chat_kit.env (re-exported here); a bad value fails at start with the
+variable's name, never later. This module holds what every process reads.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .nats_auth import NatsAuthSettings
-
-
-class SettingsError(ValueError):
-    pass
-
-
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def env_secret(name: str, default: str = "") -> str:
-    """A secret from ``NAME`` or from the file named by ``NAME_FILE``."""
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise SettingsError(f"{name}_FILE: cannot read {path}: {exc}") from None
-    return os.environ.get(name, default)
-
-
-def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise SettingsError(f"{name}: must be >= {minimum}, got {value}")
-    return value
-
-
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}: must be >= {minimum}, got {value}")
-    return value
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}: expected a boolean, got {raw!r}")
+# The helpers of chat_kit.env, re-exported: deployables' configs import them from here.
+from .env import SettingsError as SettingsError
+from .env import env_bool as env_bool
+from .env import env_float as env_float
+from .env import env_int as env_int
+from .env import env_secret as env_secret
+from .env import env_str as env_str
+from .nats_auth import NatsAuthSettings
 
 
 def stream_replicas() -> int:
@@ -90,12 +37,10 @@ class CommonSettings:
     stream_replicas: int
     host: str
     # NATS credentials, TLS and inbox prefix (chat_kit.nats_auth); none by default.
-    nats_auth: NatsAuthSettings = field(default_factory=lambda: _no_nats_auth())
+    nats_auth: NatsAuthSettings = field(default_factory=NatsAuthSettings)
 
     @classmethod
     def from_env(cls) -> CommonSettings:
-        from .nats_auth import NatsAuthSettings  # it builds on this module's helpers
-
         return cls(
             nats_url=env_str("CHAT_NATS_URL", "nats://127.0.0.1:4222"),
             log_level=env_str("CHAT_LOG_LEVEL", "info").upper(),
@@ -105,12 +50,6 @@ class CommonSettings:
             host=env_str("CHAT_HOST", "127.0.0.1"),
             nats_auth=NatsAuthSettings.from_env(),
         )
-
-
-def _no_nats_auth() -> NatsAuthSettings:
-    from .nats_auth import NatsAuthSettings
-
-    return NatsAuthSettings()
 
 
 def default_node_id(port: int) -> str:
