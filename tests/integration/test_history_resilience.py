@@ -7,7 +7,6 @@ they stop and restart them; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from waiting import TIME_FACTOR
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
@@ -33,7 +33,7 @@ from chat_kit.settings import CommonSettings
 
 pytestmark = pytest.mark.integration
 
-UNIT = float(os.environ.get("CHAT_TEST_TIME_FACTOR", "1"))
+UNIT = TIME_FACTOR  # CHAT_TEST_TIME_FACTOR, read in tests/waiting.py
 ANN = User(id="u_ann", name="ann")
 
 

@@ -9,7 +9,6 @@ calls it (``chat_kit.bus.call``).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.errors import NotFoundError
+from waiting import TIME_FACTOR
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
@@ -48,7 +48,7 @@ from chat_kit.stream import ensure_chat_stream
 pytestmark = pytest.mark.integration
 
 # One unit of patience; slow machines scale it with CHAT_TEST_TIME_FACTOR.
-UNIT = float(os.environ.get("CHAT_TEST_TIME_FACTOR", "1"))
+UNIT = TIME_FACTOR  # CHAT_TEST_TIME_FACTOR, read in tests/waiting.py
 ANN = User(id="u_ann", name="ann")
 
 
