@@ -1,4 +1,6 @@
-"""The gateway repairs gaps in the live feed from the stream (real NATS).
+"""The gateway's relay path on real NATS: gaps in the live feed repaired
+from the stream, rooms held while a join is under way, and the room of an
+event taken from its subject, never from its payload.
 
 Core NATS may drop a republished event; the next event's prev_seq then points
 past the last one relayed, and the hub must fetch the missing ones from the
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import cast
 
 import msgspec
 import nats
@@ -17,8 +18,10 @@ import pytest
 
 from chat_contract import subjects
 from chat_contract.bus import ChatRecord
-from chat_contract.events import Message, User
-from chat_gateway.rooms import RoomHub
+from chat_contract.errors import ChatError, ErrorCode
+from chat_contract.events import User
+from chat_gateway.relay import Relay
+from chat_gateway.rooms import Admission, RoomHub
 from chat_kit import bus
 from chat_kit.stream import ensure_chat_stream
 
@@ -30,6 +33,8 @@ class FakeConn:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.user = User(id="u_x", name="x")
+        self.rooms: set[str] = set()
         self.blocked: set[str] = set()  # blocks nobody: gets the shared frames
 
     def write_frame(self, frame: bytes) -> bool:
@@ -41,11 +46,13 @@ class FakeConn:
         return [json.loads(f[4:] if f[1] == 126 else f[2:]) for f in self.frames]
 
 
-async def _publish(nc: nats.NATS, room: str, n: int) -> list[int]:
+async def _publish(nc: nats.NATS, room: str, n: int, payload_room: str | None = None,
+                   ) -> list[int]:
     seqs = []
     for i in range(n):
-        record = ChatRecord(room=room, msg_id=f"m{i}", sender=User(id="u_1", name="a"),
-                            ts="2026-01-01T00:00:00.000Z", text=f"t{i}")
+        record = ChatRecord(room=payload_room or room, msg_id=f"m{i}",
+                            sender=User(id="u_1", name="a"), ts="2026-01-01T00:00:00.000Z",
+                            text=f"t{i}")
         ack = await bus.publish_durable(nc, subjects.room_subject(room),
                                         msgspec.json.encode(record), 2.0)
         seqs.append(ack.seq)
@@ -65,21 +72,19 @@ async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: st
     js = nc.jetstream()
     await ensure_chat_stream(js)
     other = await _publish(nc, "other", 2)  # another room's seqs interleave in the stream
-    hub = RoomHub(nc, js)
-    room = await hub.open("r1")
-    baseline = await hub.last_seq(room)
+    hub = RoomHub(nc, Relay(js))
     conn = FakeConn()
-    hub.attach(conn, room, baseline)  # type: ignore[arg-type]
+    room = await hub.join(conn, "r1")  # type: ignore[arg-type]
 
     first = await _publish(nc, "r1", 1)
     await _until(lambda: len(conn.frames) == 1)
     # Lose the next two live events: no subscription while they are republished.
-    assert room.sub is not None
-    callback = room.sub._cb
-    await room.sub.unsubscribe()
+    assert room.live_sub is not None
+    callback = room.live_sub._cb
+    await room.live_sub.unsubscribe()
     lost = await _publish(nc, "r1", 2)
     await _publish(nc, "other", 1)
-    room.sub = await nc.subscribe(subjects.live_subject("r1"), cb=callback)
+    room.live_sub = await nc.subscribe(subjects.live_subject("r1"), cb=callback)
     await bus.sync(nc)
     after = await _publish(nc, "r1", 1)
     await _until(lambda: len(conn.frames) == 4)
@@ -102,16 +107,15 @@ async def test_events_lost_during_a_reconnect_are_relayed_without_a_next_event(
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()
     await ensure_chat_stream(js)
-    hub = RoomHub(nc, js)
-    room = await hub.open("r2")
-    hub.attach(conn := FakeConn(), room, await hub.last_seq(room))  # type: ignore[arg-type]
+    hub = RoomHub(nc, Relay(js))
+    room = await hub.join(conn := FakeConn(), "r2")  # type: ignore[arg-type]
     first = await _publish(nc, "r2", 1)
     await _until(lambda: len(conn.frames) == 1)
-    assert room.sub is not None
-    callback = room.sub._cb
-    await room.sub.unsubscribe()  # as during a reconnect
+    assert room.live_sub is not None
+    callback = room.live_sub._cb
+    await room.live_sub.unsubscribe()  # as during a reconnect
     lost = await _publish(nc, "r2", 2)
-    room.sub = await nc.subscribe(subjects.live_subject("r2"), cb=callback)
+    room.live_sub = await nc.subscribe(subjects.live_subject("r2"), cb=callback)
     await bus.sync(nc)
     await asyncio.sleep(0.2)
     assert len(conn.frames) == 1  # nothing shows the gap yet
@@ -131,30 +135,78 @@ async def test_a_leave_elsewhere_never_unsubscribes_a_room_mid_join(nats_url: st
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()
     await ensure_chat_stream(js)
-    hub = RoomHub(nc, js)
+    hub = RoomHub(nc, Relay(js))
     a, b = FakeConn(), FakeConn()
-    room = await hub.open("r2")
-    hub.attach(a, room, await hub.last_seq(room))  # type: ignore[arg-type]
-    joining = await hub.open("r2")  # b's join is in progress...
-    assert joining is room
-    await hub.detach(a, "r2")  # type: ignore[arg-type]  # ...when a leaves
-    await hub.detach(FakeConn(), "r2")  # type: ignore[arg-type]  # and a stranger's stray leave
-    assert hub.rooms.get("r2") is room and room.sub is not None
-    hub.attach(b, room, await hub.last_seq(room))  # type: ignore[arg-type]
-    await _publish(nc, "r2", 1)
+    room = await hub.join(a, "r3")  # type: ignore[arg-type]
+    admitting = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def slow_admit(joined: object) -> Admission:
+        admitting.set()
+        await proceed.wait()  # b's join is under way (asking history-service...)
+        last = await hub.last_seq(room)
+        return Admission(last_seq=last, floor=last)
+
+    join_b = asyncio.create_task(hub.join(b, "r3", slow_admit))  # type: ignore[arg-type]
+    await admitting.wait()
+    await hub.leave(a, "r3")  # type: ignore[arg-type]  # ...when a leaves
+    await hub.leave(FakeConn(), "r3")  # type: ignore[arg-type]  # and a stranger's stray leave
+    assert hub.rooms.get("r3") is room and room.live_sub is not None
+    proceed.set()
+    assert await join_b is room and b.rooms == {"r3"} and a.rooms == set()
+    await _publish(nc, "r3", 1)
     await _until(lambda: len(b.frames) == 1)
-    await hub.detach(b, "r2")  # type: ignore[arg-type]
-    assert "r2" not in hub.rooms  # the last member gone and no join pending: unsubscribed
+    assert a.frames == []
+    await hub.leave(b, "r3")  # type: ignore[arg-type]
+    assert "r3" not in hub.rooms  # the last member gone and no join pending: unsubscribed
     await nc.drain()
 
 
-def test_a_join_whose_floor_left_the_replay_buffer_sees_a_hole() -> None:
-    from chat_gateway.rooms import Room
+async def test_a_refused_join_leaves_nothing_held(nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    hub = RoomHub(nc, Relay(nc.jetstream()))
+    conn = FakeConn()
 
-    room = Room("r3")
-    assert not RoomHub.has_hole(room, 0)
-    event = cast(Message, None)  # not looked at by has_hole
-    room.recent.extend([(10, 7, b"", event), (12, 10, b"", event)])
-    assert not RoomHub.has_hole(room, 7)  # the buffer reaches back to the floor
-    assert not RoomHub.has_hole(room, 9)
-    assert RoomHub.has_hole(room, 5)  # events in (5, 7] are gone from the buffer
+    async def refuse(room: object) -> Admission:
+        raise ChatError(ErrorCode.FORBIDDEN, "private room")
+
+    with pytest.raises(ChatError):
+        await hub.join(conn, "r4", refuse)  # type: ignore[arg-type]
+    assert "r4" not in hub.rooms and conn.rooms == set()
+    await nc.drain()
+
+
+async def test_the_room_of_a_relayed_event_is_its_subjects_not_its_payloads(
+        nats_url: str) -> None:
+    """A record stored under chat.room.r5 whose payload names r6 is relayed as
+    an event of r5 (where history stores it too), and r6's members get nothing."""
+    nc = await bus.connect(nats_url, "test")
+    js = nc.jetstream()
+    await ensure_chat_stream(js)
+    hub = RoomHub(nc, Relay(js))
+    in_r5, in_r6 = FakeConn(), FakeConn()
+    await hub.join(in_r5, "r5")  # type: ignore[arg-type]
+    await hub.join(in_r6, "r6")  # type: ignore[arg-type]
+    forged = await _publish(nc, "r5", 1, payload_room="r6")  # live: chat.live.r5
+    honest = await _publish(nc, "r6", 1)
+    await _until(lambda: len(in_r5.frames) == 1 and len(in_r6.frames) == 1)
+    await asyncio.sleep(0.2)  # and nothing more arrives
+    [event] = in_r5.events()
+    assert event["room"] == "r5" and event["seq"] == forged[0]
+    [other] = in_r6.events()
+    assert other["room"] == "r6" and other["seq"] == honest[0]
+    # The repair path reads the stream by subject: the same rule there.
+    r5 = hub.rooms["r5"]
+    assert r5.live_sub is not None
+    callback = r5.live_sub._cb
+    await r5.live_sub.unsubscribe()
+    lost = await _publish(nc, "r5", 1, payload_room="r6")
+    r5.live_sub = await nc.subscribe(subjects.live_subject("r5"), cb=callback)
+    await bus.sync(nc)
+    after = await _publish(nc, "r5", 1)
+    await _until(lambda: len(in_r5.frames) == 3)
+    assert [(e["room"], e["seq"]) for e in in_r5.events()] == [
+        ("r5", forged[0]), ("r5", lost[0]), ("r5", after[0])]
+    assert len(in_r6.frames) == 1
+    await hub.close_all()
+    await nc.drain()

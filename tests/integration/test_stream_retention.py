@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -35,8 +34,11 @@ from chat_contract import subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
 from chat_contract.events import User
 from chat_devstack.nats import NatsCluster
-from chat_gateway.handlers import _stored_original
+from chat_gateway.handlers import stored_original
+from chat_gateway.localroom import LocalRoom
+from chat_gateway.relay import Relay
 from chat_gateway.rooms import RoomHub
+from chat_gateway.services import Services
 from chat_history.config import HistorySettings
 from chat_history.service import HistoryComponent
 from chat_history.stream_monitor import StreamMonitor, export_stream
@@ -60,6 +62,8 @@ class FakeConn:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.blocked: set[str] = set()
+        self.user = User(id="u_x", name="x")
+        self.rooms: set[str] = set()
 
     def write_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
@@ -151,23 +155,22 @@ async def test_gap_repair_reads_what_aged_out_from_history_then_the_stream(
         client: NATS, nats_url: str, db_url: str) -> None:
     js = client.jetstream()
     async with history(nats_url, db_url) as component:
-        hub = RoomHub(client, js, history=_fetcher(client))
-        room = await hub.open("r1")
+        hub = RoomHub(client, Relay(js, history=_fetcher(client)))
         conn = FakeConn()
-        hub.attach(conn, room, await hub.last_seq(room))  # type: ignore[arg-type]
+        room = await hub.join(conn, "r1")  # type: ignore[arg-type]
         first = await _publish(client, "r1", 1)
         await _until(lambda: len(conn.frames) == 1)
 
         # Lose the live feed while five events are published; the first three
         # then age out of the stream (stored in history), the last two do not.
-        assert room.sub is not None
-        callback = room.sub._cb
-        await room.sub.unsubscribe()
+        assert room.live_sub is not None
+        callback = room.live_sub._cb
+        await room.live_sub.unsubscribe()
         old = await _publish(client, "r1", 3)
         await _stored(component, "r1", 4)
         await _age_out(client, js, old[-1])
         new = await _publish(client, "r1", 2)
-        room.sub = await client.subscribe(subjects.live_subject("r1"), cb=callback)
+        room.live_sub = await client.subscribe(subjects.live_subject("r1"), cb=callback)
         await bus.sync(client)
         after = await _publish(client, "r1", 1)
 
@@ -187,10 +190,10 @@ async def test_a_room_that_aged_out_keeps_its_last_seq_and_since_recovers_it(
         await _stored(component, "r2", 5)
         await _age_out(client, js, seqs[-1])
 
-        stream_only = RoomHub(client, js)
-        assert await stream_only.last_seq(await stream_only.open("r2")) == 0  # the bug
-        hub = RoomHub(client, js, history=_fetcher(client))
-        last = await hub.last_seq(await hub.open("r2"))
+        stream_only = Relay(js)
+        assert await stream_only.last_seq(LocalRoom("r2")) == 0  # the bug
+        hub = RoomHub(client, Relay(js, history=_fetcher(client)))
+        last = await hub.last_seq(await hub.join(FakeConn(), "r2"))  # type: ignore[arg-type]
         assert last == seqs[-1]
 
         # The join's `since` page (handlers.join): after since, fresh up to last_seq.
@@ -200,7 +203,6 @@ async def test_a_room_that_aged_out_keeps_its_last_seq_and_since_recovers_it(
         assert [m.prev_seq for m in reply.messages] == seqs[1:4]
         assert not reply.has_more
         await hub.close_all()
-        await stream_only.close_all()
 
 
 async def test_a_duplicate_send_of_an_aged_out_message_answers_the_original(
@@ -214,9 +216,7 @@ async def test_a_duplicate_send_of_an_aged_out_message_answers_the_original(
         assert again == seq  # JetStream's duplicate window still knows the id
         with pytest.raises(NotFoundError):
             await js.get_msg(subjects.CHAT_STREAM, seq=seq, direct=True)
-        gw = SimpleNamespace(nc=client, settings=SimpleNamespace(
-            common=SimpleNamespace(request_timeout=5 * UNIT)))
-        result = await _stored_original(gw, "r3", seq)  # type: ignore[arg-type]
+        result = await stored_original(Services(client, js, 5 * UNIT), "r3", seq)
         assert result == {"msg_id": "m_orig", "seq": seq, "ts": "2026-01-01T00:00:00.000Z"}
 
 
@@ -334,12 +334,12 @@ async def test_start_up_and_apply_never_lower_replicas_without_being_told(
 
 
 async def test_a_gateway_waits_for_the_stream_and_never_creates_it(nats_url: str) -> None:
-    from chat_gateway.component import Gateway
+    from chat_gateway.app import App
     from chat_gateway.config import GatewaySettings
 
     nc = await bus.connect(nats_url, "test")
     js = nc.jetstream()
-    gateway = Gateway(GatewaySettings.from_env())
+    gateway = App(GatewaySettings.from_env())
     waiter = asyncio.create_task(gateway._wait_for_stream(js))
     try:
         # Looked up a few times (backoff from 0.1 s), neither created nor ready.

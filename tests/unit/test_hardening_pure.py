@@ -8,7 +8,7 @@ import pytest
 from chat_contract.bus import SessionEntry
 from chat_contract.errors import ChatError, ErrorCode
 from chat_gateway.limits import StrikeCounter
-from chat_gateway.sessions import over_cap
+from chat_gateway.usercap import over_cap
 from chat_kit.throttle import LoginThrottle
 
 

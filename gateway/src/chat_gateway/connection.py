@@ -1,4 +1,8 @@
-"""One client socket: who it is, which rooms it joined, and how bytes reach it.
+"""One client socket's output: who it is, which rooms it is in, and how bytes reach it.
+
+What the socket may do is :mod:`.session`'s; ``rooms`` and the blocked set
+are read here by the fan-out and changed by :mod:`.rooms` (``rooms``) and
+the blocks notices (:mod:`.sockets`) only.
 
 Events are written as pre-built frames straight to the socket's transport
 (see :mod:`.wsframe`). That bypasses the ASGI ``send`` but not its ordering:
@@ -29,7 +33,6 @@ from chat_kit import metrics
 from chat_kit.http import RAW_SEND
 from chat_kit.logs import event
 
-from .limits import TokenBucket
 from .wsframe import text_frame
 
 log = logging.getLogger("chat_gateway.connection")
@@ -64,23 +67,21 @@ _flusher = _Flusher()
 
 
 class Connection:
-    __slots__ = ("ws", "session", "user", "token_exp", "rooms", "bucket", "closed",
-                 "max_buffer", "_proto", "_queue", "_writer", "remote", "_out", "blocked",
-                 "blocks_seen")
+    __slots__ = ("ws", "session", "user", "rooms", "closed", "max_buffer", "_proto", "_queue",
+                 "_writer", "remote", "_out", "blocked", "blocks_seen")
 
-    def __init__(self, ws: WebSocket, session: str, user: User, token_exp: int,
-                 bucket: TokenBucket, max_buffer: int) -> None:
+    def __init__(self, ws: WebSocket, session: str, user: User, max_buffer: int,
+                 rooms: set[str] | None = None) -> None:
         self.ws = ws
         self.session = session
         self.user = user
-        self.token_exp = token_exp
-        self.rooms: set[str] = set()
+        # The rooms this socket is in: changed by rooms.RoomHub only.
+        self.rooms: set[str] = set() if rooms is None else rooms
         # User ids whose events this socket is not delivered (the user's blocks):
         # set at each join from the access reply, replaced by BlocksNotice.
         self.blocked: set[str] = set()
         # BlocksNotices applied: a fetched (older) set must not undo one.
         self.blocks_seen = 0
-        self.bucket = bucket
         self.closed = False
         self.max_buffer = max_buffer
         self.remote = ws.client.host if ws.client else ""

@@ -1,18 +1,18 @@
-"""``chat-gateway``: run one gateway node."""
+"""``chat-gateway``: run one gateway node (the parts are wired in :mod:`.app`)."""
 
 from __future__ import annotations
 
 from chat_kit import runtime
 
-from .component import Gateway
+from .app import App
 from .config import GatewaySettings
 
 
 def main() -> None:
     settings = GatewaySettings.from_env()
-    gateway = Gateway(settings)
-    runtime.main("gateway", settings.port, gateway, settings.common,
-                 server_options=gateway.server_options())
+    app = App(settings)
+    runtime.main("gateway", settings.port, app, settings.common,
+                 server_options=app.server_options())
 
 
 if __name__ == "__main__":

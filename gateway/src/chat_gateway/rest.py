@@ -1,5 +1,6 @@
-"""The REST API (docs/protocol.md §5): auth and the caller here, the room model
-in :mod:`.rest_rooms`, with the shared helpers below.
+"""The REST API's auth routes and ``/v1/me`` (docs/protocol.md §5), and what
+every REST route shares: :class:`RestContext`, errors, bodies, query integers.
+The room model's routes are in :mod:`.rest_rooms`.
 
 Every route is a thin translation: HTTP in, one NATS request to a service,
 HTTP out. Errors use ``{"error":{"code","message"}}`` and §8's statuses.
@@ -10,28 +11,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_contract import frames, subjects
-from chat_contract.bus import (
-    Credentials,
-    Empty,
-    JwksReply,
-    RefreshRequest,
-    RegisterReply,
-    TokenPair,
-)
+from chat_contract import limits, rpc
+from chat_contract.bus import Credentials, Empty, RefreshRequest, TokenPair
 from chat_contract.claims import AccessClaims
 from chat_contract.errors import ChatError, ErrorCode
-from chat_kit import bus
+from chat_contract.events import User
 
-if TYPE_CHECKING:
-    from .component import Gateway
+from .services import Requests
+
+
+@dataclass(frozen=True)
+class RestContext:
+    """What REST routes are given: service requests, token checks, presence."""
+
+    services: Requests
+    verify: Callable[[str], Awaitable[AccessClaims]]
+    # The users present in a room now (presence-service); ChatError if unknown.
+    online: Callable[[str], Awaitable[list[User]]]
 
 _json = msgspec.json.Encoder()
 
@@ -49,13 +53,13 @@ def error_response(exc: ChatError) -> Response:
     return response
 
 
-Handler = Callable[["Gateway", Request], Awaitable[Response]]
+Handler = Callable[[RestContext, Request], Awaitable[Response]]
 
 
-def route(gw: Gateway, path: str, handler: Handler, method: str) -> Route:
+def route(ctx: RestContext, path: str, handler: Handler, method: str) -> Route:
     async def endpoint(request: Request) -> Response:
         try:
-            return await handler(gw, request)
+            return await handler(ctx, request)
         except ChatError as exc:
             return error_response(exc)
 
@@ -101,32 +105,24 @@ def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def caller_claims(gw: Gateway, request: Request) -> AccessClaims:
+async def caller_claims(ctx: RestContext, request: Request) -> AccessClaims:
     header = request.headers.get("authorization", "")
     if header[:7].lower() != "bearer ":
         raise ChatError(ErrorCode.UNAUTHORIZED, "missing bearer token")
-    return await gw.verifier.verify_async(header[7:].strip())
+    return await ctx.verify(header[7:].strip())
 
 
-def request_timeout(gw: Gateway) -> float:
-    return gw.settings.common.request_timeout
-
-
-async def register(gw: Gateway, request: Request) -> Response:
+async def register(ctx: RestContext, request: Request) -> Response:
     body = await read_body(request, _Login)
-    reply = await bus.call(gw.nc, subjects.AUTH_REGISTER,
-                           Credentials(username=body.username, password=body.password,
-                                       remote=_remote(request)),
-                           RegisterReply, request_timeout(gw))
+    reply = await ctx.services.request(rpc.AUTH_REGISTER, Credentials(
+        username=body.username, password=body.password, remote=_remote(request)))
     return json_response({"user": reply.user}, 201)
 
 
-async def login(gw: Gateway, request: Request) -> Response:
+async def login(ctx: RestContext, request: Request) -> Response:
     body = await read_body(request, _Login)
-    reply = await bus.call(gw.nc, subjects.AUTH_LOGIN,
-                           Credentials(username=body.username, password=body.password,
-                                       remote=_remote(request)),
-                           TokenPair, request_timeout(gw))
+    reply = await ctx.services.request(rpc.AUTH_LOGIN, Credentials(
+        username=body.username, password=body.password, remote=_remote(request)))
     return json_response(_pair(reply))
 
 
@@ -135,30 +131,27 @@ def _pair(pair: TokenPair) -> dict[str, Any]:
             "token_type": pair.token_type, "expires_in": pair.expires_in}
 
 
-async def refresh(gw: Gateway, request: Request) -> Response:
+async def refresh(ctx: RestContext, request: Request) -> Response:
     body = await read_body(request, _Refresh)
-    reply = await bus.call(gw.nc, subjects.AUTH_REFRESH,
-                           RefreshRequest(refresh_token=body.refresh_token,
-                                          remote=_remote(request)),
-                           TokenPair, request_timeout(gw))
+    reply = await ctx.services.request(rpc.AUTH_REFRESH, RefreshRequest(
+        refresh_token=body.refresh_token, remote=_remote(request)))
     return json_response(_pair(reply))
 
 
-async def logout(gw: Gateway, request: Request) -> Response:
+async def logout(ctx: RestContext, request: Request) -> Response:
     body = await read_body(request, _Refresh)
-    await bus.call(gw.nc, subjects.AUTH_LOGOUT,
-                   RefreshRequest(refresh_token=body.refresh_token, remote=_remote(request)),
-                   Empty, request_timeout(gw))
+    await ctx.services.request(rpc.AUTH_LOGOUT, RefreshRequest(
+        refresh_token=body.refresh_token, remote=_remote(request)))
     return Response(status_code=204)
 
 
-async def jwks(gw: Gateway, request: Request) -> Response:
-    reply = await bus.call(gw.nc, subjects.AUTH_JWKS, Empty(), JwksReply, request_timeout(gw))
+async def jwks(ctx: RestContext, request: Request) -> Response:
+    reply = await ctx.services.request(rpc.AUTH_JWKS, Empty())
     return json_response({"keys": reply.keys})
 
 
-async def me(gw: Gateway, request: Request) -> Response:
-    claims = await caller_claims(gw, request)
+async def me(ctx: RestContext, request: Request) -> Response:
+    claims = await caller_claims(ctx, request)
     return json_response({"user": {"id": claims.sub, "name": claims.name}})
 
 
@@ -173,17 +166,17 @@ def int_param(request: Request, name: str, default: int | None) -> int | None:
     if _INTEGER.fullmatch(raw) is None:
         raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer")
     value = int(raw)
-    if not 0 <= value <= frames.MAX_SEQ:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {frames.MAX_SEQ}")
+    if not 0 <= value <= limits.SEQ_MAX:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be between 0 and {limits.SEQ_MAX}")
     return value
 
 
-def routes(gw: Gateway) -> list[Route]:
+def routes(ctx: RestContext) -> list[Route]:
     return [
-        route(gw, "/v1/auth/register", register, "POST"),
-        route(gw, "/v1/auth/login", login, "POST"),
-        route(gw, "/v1/auth/refresh", refresh, "POST"),
-        route(gw, "/v1/auth/logout", logout, "POST"),
-        route(gw, "/.well-known/jwks.json", jwks, "GET"),
-        route(gw, "/v1/me", me, "GET"),
+        route(ctx, "/v1/auth/register", register, "POST"),
+        route(ctx, "/v1/auth/login", login, "POST"),
+        route(ctx, "/v1/auth/refresh", refresh, "POST"),
+        route(ctx, "/v1/auth/logout", logout, "POST"),
+        route(ctx, "/.well-known/jwks.json", jwks, "GET"),
+        route(ctx, "/v1/me", me, "GET"),
     ]

@@ -2,58 +2,45 @@
 blocks, read pointers, history and search.
 
 Each route checks what it can without a round trip (token, ids, types,
-ranges → ``bad_request``), then asks history-service, which decides what the
-caller may do. Room objects are returned as the body itself (``→ 201 room``);
-lists come in their §8 envelopes.
+ranges → ``bad_request``, bounds from :mod:`chat_contract.limits`), then asks
+history-service, which decides what the caller may do. Room objects are
+returned as the body itself (``→ 201 room``); lists come in their §8 envelopes.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_contract import rooms, subjects
+from chat_contract import limits, rooms, rpc
 from chat_contract.bus import (
     BlockRequest,
-    BlocksReply,
     DmRequest,
-    Empty,
-    HistoryReply,
     HistoryRequest,
     MemberChange,
-    ReadReply,
     ReadRequest,
     RoomCreate,
     RoomListRequest,
     RoomRef,
-    RoomReply,
-    RoomsReply,
     RoomView,
-    SearchReply,
     SearchRequest,
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_contract.frames import Seq
 from chat_contract.rooms import RoomId
-from chat_kit import bus
 
-from .rest import caller_claims, int_param, json_response, read_body, request_timeout, route
+from .rest import RestContext, caller_claims, int_param, json_response, read_body, route
 
-if TYPE_CHECKING:
-    from .component import Gateway
-
-# User ids are ``u_`` + random; names ``[A-Za-z0-9_.-]{3,32}``. Either fits here.
-_USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_QUERY_CHARS = 256
-MAX_SEARCH_LIMIT = 50
-MAX_SEARCH_OFFSET = 1000
-MAX_ROOM_LIST = 100
+_USER = re.compile(limits.USER_REF_PATTERN)
+# GET /v1/rooms/{id}/messages: `limit` default (a page is PAGE_MIN..PAGE_MAX).
+DEFAULT_PAGE = 50
+DEFAULT_SEARCH_LIMIT = 20
 
 
 class _NewRoom(msgspec.Struct):
@@ -72,8 +59,8 @@ class _ReadBody(msgspec.Struct):
     seq: Seq
 
 
-async def _me(gw: Gateway, request: Request) -> User:
-    claims = await caller_claims(gw, request)
+async def _me(ctx: RestContext, request: Request) -> User:
+    claims = await caller_claims(ctx, request)
     return User(id=claims.sub, name=claims.name)
 
 
@@ -107,160 +94,148 @@ def _flag(request: Request, name: str) -> bool:
     raise ChatError(ErrorCode.BAD_REQUEST, f"{name} must be 1 or 0")
 
 
-async def _room_reply(gw: Gateway, subject: str, payload: msgspec.Struct) -> RoomReply:
-    return await bus.call(gw.nc, subject, payload, RoomReply, request_timeout(gw))
-
-
 # --- rooms ------------------------------------------------------------------
 
 
-async def list_rooms(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def list_rooms(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     public = _flag(request, "public")
-    limit = _bounded(request, "limit", MAX_ROOM_LIST, 1, MAX_ROOM_LIST)
-    reply = await bus.call(gw.nc, subjects.ROOMS_LIST,
-                           RoomListRequest(caller=caller, public=public, limit=limit),
-                           RoomsReply, request_timeout(gw))
+    limit = _bounded(request, "limit", limits.ROOM_LIST_MAX, 1, limits.ROOM_LIST_MAX)
+    reply = await ctx.services.request(rpc.ROOMS_LIST, RoomListRequest(
+        caller=caller, public=public, limit=limit))
     return json_response({"rooms": reply.rooms})
 
 
-async def create_room(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def create_room(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     body: _NewRoom = await read_body(request, _NewRoom)
-    reply = await _room_reply(gw, subjects.ROOMS_CREATE, RoomCreate(
+    reply = await ctx.services.request(rpc.ROOMS_CREATE, RoomCreate(
         caller=caller, name=body.name, visibility=body.visibility, id=body.id,
         password=body.password, members=body.members))
     return json_response(reply.room, 201)
 
 
-async def get_room(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def get_room(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
-    reply = await _room_reply(gw, subjects.ROOMS_GET, RoomRef(caller=caller, room=room))
-    await _mark_online(gw, reply.room)
+    reply = await ctx.services.request(rpc.ROOMS_GET, RoomRef(caller=caller, room=room))
+    await _mark_online(ctx, reply.room)
     return json_response(reply.room)
 
 
-async def _mark_online(gw: Gateway, view: RoomView) -> None:
+async def _mark_online(ctx: RestContext, view: RoomView) -> None:
     """Members' ``online`` from presence; presence unavailable → all offline."""
     if not view.members:
         return
     try:
-        present = {user.id for user in await gw.presence.members(view.id)}
+        present = {user.id for user in await ctx.online(view.id)}
     except ChatError:
         present = set()
     for member in view.members:
         member.online = member.id in present
 
 
-async def invite(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def invite(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
     body: _UserBody = await read_body(request, _UserBody)
-    reply = await _room_reply(gw, subjects.ROOMS_MEMBER, MemberChange(
+    reply = await ctx.services.request(rpc.ROOMS_MEMBER, MemberChange(
         caller=caller, room=room, user=_user_ref(body.user), add=True))
     return json_response(reply.room)
 
 
-async def remove_member(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def remove_member(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
     user = _user_ref(request.path_params["user"])
-    await bus.call(gw.nc, subjects.ROOMS_MEMBER,
-                   MemberChange(caller=caller, room=room, user=user, add=False),
-                   Empty, request_timeout(gw))
+    await ctx.services.request(rpc.ROOMS_MEMBER, MemberChange(
+        caller=caller, room=room, user=user, add=False))
     return Response(status_code=204)
 
 
-async def archive(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def archive(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
-    reply = await _room_reply(gw, subjects.ROOMS_ARCHIVE, RoomRef(caller=caller, room=room))
+    reply = await ctx.services.request(rpc.ROOMS_ARCHIVE, RoomRef(caller=caller, room=room))
     return json_response(reply.room)
 
 
-async def mark_read(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def mark_read(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
     body: _ReadBody = await read_body(request, _ReadBody)
-    reply = await bus.call(gw.nc, subjects.ROOMS_READ,
-                           ReadRequest(caller=caller, room=room, seq=body.seq),
-                           ReadReply, request_timeout(gw))
+    reply = await ctx.services.request(rpc.ROOMS_READ, ReadRequest(
+        caller=caller, room=room, seq=body.seq))
     return json_response({"seq": reply.seq})
 
 
-async def room_messages(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def room_messages(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     room = _room_param(request)
-    limit = _bounded(request, "limit", 50, 1, 100)
-    reply = await bus.call(gw.nc, subjects.HISTORY_MESSAGES,
-                           HistoryRequest(room=room, user=caller.id,
-                                          before=int_param(request, "before", None),
-                                          after=int_param(request, "after", None), limit=limit),
-                           HistoryReply, request_timeout(gw))
+    limit = _bounded(request, "limit", DEFAULT_PAGE, limits.PAGE_MIN, limits.PAGE_MAX)
+    reply = await ctx.services.request(rpc.HISTORY_MESSAGES, HistoryRequest(
+        room=room, user=caller.id, before=int_param(request, "before", None),
+        after=int_param(request, "after", None), limit=limit))
     return json_response({"messages": reply.messages, "has_more": reply.has_more})
 
 
 # --- direct messages, blocks, search ----------------------------------------
 
 
-async def open_dm(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def open_dm(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     body: _UserBody = await read_body(request, _UserBody)
-    reply = await _room_reply(gw, subjects.ROOMS_DM,
-                              DmRequest(caller=caller, user=_user_ref(body.user)))
+    reply = await ctx.services.request(rpc.ROOMS_DM, DmRequest(
+        caller=caller, user=_user_ref(body.user)))
     return json_response(reply.room, 201 if reply.created else 200)
 
 
-async def _block(gw: Gateway, request: Request, block: bool) -> Response:
-    caller = await _me(gw, request)
+async def _block(ctx: RestContext, request: Request, block: bool) -> Response:
+    caller = await _me(ctx, request)
     user = _user_ref(request.path_params["user"])
-    reply = await bus.call(gw.nc, subjects.ROOMS_BLOCK,
-                           BlockRequest(caller=caller, user=user, block=block),
-                           BlocksReply, request_timeout(gw))
+    reply = await ctx.services.request(rpc.ROOMS_BLOCK, BlockRequest(
+        caller=caller, user=user, block=block))
     return json_response({"blocked": reply.blocked})
 
 
-async def block(gw: Gateway, request: Request) -> Response:
-    return await _block(gw, request, True)
+async def block(ctx: RestContext, request: Request) -> Response:
+    return await _block(ctx, request, True)
 
 
-async def unblock(gw: Gateway, request: Request) -> Response:
-    return await _block(gw, request, False)
+async def unblock(ctx: RestContext, request: Request) -> Response:
+    return await _block(ctx, request, False)
 
 
-async def search(gw: Gateway, request: Request) -> Response:
-    caller = await _me(gw, request)
+async def search(ctx: RestContext, request: Request) -> Response:
+    caller = await _me(ctx, request)
     q = request.query_params.get("q", "").strip()
     if not q:
         raise ChatError(ErrorCode.BAD_REQUEST, "q is required")
-    if len(q) > MAX_QUERY_CHARS:
-        raise ChatError(ErrorCode.BAD_REQUEST, f"q exceeds {MAX_QUERY_CHARS} characters")
+    if len(q) > limits.SEARCH_QUERY_MAX:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"q exceeds {limits.SEARCH_QUERY_MAX} characters")
     room: str | None = request.query_params.get("room") or None
     if room is not None and not rooms.is_valid_room_id(room):
         raise ChatError(ErrorCode.BAD_REQUEST, "invalid room id")
-    limit = _bounded(request, "limit", 20, 1, MAX_SEARCH_LIMIT)
-    offset = _bounded(request, "offset", 0, 0, MAX_SEARCH_OFFSET)
-    reply = await bus.call(gw.nc, subjects.ROOMS_SEARCH,
-                           SearchRequest(caller=caller, q=q, room=room, limit=limit,
-                                         offset=offset),
-                           SearchReply, request_timeout(gw))
+    limit = _bounded(request, "limit", DEFAULT_SEARCH_LIMIT, 1, limits.SEARCH_LIMIT_MAX)
+    offset = _bounded(request, "offset", 0, 0, limits.SEARCH_OFFSET_MAX)
+    reply = await ctx.services.request(rpc.ROOMS_SEARCH, SearchRequest(
+        caller=caller, q=q, room=room, limit=limit, offset=offset))
     body: dict[str, Any] = {"results": reply.results, "has_more": reply.has_more}
     return json_response(body)
 
 
-def routes(gw: Gateway) -> list[Route]:
+def routes(ctx: RestContext) -> list[Route]:
     return [
-        route(gw, "/v1/rooms", list_rooms, "GET"),
-        route(gw, "/v1/rooms", create_room, "POST"),
-        route(gw, "/v1/rooms/{room}", get_room, "GET"),
-        route(gw, "/v1/rooms/{room}/members", invite, "POST"),
-        route(gw, "/v1/rooms/{room}/members/{user}", remove_member, "DELETE"),
-        route(gw, "/v1/rooms/{room}/archive", archive, "POST"),
-        route(gw, "/v1/rooms/{room}/read", mark_read, "POST"),
-        route(gw, "/v1/rooms/{room}/messages", room_messages, "GET"),
-        route(gw, "/v1/dm", open_dm, "POST"),
-        route(gw, "/v1/search", search, "GET"),
-        route(gw, "/v1/blocks/{user}", block, "PUT"),
-        route(gw, "/v1/blocks/{user}", unblock, "DELETE"),
+        route(ctx, "/v1/rooms", list_rooms, "GET"),
+        route(ctx, "/v1/rooms", create_room, "POST"),
+        route(ctx, "/v1/rooms/{room}", get_room, "GET"),
+        route(ctx, "/v1/rooms/{room}/members", invite, "POST"),
+        route(ctx, "/v1/rooms/{room}/members/{user}", remove_member, "DELETE"),
+        route(ctx, "/v1/rooms/{room}/archive", archive, "POST"),
+        route(ctx, "/v1/rooms/{room}/read", mark_read, "POST"),
+        route(ctx, "/v1/rooms/{room}/messages", room_messages, "GET"),
+        route(ctx, "/v1/dm", open_dm, "POST"),
+        route(ctx, "/v1/search", search, "GET"),
+        route(ctx, "/v1/blocks/{user}", block, "PUT"),
+        route(ctx, "/v1/blocks/{user}", unblock, "DELETE"),
     ]

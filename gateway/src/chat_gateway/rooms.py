@@ -1,84 +1,56 @@
-"""Room subscriptions with local members, gap repair, and the fan-out.
+"""Membership at this gateway: which rooms are held, and who is in them.
 
-A gateway subscribes (core NATS) to ``chat.live.<room>`` only while it has a
-local member in that room. Each republished event carries its stream
-sequence and the room's previous one; when the previous one is not the last
-sequence this gateway relayed, the missing events are fetched from the
-stream and relayed first, so members see an unbroken ``prev_seq`` chain even
-if core NATS dropped something. Each event is decoded, encoded and framed
-once, then the same bytes are written to every local member.
+:class:`RoomHub` holds one :class:`~.localroom.LocalRoom` per room with a
+socket here and is the only place a socket enters or leaves one:
 
-The stream is a window (chat_kit.stream): what has aged out of it is read
-from history-service instead. A repair whose range starts below the
-stream's first sequence takes that part from ``svc.history.messages``, and a
-room with nothing left in the stream gets its last sequence from there too.
+- :meth:`RoomHub.join` is a whole join: it holds the room (subscribing its
+  live, state and presence subjects on first use), asks the caller's
+  ``admit`` (access, last sequence, missed events), writes the presence
+  entry, checks no removal arrived meanwhile, then — without awaiting —
+  lets the caller queue the ack and admits the socket with its floor, so
+  no event slips between the ack and the replay.
+- :meth:`RoomHub.leave` / :meth:`RoomHub.leave_all` undo a join: the member
+  map, ``conn.rooms``, the presence entry, and the subscriptions once the
+  last member is gone and no join is under way.
+- Room state (``chat.room.<room>.state``, from history-service): a read
+  pointer is relayed as a ``read`` event, a member's removal (or leave
+  elsewhere) takes that user's sockets out at once, an archive makes the
+  room read-only here. :meth:`RoomHub.reconcile` re-checks memberships and
+  archive flags after a NATS reconnect, as notices published meanwhile were
+  lost.
 
-Each member has a floor: events at or below it are not written to it. A join
-sets it to the last sequence the join already returned (``last_seq`` or the
-end of ``missed``), so a join never doubles an event and never skips one.
-Sequences only grow, so a floor never needs resetting once passed. A room
-with joins in progress (``pending``) stays subscribed even while it has no
-member yet, so a leave elsewhere cannot pull the subscription from under a
-join.
-
-Blocks are applied here, per member: a member whose ``conn.blocked`` holds
-the sender gets nothing of the event, and its next event is re-encoded with
-the ``prev_seq`` of its own chain (:mod:`.chains`). Everyone else pays one
-truthiness test.
-
-With the live subscription, and for the same lifetime, the room's state
-subject (``chat.room.<room>.state``, from history-service) is subscribed:
-read pointers are relayed as ``read`` events, a member's removal (or leave
-elsewhere) takes that user's local sockets out of the room at once, and an
-archive makes the room read-only here.
+Live events are :mod:`.relay`'s; presence signals :mod:`.presence`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
-from chat_contract.bus import (
-    ChatRecord,
-    HistoryReply,
-    HistoryRequest,
-    MemberNotice,
-    ReadNotice,
-    RoomState,
-    RoomView,
-    record_to_event,
-)
+from chat_contract.bus import MemberNotice, ReadNotice, RoomState, RoomView
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, ReadEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
-from chat_kit.stream import StreamSettings, first_seq
+from chat_kit.stream import StreamSettings
 
-from .chains import Chains
 from .clock import now_rfc3339
 from .connection import Connection
-from .wsframe import text_frame
+from .localroom import JOINING, LocalRoom, tell
+from .presence import Presence
+from .relay import Relay
 
 log = logging.getLogger("chat_gateway.rooms")
 
-_record_decoder = msgspec.json.Decoder(ChatRecord)
 _state_decoder: msgspec.json.Decoder[RoomState] = msgspec.json.Decoder(RoomState)
-# Events kept per room for members whose join completes while they arrive.
-RECENT_EVENTS = 256
-
 
 # What a removed member's sockets are told (MemberNotice.event → text);
 # "gone": found missing from the membership after a reconnect, reason unknown.
@@ -88,75 +60,150 @@ GONE_TEXT = {"removed": "you were removed from the room", "left": "you left the 
 # The room as history-service sees it for one caller (svc.rooms.get).
 FetchRoom = Callable[[str, User], Awaitable[RoomView]]
 
-# After a removal took a socket out of a room: the rest of a leave (presence).
-Evicted = Callable[[Connection, str], Awaitable[None]]
 
-# A page of stored history (svc.history.messages, a trusted read without a
-# user): where events that aged out of the stream are read.
-FetchHistory = Callable[[HistoryRequest], Awaitable[HistoryReply]]
-# Events per history page while repairing a gap (history's MAX_LIMIT).
-HISTORY_PAGE = 500
+@dataclass
+class Admission:
+    """What a join learnt before its socket is admitted (see :meth:`RoomHub.join`)."""
+
+    last_seq: int
+    # The floor: the last sequence the ack returns (last_seq, or the end of missed).
+    floor: int
+    missed: list[Message] = field(default_factory=list)
+    truncated: bool = False  # missed stopped at its cap: the client pages history
+    since: int | None = None
+    archived: bool = False
+
+    def held(self, blocks_someone: bool) -> int | None:
+        """The last seq a blocker holds when its ``missed`` (blocked senders left
+        out) ended before ``floor``; None when that is the floor."""
+        if not blocks_someone or self.since is None or self.since >= self.last_seq:
+            return None
+        if self.truncated:
+            return None
+        return self.missed[-1].seq if self.missed else self.since
 
 
-class Room:
-    __slots__ = ("name", "stream", "subject", "members", "sub", "state_sub", "last_seq", "recent",
-                 "ready", "pending", "archived", "chains", "removals", "repairing")
-
-    def __init__(self, name: str, layout: StreamSettings | None = None) -> None:
-        self.name = name
-        # Where its events are stored: one stream, or its partition's (chat_kit.stream).
-        layout = layout or StreamSettings()
-        self.stream = layout.stream_for_room(name)
-        self.subject = layout.stored_subject(name)
-        self.members: dict[Connection, int] = {}
-        self.sub: Subscription | None = None
-        self.state_sub: Subscription | None = None
-        self.last_seq = -1  # unknown until the first event or the first join's lookup
-        # (seq, prev_seq, frame, event) of the latest events, for joins completing now
-        self.recent: deque[tuple[int, int, bytes, Message]] = deque(maxlen=RECENT_EVENTS)
-        self.ready = asyncio.Event()
-        self.pending = 0  # joins between open() and attach()/abandon()
-        self.archived = False  # read-only: from the join's access reply or an ArchiveNotice
-        self.chains: Chains[Connection] = Chains()
-        # user id → removal notices seen: a join in flight checks it did not change
-        self.removals: dict[str, int] = {}
-        # One repair at a time: two interleaved ones could relay out of order.
-        self.repairing = asyncio.Lock()
+# A join's checks and reads, made while the room is held (see RoomHub.join).
+Admit = Callable[[LocalRoom], Awaitable[Admission]]
+# Called without awaiting right before the socket is admitted: queue the ack.
+# Arguments: what admit found, the room's members (presence), and whether
+# the replay buffer lost events above the floor.
+Admitted = Callable[[Admission, list[User], bool], None]
 
 
 class RoomHub:
-    def __init__(self, nc: NATS, js: JetStreamContext, on_evicted: Evicted | None = None,
-                 history: FetchHistory | None = None,
+    def __init__(self, nc: NATS, relay: Relay, presence: Presence | None = None,
                  layout: StreamSettings | None = None) -> None:
         self.nc = nc
-        self.js = js
+        self.relay = relay
+        # None: no presence entries or signals (tests of the live path alone).
+        self.presence = presence
         self.layout = layout or StreamSettings()
-        self.rooms: dict[str, Room] = {}
-        self.on_evicted = on_evicted
-        # None: the stream is the only source (tests of the stream alone).
-        self.history = history
+        self.rooms: dict[str, LocalRoom] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self, name: str) -> Room:
-        """The room's state, subscribing on first use; ends with ``attach`` or ``abandon``."""
+    def archived(self, name: str) -> bool:
+        room = self.rooms.get(name)
+        return room is not None and room.archived
+
+    # --- join and leave -----------------------------------------------------
+
+    async def join(self, conn: Connection, name: str, admit: Admit | None = None,
+                   admitted: Admitted | None = None) -> LocalRoom:
+        """Enter ``conn`` in room ``name`` (see the module docstring).
+
+        ``admit`` raises to refuse (a socket that was in the room is then taken
+        out: it was refused by a decision this node missed); without it the
+        socket is admitted at the room's last sequence.
+        """
+        room = await self._hold(name)
+        uid = conn.user.id
+        was_member = conn in room.members
+        try:
+            removals = room.removals.get(uid, 0)
+            admission = await (admit or self._admit_at_last)(room)
+            # An ArchiveNotice may have overtaken the access reply; archiving is one-way.
+            room.archived = room.archived or admission.archived
+            room.members.setdefault(conn, JOINING)  # presence and typing from now on
+            members = ([conn.user] if self.presence is None
+                       else await self.presence.enter(conn, name))
+            if room.removals.get(uid, 0) != removals:
+                # Removed (or left elsewhere) while this join was under way.
+                raise ChatError(ErrorCode.FORBIDDEN, f"no longer a member of room {name}")
+        except BaseException as exc:
+            room.pending -= 1
+            refused = isinstance(exc, ChatError) and exc.code in (ErrorCode.FORBIDDEN,
+                                                                  ErrorCode.NOT_FOUND)
+            if refused or not was_member:
+                await self.leave(conn, name)
+            else:
+                await self._close_if_unused(room)
+            raise
+        room.pending -= 1
+        # From here to admit() nothing awaits: the ack is queued before any
+        # event of the room, and no event can slip between the ack and the replay.
+        if admitted is not None:
+            admitted(admission, members, room.has_hole(admission.floor))
+        conn.rooms.add(name)
+        room.admit(conn, admission.floor, admission.held(bool(conn.blocked)))
+        return room
+
+    async def last_seq(self, room: LocalRoom) -> int:
+        """The room's last stored sequence now (:meth:`.relay.Relay.last_seq`)."""
+        return await self.relay.last_seq(room)
+
+    async def _admit_at_last(self, room: LocalRoom) -> Admission:
+        last = await self.relay.last_seq(room)
+        return Admission(last_seq=last, floor=last)
+
+    async def leave(self, conn: Connection, name: str) -> None:
+        """``conn`` is out of ``name`` (a leave frame, a refused join, a closed socket)."""
+        conn.rooms.discard(name)
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        room.drop(conn)
+        await self._exit_presence(conn, room)
+        await self._close_if_unused(room)
+
+    async def leave_all(self, conn: Connection) -> None:
+        """A closed socket leaves every room it was in."""
+        for name in list(conn.rooms):
+            await self.leave(conn, name)
+
+    async def _exit_presence(self, conn: Connection, room: LocalRoom) -> None:
+        if self.presence is not None:
+            uid = conn.user.id
+            await self.presence.exit(conn, room.name,
+                                     any(c.user.id == uid for c in room.members))
+
+    # --- holding rooms ------------------------------------------------------
+
+    async def _hold(self, name: str) -> LocalRoom:
+        """The room, subscribed, with one more join pending on it."""
         while (room := self.rooms.get(name)) is not None:
             room.pending += 1
             await room.ready.wait()
             if self.rooms.get(name) is room:
                 return room
             room.pending -= 1  # its opener failed or it closed meanwhile: start over
-        room = Room(name, self.layout)
+        room = LocalRoom(name, self.layout)
         room.pending = 1
         self.rooms[name] = room
         try:
-            room.sub = await self.nc.subscribe(
-                subjects.live_subject(name), cb=self._callback(room),
+            room.live_sub = await self.nc.subscribe(
+                subjects.live_subject(name), cb=self._on_live(room),
                 pending_msgs_limit=65536, pending_bytes_limit=64 * 1024 * 1024,
             )
             room.state_sub = await self.nc.subscribe(
-                subjects.state_subject(name), cb=self._state_callback(room))
-            # The server must have the subscription before we read the room's
-            # last sequence, or an event published in between would be missed.
+                subjects.state_subject(name), cb=self._on_state(room))
+            if self.presence is not None:
+                room.presence_sub = await self.nc.subscribe(
+                    subjects.presence_subject(name), cb=self._on_signal(room),
+                    pending_msgs_limit=65536)
+            # The server must have the subscriptions before we read the room's
+            # last sequence (or write our presence entry), or an event
+            # published in between would be missed.
             await bus.sync(self.nc)
         except BaseException:
             del self.rooms[name]
@@ -166,84 +213,26 @@ class RoomHub:
             room.ready.set()
         return room
 
-    async def last_seq(self, room: Room) -> int:
-        """The room's last stream sequence now (0 for a room with no messages).
-
-        Nothing of the room in the stream: a new room, or one whose events all
-        aged out; history-service knows which (ChatError if it cannot answer).
-        """
-        try:
-            msg = await self.js.get_msg(room.stream, subject=room.subject,
-                                        direct=True)
-            seq = int(msg.seq or 0)
-        except NotFoundError:
-            seq = 0
-            if self.history is not None:
-                reply = await self.history(HistoryRequest(room=room.name, limit=1))
-                seq = reply.messages[-1].seq if reply.messages else 0
-        if room.last_seq < 0:
-            room.last_seq = seq  # baseline for gap detection
-        return seq
-
-    @staticmethod
-    def has_hole(room: Room, floor: int) -> bool:
-        """True if events above ``floor`` already left the replay buffer (a
-        long join on a busy room): the join must then say ``missed_truncated``."""
-        return bool(room.recent) and room.recent[0][1] > floor
-
-    def attach(self, conn: Connection, room: Room, floor: int, held: int | None = None) -> None:
-        """Add a member; replay what arrived above ``floor`` while it was joining.
-
-        ``held``: the last seq the client holds, when that is not ``floor`` (a
-        blocker whose ``missed`` left out the room's last events): its next
-        event then links to ``held``, so its chain shows no false gap.
-        """
-        room.pending -= 1
-        if conn in room.members:
-            return  # a second join of the same room never doubles delivery
-        room.members[conn] = floor
-        room.chains.forget(conn)
-        if held is not None and held != floor:
-            room.chains.owed[conn] = held
-        written = 0
-        for seq, _, frame, msg in room.recent:
-            if seq > floor:
-                written += _write(room.chains, conn, msg, frame)
-                room.members[conn] = seq
-        metrics.WS_MESSAGES_OUT.inc(written)
-
-    async def abandon(self, room: Room) -> None:
-        """A join that opened ``room`` failed before ``attach``."""
-        room.pending -= 1
-        await self._close_if_unused(room)
-
-    async def detach(self, conn: Connection, name: str) -> None:
-        room = self.rooms.get(name)
-        if room is None:
-            return
-        room.members.pop(conn, None)
-        room.chains.forget(conn)
-        await self._close_if_unused(room)
-
-    async def _close_if_unused(self, room: Room) -> None:
+    async def _close_if_unused(self, room: LocalRoom) -> None:
         if not room.members and room.pending <= 0 and room.ready.is_set():
             await self._close(room)
 
-    async def _close(self, room: Room) -> None:
+    async def _close(self, room: LocalRoom) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
         await self._unsubscribe(room)
 
     @staticmethod
-    async def _unsubscribe(room: Room) -> None:
-        for sub in (room.sub, room.state_sub):
+    async def _unsubscribe(room: LocalRoom) -> None:
+        room.closed = True
+        for sub in (room.live_sub, room.state_sub, room.presence_sub):
             if sub is None:
                 continue
             try:
                 await sub.unsubscribe()
             except Exception as exc:  # connection closing: nothing left to undo
                 event(log, "unsubscribe failed", logging.DEBUG, room=room.name, error=repr(exc))
-        room.sub = room.state_sub = None
+        room.live_sub = room.state_sub = room.presence_sub = None
 
     async def close_all(self) -> None:
         for task in list(self._tasks):
@@ -251,168 +240,64 @@ class RoomHub:
         for room in list(self.rooms.values()):
             await self._close(room)
 
-    def _callback(self, room: Room):  # type: ignore[no-untyped-def]
+    async def catch_up(self) -> bool:
+        """After a NATS reconnect: relay what each held room stored meanwhile."""
+        return await self.relay.catch_up(list(self.rooms.values()))
+
+    # The subscriptions' callbacks: each bound to its room, i.e. to its subject.
+
+    def _on_live(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
+        relay = self.relay
+
         async def on_live(msg: Msg) -> None:
-            headers = msg.headers or {}
-            try:
-                seq = int(headers[subjects.HDR_SEQUENCE])
-                prev = int(headers.get(subjects.HDR_LAST_SEQUENCE, "0"))
-            except (KeyError, ValueError):
-                metrics.WS_DROPPED.labels("bad_live_event").inc()
-                return
-            if seq <= room.last_seq:
-                return  # already relayed (repaired earlier, or a redelivery)
-            if 0 <= room.last_seq < prev:
-                async with room.repairing:
-                    await self._repair(room, prev)
-                if seq <= room.last_seq:
-                    return  # a catch-up relayed it meanwhile
-            self._deliver(room, seq, prev, msg.data)
+            await relay.on_live(room, msg)
 
         return on_live
 
-    async def catch_up(self) -> bool:
-        """Relay what each open room stored while this node's NATS connection
-        was away: core NATS drops what is republished during a reconnect, and
-        in a room that then goes quiet no next event would show the gap.
-        False if some room could not be brought up to date (retry later)."""
-        complete = True
-        for room in list(self.rooms.values()):
-            if room.last_seq < 0 or self.rooms.get(room.name) is not room:
-                continue
-            last = await self.last_seq(room)
-            if last > room.last_seq:
-                async with room.repairing:
-                    await self._repair(room, last)
-                complete = complete and room.last_seq >= last
-        return complete
+    def _on_signal(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
+        presence = self.presence
+        assert presence is not None
 
-    async def _repair(self, room: Room, upto: int) -> None:
-        """Relay the room's events in (last_seq, upto] from the stream, in order;
-        the part that aged out of the stream from history-service first."""
-        start = room.last_seq + 1
-        name = room.stream
-        if self.history is not None:
-            try:
-                first = await first_seq(self.js, name)
-                if start < first and not await self._repair_from_history(room, upto, first):
-                    return
-            except Exception as exc:
-                event(log, "gap repair failed", logging.WARNING, room=room.name, error=repr(exc))
-                return
-            # Read once per repair: an event aging out in the milliseconds
-            # between this and the stream reads below would be skipped. Gaps
-            # are seconds old and the window days (or, bytes-bound, minutes).
-            start = max(start, first, room.last_seq + 1)
-        while room.last_seq < upto:
-            try:
-                raw = await self.js.get_msg(name, seq=start, subject=room.subject,
-                                            next=True, direct=True)
-            except NotFoundError:
-                return
-            except Exception as exc:
-                event(log, "gap repair failed", logging.WARNING, room=room.name, error=repr(exc))
-                return
-            seq = int(raw.seq or 0)
-            if seq > upto or seq <= room.last_seq:
-                return
-            metrics.GAP_REPAIRS.inc()
-            self._deliver(room, seq, room.last_seq, raw.data or b"")
-            start = seq + 1
+        async def on_signal(msg: Msg) -> None:
+            await presence.on_signal(room, msg)
 
-    async def _repair_from_history(self, room: Room, upto: int, first: int) -> bool:
-        """Relay the room's stored events in (last_seq, min(upto, first - 1)]: the
-        part of a gap the stream no longer holds. False if the stream part
-        must not follow (the range is done, or history could not answer)."""
-        assert self.history is not None
-        before = min(first, upto + 1)
-        after = room.last_seq
-        while True:
-            reply = await self.history(HistoryRequest(room=room.name, after=after,
-                                                      before=before, limit=HISTORY_PAGE))
-            for msg in reply.messages:
-                if msg.seq > room.last_seq:
-                    metrics.GAP_REPAIRS.inc()
-                    self._relay(room, msgspec.structs.replace(msg, prev_seq=room.last_seq))
-            if not reply.has_more or not reply.messages:
-                return room.last_seq < upto
-            after = reply.messages[-1].seq
+        return on_signal
 
-    def _deliver(self, room: Room, seq: int, prev: int, data: bytes) -> None:
-        try:
-            record = _record_decoder.decode(data)
-        except msgspec.DecodeError:
-            metrics.WS_DROPPED.labels("bad_live_event").inc()
-            room.last_seq = seq
-            return
-        self._relay(room, record_to_event(record, seq, prev))
-        if record.kind == "message":  # edits and deletes carry the original's ts
-            metrics.DELIVERY_LATENCY.observe(_age(record.ts))
-
-    def _relay(self, room: Room, msg: Message) -> None:
-        """Write one event to every member above its floor; it is now the room's last."""
-        seq = msg.seq
-        frame = text_frame(encode(msg))
-        room.last_seq = seq
-        room.recent.append((seq, msg.prev_seq, frame, msg))
-        written = 0
-        chains = room.chains
-        owed = chains.owed
-        for conn, floor in room.members.items():
-            if seq > floor:
-                # Only blockers, and members owed a prev_seq after a skip, pay.
-                if conn.blocked or (owed and conn in owed):
-                    written += _write(chains, conn, msg, frame)
-                elif conn.write_frame(frame):
-                    written += 1
-        metrics.WS_MESSAGES_OUT.inc(written)
-
-    # --- room state (chat.room.<room>.state) ---------------------------------
-
-    def removals(self, name: str, user: str) -> int:
-        """Removal notices seen for ``user`` in ``name`` (0 if the room is not open)."""
-        room = self.rooms.get(name)
-        return 0 if room is None else room.removals.get(user, 0)
-
-    def _state_callback(self, room: Room):  # type: ignore[no-untyped-def]
+    def _on_state(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
         async def on_state(msg: Msg) -> None:
-            try:
-                notice = _state_decoder.decode(msg.data)
-            except msgspec.DecodeError:
-                metrics.WS_DROPPED.labels("bad_state_event").inc()
-                return
-            if isinstance(notice, ReadNotice):
-                self._relay_read(room, notice)
-            elif isinstance(notice, MemberNotice):
-                self._evict(room, notice.user, notice.event)
-            else:
-                room.archived = True
-                event(log, "room archived", room=room.name)
-                _tell(room.members, System(room=room.name, text="room archived",
-                                           ts=now_rfc3339()))
+            self.on_state(room, msg.data)
 
         return on_state
 
-    @staticmethod
-    def _relay_read(room: Room, notice: ReadNotice) -> None:
-        frame = text_frame(encode(ReadEvent(room=room.name, user=notice.user, seq=notice.seq)))
-        reader = notice.user.id
-        written = 0
-        for conn in room.members:
-            if not (conn.blocked and reader in conn.blocked) and conn.write_frame(frame):
-                written += 1
-        metrics.WS_MESSAGES_OUT.inc(written)
+    # --- room state (chat.room.<room>.state) ---------------------------------
+
+    def on_state(self, room: LocalRoom, data: bytes) -> None:
+        """One room state notice of ``room``."""
+        try:
+            notice = _state_decoder.decode(data)
+        except msgspec.DecodeError:
+            metrics.WS_DROPPED.labels("bad_state_event").inc()
+            return
+        if isinstance(notice, ReadNotice):
+            room.tell_joined(encode(ReadEvent(room=room.name, user=notice.user, seq=notice.seq)),
+                             about=notice.user.id)
+        elif isinstance(notice, MemberNotice):
+            self._evict(room, notice.user, notice.event)
+        else:
+            room.archived = True
+            event(log, "room archived", room=room.name)
+            room.system("room archived")
 
     async def reconcile(self, fetch: FetchRoom) -> bool:
         """Catch up on state notices lost while NATS was away (core NATS drops
-        what is published during a reconnect): for every open room, ask
+        what is published during a reconnect): for every held room, ask
         history-service for its members and archive flag, and take out the
         local sockets of users who are no longer members. False if
         history-service could not answer for some room (retry later).
         """
         complete = True
         for room in list(self.rooms.values()):
-            users = {conn.user.id: conn.user for conn in room.members}
+            users = {conn.user.id: conn.user for conn in room.joined()}
             for user in users.values():
                 try:
                     view = await fetch(room.name, user)
@@ -428,36 +313,34 @@ class RoomHub:
                         self._evict(room, uid, "gone")
                 if view.archived and not room.archived:
                     room.archived = True
-                    _tell(room.members, System(room=room.name, text="room archived",
-                                               ts=now_rfc3339()))
+                    room.system("room archived")
                 break
         return complete
 
-    def _evict(self, room: Room, user: str, why: str) -> None:
+    def _evict(self, room: LocalRoom, user: str, why: str) -> None:
         """Take ``user``'s sockets out of the room now; presence follows in a task.
 
         Synchronous up to the system event, so no event of the room reaches
         them after the notice; the rest awaits, and awaiting here could have
-        this very subscription closed under its own callback.
+        this very subscription closed under its own callback. A join of the
+        user under way sees the removal count change and fails.
         """
         room.removals[user] = room.removals.get(user, 0) + 1
-        gone = [conn for conn in room.members if conn.user.id == user]
+        gone = [conn for conn in room.joined() if conn.user.id == user]
         if not gone:
             return
         for conn in gone:
-            del room.members[conn]
-            room.chains.forget(conn)
+            room.drop(conn)
             conn.rooms.discard(room.name)
-        _tell(gone, System(room=room.name, text=GONE_TEXT.get(why, GONE_TEXT["left"]),
-                           ts=now_rfc3339()))
+        tell(gone, encode(System(room=room.name, text=GONE_TEXT.get(why, GONE_TEXT["left"]),
+                                 ts=now_rfc3339())))
         event(log, "member evicted", room=room.name, user=user, reason=why, sockets=len(gone))
         self._spawn(self._after_evict(room, gone))
 
-    async def _after_evict(self, room: Room, gone: list[Connection]) -> None:
+    async def _after_evict(self, room: LocalRoom, gone: list[Connection]) -> None:
         try:
-            if self.on_evicted is not None:
-                for conn in gone:
-                    await self.on_evicted(conn, room.name)
+            for conn in gone:
+                await self._exit_presence(conn, room)
             await self._close_if_unused(room)
         except Exception as exc:
             event(log, "eviction cleanup failed", logging.WARNING, room=room.name,
@@ -467,31 +350,3 @@ class RoomHub:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _write(chains: Chains[Connection], conn: Connection, msg: Message, frame: bytes) -> int:
-    """Deliver one event to a member that blocks someone or owes a ``prev_seq``."""
-    if conn.blocked and msg.sender.id in conn.blocked:
-        chains.skip(conn, msg.prev_seq)
-        return 0
-    owed = chains.prev_for(conn, msg.prev_seq)
-    if owed is not None:  # its chain skipped events: show it its own last link
-        frame = text_frame(encode(msgspec.structs.replace(msg, prev_seq=owed)))
-    return 1 if conn.write_frame(frame) else 0
-
-
-def _tell(conns: Iterable[Connection], notice: System) -> None:
-    frame = text_frame(encode(notice))
-    written = 0
-    for conn in conns:
-        if conn.write_frame(frame):
-            written += 1
-    metrics.WS_MESSAGES_OUT.inc(written)
-
-
-def _age(ts: str) -> float:
-    try:
-        sent = datetime.fromisoformat(ts).timestamp()
-    except ValueError:
-        return 0.0
-    return max(0.0, time.time() - sent)

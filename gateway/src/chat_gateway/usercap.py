@@ -1,4 +1,4 @@
-"""Per-user connection cap across all gateways (docs/protocol.md §3.6, §8).
+"""The per-user connection cap across all gateways (docs/protocol.md §3.6, §8).
 
 At most ``CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER`` connections per user,
 counted across every gateway. A new connection is always accepted; when it
@@ -52,7 +52,7 @@ from chat_kit.logs import event
 if TYPE_CHECKING:
     from .connection import Connection
 
-log = logging.getLogger("chat_gateway.sessions")
+log = logging.getLogger("chat_gateway.usercap")
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _entry = msgspec.json.Decoder(SessionEntry)

@@ -1,0 +1,206 @@
+"""Wiring of one gateway node: builds every part, hands each the narrow
+pieces it needs, lists the routes, and runs the drain order on SIGTERM.
+
+Nothing else in the package knows this module: handlers, the endpoint and
+the REST routes are given their interfaces here.
+
+Drain (docs/protocol.md §3.5.6): readiness already fails (the runtime sets
+``stopping`` first), new sockets are refused with 1012, open ones are closed
+with 1012 so clients reconnect through the load balancer, then the runtime
+drains NATS. No acked message can be lost: acks are sent only after
+JetStream stored the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from chat_contract import rpc, subjects
+from chat_contract.bus import (
+    BlocksReply,
+    BlocksRequest,
+    Empty,
+    HistoryReply,
+    HistoryRequest,
+    RoomRef,
+    RoomView,
+)
+from chat_contract.errors import CloseCode
+from chat_contract.events import User
+from chat_kit import stream
+from chat_kit.logs import event
+from chat_kit.runtime import Runtime
+
+from . import rest, rest_rooms
+from .config import GatewaySettings
+from .endpoint import Endpoint
+from .handlers import Handlers, JoinOptions
+from .presence import Presence
+from .relay import Relay
+from .rooms import RoomHub
+from .services import Services
+from .session import Rules
+from .sockets import Sockets
+from .tokens import TokenVerifier
+from .usercap import SessionRegistry
+
+log = logging.getLogger("chat_gateway")
+STATIC = Path(__file__).parent / "static"
+# How often the reconnect counter is looked at (and a failed reconcile retried).
+RECONCILE_INTERVAL = 1.0
+
+
+def session_rules(s: GatewaySettings) -> Rules:
+    return Rules(node=s.node_id, heartbeat=s.heartbeat, auth_timeout=s.auth_timeout,
+                 max_rooms=s.max_rooms, send_rate=s.send_rate, send_burst=s.send_burst,
+                 abuse_strikes=s.abuse_strikes, abuse_window=s.abuse_window)
+
+
+class App:
+    """The runtime's component (chat_kit.runtime.Component); one per process."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.sockets = Sockets()
+        self.draining = False
+        self._presence: Presence | None = None
+        self._hub: RoomHub | None = None
+        self._cap: SessionRegistry | None = None
+        self._routes: list[BaseRoute] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stream_ok = False
+
+    def is_draining(self) -> bool:
+        return self.draining
+
+    async def start(self, rt: Runtime) -> None:
+        s = self.settings
+        timeout = s.common.request_timeout
+        js = rt.nc.jetstream(timeout=timeout)
+        # history-service creates the CHAT stream; until it exists this node
+        # is not ready (sends would answer unavailable) and keeps looking.
+        self._tasks.append(asyncio.create_task(self._wait_for_stream(js)))
+        rt.checks.append(lambda: self._stream_ok)
+        services = Services(rt.nc, js, timeout)
+
+        async def history(req: HistoryRequest) -> HistoryReply:
+            return await services.request(rpc.HISTORY_MESSAGES, req)
+
+        async def jwks() -> list[dict[str, Any]]:
+            return (await services.request(rpc.AUTH_JWKS, Empty())).keys
+
+        presence = Presence(rt.nc, js, s.node_id, timeout)
+        await presence.start()
+        hub = RoomHub(rt.nc, Relay(js, history), presence, layout=s.stream)
+        verifier = TokenVerifier(s.jwt_issuer, s.jwt_audience, jwks)
+        await verifier.start()
+        cap = SessionRegistry(rt.nc, js, s.node_id, s.max_connections_per_user, s.session_ttl,
+                              timeout)
+        await cap.start()
+        handlers = Handlers(services, hub, presence,
+                            JoinOptions(s.auto_create_rooms, s.room_member_cap))
+        endpoint = Endpoint(session_rules(s), s.outbound_buffer_bytes, verifier, handlers, hub,
+                            self.sockets, cap, self.is_draining)
+        ctx = rest.RestContext(services=services, verify=verifier.verify_async,
+                               online=presence.members)
+        self._presence, self._hub, self._cap = presence, hub, cap
+
+        async def index(_: Request) -> Response:
+            return FileResponse(STATIC / "index.html")
+
+        self._routes = [WebSocketRoute("/ws", endpoint.serve), Route("/", index, methods=["GET"]),
+                        *rest.routes(ctx), *rest_rooms.routes(ctx)]
+        # Rare traffic (a block or unblock), so one subscription for all users.
+        await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self.sockets.on_blocks)
+        self._tasks.append(asyncio.create_task(
+            self._reconcile_after_reconnects(rt.nc, hub, services)))
+        event(log, "gateway ready", node=s.node_id)
+
+    async def _wait_for_stream(self, js: JetStreamContext) -> None:
+        """Look the CHAT stream up (never create it) until it exists, with backoff."""
+        delay, told = 0.1, False
+        while True:
+            try:
+                self._stream_ok = await stream.stream_exists(js, self.settings.stream)
+            except Exception as exc:  # NATS away or JetStream not answering yet
+                event(log, "CHAT stream lookup failed", logging.DEBUG, error=repr(exc))
+            if self._stream_ok:
+                if told:
+                    event(log, "CHAT stream found")
+                return
+            if not told:
+                event(log, "CHAT stream missing; not ready until history-service creates it",
+                      logging.WARNING)
+                told = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _reconcile_after_reconnects(self, nc: NATS, hub: RoomHub,
+                                          services: Services) -> None:
+        """After each NATS reconnect, relay the held rooms' events and re-check
+        their memberships and archive flags, and the local users' blocked
+        sets: live events and notices published meanwhile were lost."""
+
+        async def room_view(room: str, caller: User) -> RoomView:
+            return (await services.request(rpc.ROOMS_GET, RoomRef(caller=caller, room=room))).room
+
+        async def blocks(caller: User) -> BlocksReply:
+            return await services.request(rpc.ROOMS_BLOCKS, BlocksRequest(caller=caller))
+
+        seen = nc.stats["reconnects"]
+        dirty = False
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            if nc.stats["reconnects"] != seen:
+                seen, dirty = nc.stats["reconnects"], True
+            if dirty and nc.is_connected:
+                try:
+                    dirty = not (await hub.catch_up()
+                                 and await hub.reconcile(room_view)
+                                 and await self.sockets.refresh_blocks(blocks))
+                except Exception as exc:  # never let the watcher die
+                    event(log, "room reconcile failed", logging.WARNING, error=repr(exc))
+                if not dirty:
+                    event(log, "rooms reconciled after a NATS reconnect", rooms=len(hub.rooms))
+
+    async def stop(self) -> None:
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        if self._presence is not None:
+            # Before the sockets close: their presence entries are left to
+            # expire, so clients that reconnect elsewhere do not flap.
+            self._presence.draining = True
+        try:
+            await asyncio.wait_for(
+                self.sockets.close_all(CloseCode.SERVICE_RESTART, "service restart"),
+                self.settings.drain_timeout)
+        except TimeoutError:
+            event(log, "drain timed out; remaining sockets drop with the process",
+                  logging.WARNING, left=len(self.sockets))
+        if self._cap is not None:
+            await self._cap.close()
+        if self._hub is not None:
+            await self._hub.close_all()
+        if self._presence is not None:
+            await self._presence.stop()
+
+    def routes(self) -> list[BaseRoute]:
+        """The routes (built by start(), which the runtime calls first)."""
+        return self._routes
+
+    def server_options(self) -> dict[str, object]:
+        s = self.settings
+        # websockets enforces the frame size (close 1009) and the heartbeat:
+        # a ping every `heartbeat` s, closed when no pong within the idle bound.
+        return {"ws_max_size": s.max_frame_bytes, "ws_ping_interval": float(s.heartbeat),
+                "ws_ping_timeout": max(1.0, s.idle_timeout - s.heartbeat)}

@@ -1,0 +1,390 @@
+"""One WebSocket session's rules, without I/O (docs/protocol.md §3).
+
+A :class:`Session` turns what a socket received (text, binary, the passing
+of time) into replies to write, calls to make and a close to perform, and
+takes the calls' results back — the way python-websockets' protocol objects
+are driven by their I/O layer. It never awaits: :mod:`.endpoint` reads the
+socket, feeds the session, makes its calls (:mod:`.handlers`, the token
+verifier) and writes what it returns. So every per-socket rule is here:
+
+- authentication: a token from the upgrade, or a first ``auth`` frame
+  within ``auth_timeout`` (anything else before it is ``unauthorized``); a
+  bad token closes with 4401; ``welcome``, then the first-frame ``auth``'s
+  ack; a later ``auth`` moves the expiry (same user only); a token that
+  lapses unrefreshed closes with 4401;
+- decoding (``bad_request``), and the checks each frame allows without a
+  round trip: joined rooms, text size (``too_large``), archived rooms
+  (read-only), the ``send`` bucket (``rate_limited``), ``msg_id`` length,
+  at most ``max_rooms`` joined rooms;
+- answers: the ack of every request id, errors with the request id, a
+  frame's failure never ends the session;
+- strikes: a client that keeps sending refused frames (bad_request,
+  too_large, rate_limited) is closed with 1008.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chat_contract import frames, limits
+from chat_contract.claims import AccessClaims
+from chat_contract.errors import ChatError, CloseCode, ErrorCode
+from chat_contract.events import Error, Pong, User, Welcome, encode, encode_ack
+from chat_kit import metrics
+from chat_kit.logs import audit
+
+from .limits import StrikeCounter, TokenBucket
+
+log = logging.getLogger("chat_gateway.session")
+
+# Refusals that are the client's fault and count as strikes (README "Limits").
+STRIKES = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.RATE_LIMITED, ErrorCode.TOO_LARGE})
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The session's settings (CHAT_GATEWAY_*, README "Configuration")."""
+
+    node: str
+    heartbeat: int
+    auth_timeout: float = 5.0
+    max_rooms: int = 100
+    send_rate: float = 10.0
+    send_burst: int = 20
+    abuse_strikes: int = 30
+    abuse_window: float = 10.0
+
+
+# --- calls: what the I/O layer makes for the session, then hands back ------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """A call to make; answered with :meth:`Session.succeeded` or :meth:`Session.failed`.
+    ``id``: the request id to ack (None: no ack)."""
+
+    id: str | None
+
+
+@dataclass(slots=True)
+class Verify(Call):
+    """Verify an access token (its claims are the result)."""
+
+    token: str
+    reauth: bool  # an ``auth`` frame of an open session (else: the session's first)
+
+
+@dataclass(slots=True)
+class JoinRoom(Call):
+    room: str
+    password: str | None
+    since: int | None
+
+
+@dataclass(slots=True)
+class LeaveRoom(Call):
+    room: str
+
+
+@dataclass(slots=True)
+class SendMessage(Call):
+    room: str
+    text: str  # trimmed and checked
+    reply_to: str | None
+    client_msg_id: str | None
+
+
+@dataclass(slots=True)
+class ChangeMessage(Call):
+    room: str
+    msg_id: str
+    action: Literal["edit", "delete"]
+    text: str | None  # an edit's new text, checked
+
+
+@dataclass(slots=True)
+class MarkRead(Call):
+    room: str
+    seq: int
+
+
+@dataclass(slots=True)
+class SetTyping(Call):
+    room: str
+    state: str
+
+
+@dataclass(slots=True)
+class Members(Call):
+    room: str
+
+
+@dataclass(slots=True)
+class FetchHistory(Call):
+    room: str
+    before: int | None
+    after: int | None
+    limit: int
+
+
+# --- the session -----------------------------------------------------------------------
+
+
+class Session:
+    """See the module docstring. ``joined``: the socket's rooms (read only here;
+    the room hub changes them); ``archived``: whether a room is read-only now.
+    Times: ``now`` is monotonic seconds, ``wall`` is Unix seconds (token expiry)."""
+
+    def __init__(self, rules: Rules, session_id: str, joined: Collection[str],
+                 archived: Callable[[str], bool], now: float, remote: str = "") -> None:
+        self.rules = rules
+        self.id = session_id
+        self.joined = joined
+        self.archived = archived
+        self.remote = remote
+        self.user: User | None = None  # set once authenticated
+        self.token_exp = 0.0
+        self.auth_deadline = now + rules.auth_timeout
+        self.bucket = TokenBucket(rules.send_rate, rules.send_burst, now)
+        self.strikes = StrikeCounter(rules.abuse_strikes, rules.abuse_window)
+        # (code, reason) once the session must close; nothing more is sent then.
+        self.close: tuple[int, str] | None = None
+        self._verifying = False
+        self._out: list[bytes] = []
+        self._calls: list[Call] = []
+
+    # --- outputs ----------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Encoded server frames to write, in order (then forgotten here)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def calls_to_make(self) -> list[Call]:
+        """Calls to make, in order; answer each before feeding the next frame."""
+        calls = self._calls
+        if calls:
+            self._calls = []
+        return calls
+
+    @property
+    def authenticated(self) -> bool:
+        return self.user is not None
+
+    @property
+    def waiting_for_auth(self) -> bool:
+        """True while the session needs an ``auth`` frame (no token being verified)."""
+        return self.user is None and not self._verifying and self.close is None
+
+    def timeout(self, now: float, wall: float) -> float:
+        """Seconds until :meth:`tick` has something to decide."""
+        if self.user is None:
+            return max(0.0, self.auth_deadline - now)
+        return max(0.0, self.token_exp - wall)
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def connect(self, token: str | None) -> None:
+        """The socket was accepted; ``token`` from the upgrade (query or header), if any."""
+        if token:
+            self._verify(token, None)
+
+    def tick(self, now: float, wall: float) -> None:
+        """Time passed: the auth timeout, the token's expiry."""
+        if self.close is not None:
+            return
+        if self.user is None:
+            if not self._verifying and now >= self.auth_deadline:
+                self.close = (CloseCode.UNAUTHORIZED, "missing token")
+        elif wall >= self.token_exp:
+            self.close = (CloseCode.UNAUTHORIZED, "token expired")
+
+    def receive_binary(self, now: float) -> None:
+        if self.close is not None:
+            return
+        if self.user is None:
+            self._reply_error(ErrorCode.UNAUTHORIZED, "authenticate first", None)
+            return
+        metrics.WS_MESSAGES_IN.inc()
+        self._reply_error(ErrorCode.BAD_REQUEST, "binary frames are not accepted", None)
+        self._strike(now, "binary frame")
+
+    def receive_text(self, text: str, now: float) -> None:
+        if self.close is not None:
+            return
+        if self.user is None:
+            self._before_auth(text)
+            return
+        metrics.WS_MESSAGES_IN.inc()
+        try:
+            frame = frames.decode_frame(text)
+        except ChatError as exc:
+            self._refuse(exc, frames.request_id_of(text), now)
+            return
+        try:
+            self._accept(frame, now)
+        except ChatError as exc:
+            self._refuse(exc, frame.id, now)
+
+    def succeeded(self, call: Call, result: Any) -> None:
+        """``call`` was made: ``result`` is its ack fields (a Verify: the claims)."""
+        if isinstance(call, Verify):
+            self._verified(call, result)
+        elif call.id is not None:
+            self._out.append(encode_ack(call.id, result))
+
+    def failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """``call`` failed: a ChatError is the client's answer, anything else ``internal``."""
+        if isinstance(call, Verify) and not call.reauth:
+            self._verifying = False
+            reason = exc.message if isinstance(exc, ChatError) else "invalid token"
+            audit(log, "token rejected", reason=reason, remote=self.remote or None)
+            self.close = (CloseCode.UNAUTHORIZED, reason[:100])
+        elif isinstance(exc, ChatError):
+            self._refuse(exc, call.id, now)
+        else:
+            log.error("frame handler failed", exc_info=exc,
+                      extra={"fields": {"session": self.id}})
+            self._reply_error(ErrorCode.INTERNAL, "internal error", call.id)
+
+    # --- authentication ---------------------------------------------------------------
+
+    def _before_auth(self, text: str) -> None:
+        """Until authenticated only an ``auth`` frame is read; anything else is told so."""
+        if self._verifying:
+            return  # frames after the auth frame wait for its verdict (not read)
+        try:
+            frame: frames.ClientFrame | None = frames.decode_frame(text)
+        except ChatError:
+            frame = None
+        if isinstance(frame, frames.Auth):
+            if not frame.token:
+                self.close = (CloseCode.UNAUTHORIZED, "missing token")
+            else:
+                self._verify(frame.token, frame.id)
+            return
+        self._reply_error(ErrorCode.UNAUTHORIZED, "authenticate first", frames.request_id_of(text))
+
+    def _verify(self, token: str, request_id: str | None) -> None:
+        self._verifying = True
+        self._calls.append(Verify(id=request_id, token=token, reauth=False))
+
+    def _verified(self, call: Verify, claims: AccessClaims) -> None:
+        if call.reauth:
+            assert self.user is not None
+            if claims.sub != self.user.id:
+                self._refuse(ChatError(ErrorCode.FORBIDDEN, "token belongs to another user"),
+                             call.id, None)
+                return
+            self.token_exp = claims.exp
+            if call.id is not None:
+                self._out.append(encode_ack(call.id, {}))
+            return
+        self._verifying = False
+        self.user = User(id=claims.sub, name=claims.name)
+        self.token_exp = claims.exp
+        self._out.append(encode(Welcome(session=self.id, user=self.user, node=self.rules.node,
+                                        heartbeat=self.rules.heartbeat)))
+        if call.id is not None:  # a first-frame auth is a request like any other
+            self._out.append(encode_ack(call.id, {}))
+
+    # --- frames of an open session ----------------------------------------------------
+
+    def _accept(self, frame: frames.ClientFrame, now: float) -> None:
+        """Apply the rules ``frame`` allows without a round trip; queue its call."""
+        calls = self._calls
+        match frame:
+            case frames.Send():
+                self._require_joined(frame.room)
+                text = frames.check_text(frame.text)
+                self._require_writable(frame.room)
+                self._take_token(now)
+                calls.append(SendMessage(id=frame.id, room=frame.room, text=text,
+                                         reply_to=frame.reply_to,
+                                         client_msg_id=frame.client_msg_id))
+            case frames.Join():
+                joined = self.joined
+                if frame.room not in joined and len(joined) >= self.rules.max_rooms:
+                    raise ChatError(ErrorCode.FORBIDDEN,
+                                    f"at most {self.rules.max_rooms} joined rooms")
+                calls.append(JoinRoom(id=frame.id, room=frame.room, password=frame.password,
+                                      since=frame.since))
+            case frames.Leave():
+                calls.append(LeaveRoom(id=frame.id, room=frame.room))
+            case frames.History():
+                calls.append(FetchHistory(id=frame.id, room=frame.room, before=frame.before,
+                                          after=frame.after, limit=frame.limit))
+            case frames.Auth():
+                calls.append(Verify(id=frame.id, token=frame.token, reauth=True))
+            case frames.Presence():
+                self._require_joined(frame.room)
+                calls.append(Members(id=frame.id, room=frame.room))
+            case frames.Ping():
+                self._out.append(encode(Pong()))  # never acked: the pong is the answer
+            case frames.Typing():
+                self._require_joined(frame.room)
+                # Acked only if it carries an id (§3.2: every id is answered).
+                calls.append(SetTyping(id=frame.id, room=frame.room, state=frame.state))
+            case frames.Edit():
+                self._change(frame.id, frame.room, frame.msg_id, "edit", frame.text, now)
+            case frames.Delete():
+                self._change(frame.id, frame.room, frame.msg_id, "delete", None, now)
+            case frames.Read():
+                self._require_joined(frame.room)
+                assert frame.seq is not None  # decode_frame refuses a read without seq
+                calls.append(MarkRead(id=frame.id, room=frame.room, seq=frame.seq))
+
+    def _change(self, request_id: str | None, room: str, msg_id: str,
+                action: Literal["edit", "delete"], text: str | None, now: float) -> None:
+        self._require_joined(room)
+        if len(msg_id) > limits.MSG_ID_MAX:  # no message has such an id (§8: unknown → not_found)
+            raise ChatError(ErrorCode.NOT_FOUND,
+                            f"no message {msg_id[:limits.MSG_ID_MAX]}… in {room}")
+        if text is not None:
+            text = frames.check_text(text)
+            self._require_writable(room)  # deleting one's own message stays possible (privacy)
+        self._take_token(now)
+        self._calls.append(ChangeMessage(id=request_id, room=room, msg_id=msg_id, action=action,
+                                         text=text))
+
+    def _require_joined(self, room: str) -> None:
+        if room not in self.joined:
+            raise ChatError(ErrorCode.FORBIDDEN, f"not joined to room {room}")
+
+    def _require_writable(self, room: str) -> None:
+        if self.archived(room):
+            raise ChatError(ErrorCode.FORBIDDEN, f"room {room} is archived (read-only)")
+
+    def _take_token(self, now: float) -> None:
+        if not self.bucket.take(now):
+            raise ChatError(ErrorCode.RATE_LIMITED, "too many messages, slow down")
+
+    # --- refusals ---------------------------------------------------------------------
+
+    def _refuse(self, exc: ChatError, request_id: str | None, now: float | None) -> None:
+        if exc.code == ErrorCode.FORBIDDEN:
+            assert self.user is not None
+            audit(log, "forbidden", user=self.user.id, reason=exc.message)
+        self._reply_error(exc.code, exc.message, request_id)
+        if exc.code in STRIKES and now is not None:
+            if exc.code == ErrorCode.RATE_LIMITED:
+                metrics.WS_DROPPED.labels("rate_limited").inc()
+            self._strike(now, exc.code.value)
+
+    def _reply_error(self, code: ErrorCode, message: str, request_id: str | None) -> None:
+        self._out.append(encode(Error(code=code.value, message=message, id=request_id)))
+
+    def _strike(self, now: float, why: str) -> None:
+        """Count a refused frame; past the abuse limit close with 1008 (README "Limits")."""
+        if not self.strikes.strike(now):
+            return
+        metrics.WS_DROPPED.labels("abuse").inc()
+        audit(log, "abusive connection closed", user=self.user.id if self.user else None,
+              session=self.id, remote=self.remote, last=why, strikes=self.strikes.limit,
+              window=self.strikes.window)
+        self.close = (CloseCode.POLICY, "too many bad or rate-limited frames")
