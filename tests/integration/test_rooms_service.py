@@ -9,9 +9,11 @@ gateway sends it (``chat_kit.bus.call``). Messages reach storage the real way:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -84,6 +86,7 @@ class Stack:
     bob: User
     cat: User
     dan: User
+    history: HistoryComponent
 
 
 async def _register(nc: NATS, name: str) -> User:
@@ -114,7 +117,8 @@ async def stack(nats_url: str, db_url: str, tmp_path: Path) -> AsyncIterator[Sta
         suffix = uuid.uuid4().hex[:6]
         users = await asyncio.gather(*(_register(nc, f"{n}_{suffix}")
                                        for n in ("ann", "bob", "cat", "dan")))
-        yield Stack(nc, db_url, *users)
+        ann, bob, cat, dan = users
+        yield Stack(nc, db_url, ann, bob, cat, dan, history)
     finally:
         history_rt.stopping.set()
         auth_rt.stopping.set()
@@ -208,6 +212,31 @@ async def send(s: Stack, room: str, sender: User, text: str | None, *, kind: str
     return msg_id, ack.seq
 
 
+async def until(check: Callable[[], Awaitable[int] | int], what: str, want: int = 1) -> None:
+    """Wait until ``check()`` reaches ``want`` (a deadline, no fixed sleep)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        got = check()
+        value = await got if inspect.isawaitable(got) else got
+        if value >= want:
+            return
+        assert time.monotonic() < deadline, f"timed out: {what} ({value} of {want})"
+        await asyncio.sleep(0.01)
+
+
+async def lock_waiters(db_url: str) -> int:
+    """Backends of this database waiting for a lock (asked on a connection of its
+    own: pg_stat_activity is a snapshot per transaction)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'")
+    finally:
+        await conn.close()
+    return n
+
+
 async def stored(s: Stack, room: str, seq: int) -> None:
     await rpc(s.nc, subjects.HISTORY_MESSAGES, HistoryRequest(room=room, min_seq=seq, limit=1),
               HistoryReply)
@@ -225,9 +254,18 @@ class Notices:
         self.arrived.set()
 
     async def next(self) -> bytes:
-        await asyncio.wait_for(self.arrived.wait(), TIMEOUT)
-        self.arrived.clear()
+        while not self.items:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), TIMEOUT)
         return self.items.pop(0)
+
+    async def none_before_marker(self, nc: NATS, subject: str) -> None:
+        """Nothing arrived before a marker published now. A notice the service
+        sent before its reply reaches the server before our marker, and one
+        server delivers both to us in that order: no sleep needed."""
+        marker = b"marker-" + uuid.uuid4().hex.encode()
+        await nc.publish(subject, marker)
+        assert await self.next() == marker
 
 
 async def listen(nc: NATS, subject: str) -> Notices:
@@ -588,8 +626,7 @@ async def test_read_pointer_and_unread(stack: Stack) -> None:
     assert state(await notices.next()) == ReadNotice(room=room, user=s.ann, seq=cat_seq)
     assert (await mine(s, s.ann))[room].unread == 0
     assert not (await read(s, s.ann, room, cat_seq)).moved
-    await asyncio.sleep(0.1 * UNIT)
-    assert not notices.items  # no notice when nothing moved
+    await notices.none_before_marker(s.nc, subjects.state_subject(room))  # nothing moved
 
     # Blocked senders and deleted messages do not count; edits are not messages.
     _, d1 = await send(s, room, s.dan, "x")  # not a member, yet stored: counts as others'
@@ -920,8 +957,9 @@ async def test_a_join_racing_a_removal_is_refused_not_let_in(stack: Stack) -> No
                               room, s.bob.id)
         joining = asyncio.ensure_future(store.join(room, s.bob))
         inviting = asyncio.ensure_future(store.invite(room, s.bob, lift_ban=False))
-        await asyncio.sleep(0.3)
-        assert not joining.done() and not inviting.done()  # waiting for the row lock
+        await until(lambda: lock_waiters(s.db_url), "join and invite waiting for the row lock",
+                    want=2)
+        assert not joining.done() and not inviting.done()
         await tx.commit()
         assert await joining is False
         assert await inviting is False
@@ -978,7 +1016,11 @@ async def test_a_new_member_starts_after_messages_still_on_their_way_to_storage(
                 text=f"t{i}")))
             for i in range(50)))
         joining = asyncio.ensure_future(join(s, s.dan, room))
-        await asyncio.sleep(0.5)
+        # The join waits for storage to catch up on the room (a read waiting on
+        # the room's commit tracker) while the inserts wait for the lock.
+        tracker = s.history.trackers.for_room(room)
+        await until(lambda: tracker.waiting, "the join waiting for storage")
+        assert not joining.done()
         await tx.commit()  # storage catches up; the join waited for it
         await joining
     finally:

@@ -74,6 +74,11 @@ class CommitTracker:
         self._nudged = asyncio.Event()
         self.floor = 0
 
+    @property
+    def waiting(self) -> int:
+        """Reads waiting for storage to catch up now."""
+        return len(self._waiters)
+
     def nudge(self) -> None:
         """This process just acked stored messages: poll now if a read waits."""
         if self._waiters:

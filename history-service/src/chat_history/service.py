@@ -74,6 +74,12 @@ class HistoryComponent:
     def consumers(self) -> list[HistoryConsumer]:
         return list(self._consumers)
 
+    @property
+    def trackers(self) -> CommitTrackers:
+        """How far each stream is stored; reads wait on them (read-your-writes)."""
+        assert self._trackers is not None, "component not started"
+        return self._trackers
+
     async def start(self, rt: Runtime) -> None:
         s = self.settings
         self._pool = await create_pool(s.database_url, stop=rt.stopping)
