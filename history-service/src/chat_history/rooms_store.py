@@ -1,6 +1,6 @@
 """The rooms domain in PostgreSQL (migration 0003): rooms, members, bans, blocks, reads.
 
-Queries only; the rules (who may do what) live in :mod:`.rooms_api`. Writes
+Queries only; the rules (who may do what) live in :mod:`.room_rules`. Writes
 that race with each other are single statements or short transactions:
 
 - a room is created by ``INSERT … ON CONFLICT DO NOTHING RETURNING``, so of
