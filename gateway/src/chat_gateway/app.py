@@ -179,7 +179,7 @@ class App:
         if self._presence is not None:
             # Before the sockets close: their presence entries are left to
             # expire, so clients that reconnect elsewhere do not flap.
-            self._presence.draining = True
+            self._presence.drain()
         try:
             await asyncio.wait_for(
                 self.sockets.close_all(CloseCode.SERVICE_RESTART, "service restart"),

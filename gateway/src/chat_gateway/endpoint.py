@@ -102,7 +102,7 @@ class Endpoint:
         try:
             self._flush(session, conn)  # welcome (and the first-frame auth's ack)
             self.cap.opened_conn(conn)
-            await self._read_loop(session, conn)
+            await self._read_loop(ws, session, conn)
         finally:
             expiry.cancel()
             self.cap.closed_conn(conn)
@@ -150,8 +150,8 @@ class Endpoint:
         else:
             session.receive_text(text, time.monotonic())
 
-    async def _read_loop(self, session: Session, conn: Connection) -> None:
-        receive = conn.ws.receive
+    async def _read_loop(self, ws: WebSocket, session: Session, conn: Connection) -> None:
+        receive = ws.receive
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -165,26 +165,25 @@ class Endpoint:
                 return
 
     async def _make_calls(self, session: Session, conn: Connection) -> None:
-        """Write what the session has to say; make its calls, one after the other."""
-        while True:
-            self._flush(session, conn)
-            calls = session.calls_to_make()
-            if not calls:
-                return
-            for call in calls:
-                if isinstance(call, Verify):
-                    await self._verify(session, call)
-                    continue
+        """Write what the session has to say; make its calls, one after the other
+        (only a received frame adds calls, so one pass makes them all)."""
+        self._flush(session, conn)
+        for call in session.calls_to_make():
+            if isinstance(call, Verify):
+                await self._verify(session, call)
+                self._flush(session, conn)
+                continue
 
-                def answer(result: dict[str, Any], call: Call = call) -> None:
-                    # Written at once: a join's ack must precede the room's events.
-                    session.succeeded(call, result)
-                    self._flush(session, conn)
+            def answer(result: dict[str, Any], call: Call = call) -> None:
+                # Written at once: a join's ack must precede the room's events.
+                session.succeeded(call, result)
+                self._flush(session, conn)
 
-                try:
-                    await self.handlers.perform(conn, call, answer)
-                except Exception as exc:
-                    session.failed(call, exc, time.monotonic())
+            try:
+                await self.handlers.perform(conn, call, answer)
+            except Exception as exc:
+                session.failed(call, exc, time.monotonic())
+                self._flush(session, conn)
 
     @staticmethod
     def _flush(session: Session, conn: Connection) -> None:

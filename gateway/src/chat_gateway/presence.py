@@ -74,6 +74,10 @@ class Presence:
         self._typing_rooms: set[LocalRoom] = set()  # rooms with someone typing
         self._tasks: list[asyncio.Task[None]] = []
 
+    def drain(self) -> None:
+        """From now on entries are left to expire (see the module docstring)."""
+        self.draining = True
+
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._refresh()), asyncio.create_task(self._sweep())]
 
