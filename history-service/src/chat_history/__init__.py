@@ -4,7 +4,12 @@ the room model (rooms, memberships, bans, blocks, read pointers, search).
 config      HistorySettings from CHAT_HISTORY_* / CHAT_DATABASE_URL
 records     stream payload → row → ``message`` event; page assembly (pure)
 store       history.messages in PostgreSQL: idempotent batch insert, pages
-consumer    the ``history-push`` durable push consumer: buffer, insert, then ack
+consumer_setup the CHAT stream and the ``history-push`` durable: names, config, creation
+consumer    one stream → PostgreSQL: subscription, buffer, writer loop, checks, stop
+batching    when the writer takes a batch: the linger policy (sans-I/O)
+commit      insert, then ack each message (Msg.ack/nak/in_progress/term); row retry, term
+erasure     a deleted message's text erased from the stream after commit
+troubles    what is failing now, logged once per outage; readiness reads it
 freshness   read-your-writes: the room's last stream seq vs the ack floor
 api         the svc.history.messages endpoint
 rooms_store the rooms domain in PostgreSQL (migration 0003)
