@@ -166,7 +166,7 @@ async def test_room_member_cap_counts_users_across_gateways(stack: Stack) -> Non
 
 async def _counted(stack: Stack, user: dict[str, Any]) -> int:
     """How many of ``user``'s connections count toward the cap: their keys in
-    the CHAT_SESSIONS bucket (gateway/src/chat_gateway/sessions.py)."""
+    the CHAT_SESSIONS bucket (gateway/src/chat_gateway/usercap.py)."""
     nc = await nats.connect(stack.nats_url, **stack.nats_login())
     try:
         kv = await nc.jetstream().key_value(subjects.SESSIONS_BUCKET)
