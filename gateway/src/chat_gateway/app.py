@@ -44,6 +44,7 @@ from . import rest, rest_rooms
 from .config import GatewaySettings
 from .endpoint import Endpoint
 from .handlers import Handlers, JoinOptions
+from .overload import ConnectionCaps, OutboundBudget
 from .presence import Presence
 from .relay import Relay
 from .rooms import RoomHub
@@ -62,7 +63,8 @@ RECONCILE_INTERVAL = 1.0
 def session_rules(s: GatewaySettings) -> Rules:
     return Rules(node=s.node_id, heartbeat=s.heartbeat, auth_timeout=s.auth_timeout,
                  max_rooms=s.max_rooms, send_rate=s.send_rate, send_burst=s.send_burst,
-                 abuse_strikes=s.abuse_strikes, abuse_window=s.abuse_window)
+                 abuse_strikes=s.abuse_strikes, abuse_window=s.abuse_window,
+                 join_rate=s.join_rate, join_burst=s.join_burst)
 
 
 class App:
@@ -109,7 +111,11 @@ class App:
         handlers = Handlers(services, hub, presence,
                             JoinOptions(s.auto_create_rooms, s.room_member_cap))
         endpoint = Endpoint(session_rules(s), s.outbound_buffer_bytes, verifier, handlers, hub,
-                            self.sockets, cap, self.is_draining)
+                            self.sockets, cap, self.is_draining,
+                            caps=ConnectionCaps(s.max_connections_per_address,
+                                                s.max_connections),
+                            budget=OutboundBudget(s.outbound_budget_bytes),
+                            slow_close_timeout=s.slow_close_timeout)
         ctx = rest.RestContext(services=services, verify=verifier.verify_async,
                                online=presence.members)
         self._presence, self._hub, self._cap = presence, hub, cap

@@ -40,6 +40,17 @@ class GatewaySettings:
     max_connections_per_user: int = 10
     session_ttl: float = 30.0
     room_member_cap: int = 0
+    # Issue 12 (README "Limits"): join/leave bucket per socket; connection caps
+    # per client address and per gateway, and the gateway's outbound budget
+    # (1013 beyond them); how long a slow consumer's close may take; how often
+    # held rooms are re-checked against history-service (lost notices).
+    join_rate: float = 5.0
+    join_burst: int = 100
+    max_connections_per_address: int = 1000
+    max_connections: int = 10_000
+    outbound_budget_bytes: int = 256 << 20
+    slow_close_timeout: float = 10.0
+    reconcile_interval: float = 30.0
     # Which stream holds a room (CHAT_STREAM_PARTITIONS; gateways only read streams).
     stream: StreamSettings = field(default_factory=StreamSettings)
 
@@ -69,4 +80,13 @@ class GatewaySettings:
                                              minimum=0),
             session_ttl=env_float("CHAT_GATEWAY_SESSION_TTL", 30.0, minimum=3.0),
             room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
+            join_rate=env_float("CHAT_GATEWAY_JOIN_RATE", 5.0, minimum=0.001),
+            join_burst=env_int("CHAT_GATEWAY_JOIN_BURST", 100, minimum=1),
+            max_connections_per_address=env_int("CHAT_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+                                                1000, minimum=0),
+            max_connections=env_int("CHAT_GATEWAY_MAX_CONNECTIONS", 10_000, minimum=0),
+            outbound_budget_bytes=env_int("CHAT_GATEWAY_OUTBOUND_BUDGET", 256 << 20,
+                                          minimum=0),
+            slow_close_timeout=env_float("CHAT_GATEWAY_SLOW_CLOSE_TIMEOUT", 10.0, minimum=0.1),
+            reconcile_interval=env_float("CHAT_GATEWAY_RECONCILE_INTERVAL", 30.0, minimum=0.1),
         )

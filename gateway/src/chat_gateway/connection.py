@@ -9,7 +9,12 @@ Events are written as pre-built frames straight to the socket's transport
 uvicorn's sans-I/O protocol also writes its own frames (pong, close)
 synchronously to the same transport, so frames never interleave. The
 transport's write buffer is the per-socket backlog the slow-consumer limit
-watches.
+watches; :class:`~.overload.OutboundBudget` sums it over all sockets.
+
+A slow consumer (its buffer past the limit, or among the largest when the
+gateway's budget is exceeded) gets a 1013 close frame queued behind what it
+has not read yet, then a FIN once that is out; it has
+``slow_close_timeout`` seconds to read it all before the socket is aborted.
 
 Writes are coalesced: frames for a socket collect during one event-loop
 iteration and go out in one ``write`` at its end, so a socket that receives
@@ -33,6 +38,7 @@ from chat_kit import metrics
 from chat_kit.http import RAW_SEND
 from chat_kit.logs import event
 
+from .overload import OutboundBudget
 from .wsframe import text_frame
 
 log = logging.getLogger("chat_gateway.connection")
@@ -68,10 +74,12 @@ _flusher = _Flusher()
 
 class Connection:
     __slots__ = ("ws", "session", "user", "rooms", "closed", "max_buffer", "_proto", "_queue",
-                 "_writer", "remote", "_out", "blocked", "blocks_seen")
+                 "_writer", "remote", "_out", "blocked", "blocks_seen", "budget",
+                 "slow_close_timeout")
 
     def __init__(self, ws: WebSocket, session: str, user: User, max_buffer: int,
-                 rooms: set[str] | None = None) -> None:
+                 rooms: set[str] | None = None, budget: OutboundBudget | None = None,
+                 slow_close_timeout: float = 10.0) -> None:
         self.ws = ws
         self.session = session
         self.user = user
@@ -84,6 +92,8 @@ class Connection:
         self.blocks_seen = 0
         self.closed = False
         self.max_buffer = max_buffer
+        self.budget = budget  # the gateway's outbound budget (None: none)
+        self.slow_close_timeout = slow_close_timeout
         self.remote = ws.client.host if ws.client else ""
         self._proto = _raw_protocol(ws)
         self._out: list[bytes] | None = None  # frames waiting for this iteration's flush
@@ -135,6 +145,13 @@ class Connection:
             self.close_slow()
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.budget is not None:
+            self.budget.wrote(self, transport.get_write_buffer_size())
+
+    def buffered(self) -> int:
+        """Bytes written to the transport and not yet taken by the kernel."""
+        proto = self._proto
+        return 0 if proto is None else int(proto.transport.get_write_buffer_size())
 
     def send(self, payload: bytes) -> bool:
         ok = self.write_frame(text_frame(payload))
