@@ -386,3 +386,37 @@ def test_zero_abuse_strikes_never_closes() -> None:
     for _ in range(100):
         session.receive_text("{bad", T0)
     assert session.close is None
+
+
+# --- join and leave rate --------------------------------------------------------------
+
+
+def test_joins_and_leaves_share_a_bucket_and_refill() -> None:
+    rules = Rules(node="n", heartbeat=1, max_rooms=10, join_rate=2.0, join_burst=3,
+                  abuse_strikes=10)
+    session = open_session(rules=rules)
+    send(session, {"type": "join", "id": "j1", "room": "a"})
+    send(session, {"type": "leave", "id": "l1", "room": "a"})
+    send(session, {"type": "join", "id": "j2", "room": "b"})
+    send(session, {"type": "join", "id": "j3", "room": "c"})  # the 4th within the burst of 3
+    send(session, {"type": "leave", "id": "l2", "room": "b"})
+    calls = session.calls_to_make()
+    assert [type(c) for c in calls] == [JoinRoom, LeaveRoom, JoinRoom]
+    errors = frames_out(session)
+    assert [(e["code"], e["id"]) for e in errors] == [("rate_limited", "j3"),
+                                                       ("rate_limited", "l2")]
+    assert errors[0]["message"] == "too many joins and leaves, retry in 0.5 s"
+    # sends do not draw from it, and it refills at join_rate per second
+    session.joined.add("a")  # type: ignore[attr-defined]
+    send(session, {"type": "send", "room": "a", "text": "still fine"})
+    send(session, {"type": "join", "id": "j4", "room": "c"}, now=T0 + 0.5)
+    assert [type(c) for c in session.calls_to_make()] == [SendMessage, JoinRoom]
+
+
+def test_join_spam_strikes_and_closes_1008() -> None:
+    rules = Rules(node="n", heartbeat=1, join_rate=0.001, join_burst=1, abuse_strikes=3)
+    session = open_session(rules=rules)
+    for i in range(5):
+        send(session, {"type": "join", "room": f"r{i}"})
+    assert session.close == (CloseCode.POLICY, "too many bad or rate-limited frames")
+    assert len(session.calls_to_make()) == 1

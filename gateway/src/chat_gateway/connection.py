@@ -159,21 +159,34 @@ class Connection:
             metrics.WS_MESSAGES_OUT.inc()
         return ok
 
-    def close_slow(self) -> None:
-        """Close a client that stopped reading: 1013, without waiting on its buffer."""
-        metrics.WS_DROPPED.labels("slow_consumer").inc()
+    def close_slow(self, why: str = "slow consumer") -> None:
+        """Close a client that reads too slowly (``why``: its own buffer limit, or
+        the gateway's outbound budget): 1013 after what it has buffered."""
+        if self.closed:
+            return
+        metrics.WS_DROPPED.labels("slow_consumer" if why == "slow consumer"
+                                  else why.replace(" ", "_")).inc()
         event(log, "slow consumer closed", logging.WARNING, session=self.session,
-              user=self.user.id)
+              user=self.user.id, reason=why, buffered=self.buffered())
         self.closed = True
+        self._out = None
         proto = self._proto
         if proto is not None and not proto.close_sent:
-            # The close frame queues behind what is buffered; the abort bounds
-            # how long a client that never reads can hold the socket.
-            reason = b"slow consumer"
-            payload = struct.pack("!H", CloseCode.TRY_AGAIN_LATER) + reason
-            proto.transport.write(bytes((0x88, len(payload))) + payload)
-            proto.close_sent = True
-            asyncio.get_running_loop().call_later(2.0, proto.transport.abort)
+            transport = proto.transport
+            # The close frame queues behind what is buffered, so a client that
+            # reads again gets its data and then the 1013.
+            payload = struct.pack("!H", CloseCode.TRY_AGAIN_LATER) + why.encode()[:120]
+            transport.write(bytes((0x88, len(payload))) + payload)
+            proto.close_sent = True  # uvicorn writes nothing more, and drops what it reads
+            if proto.read_paused:  # keep reading: unread input would make the close a reset
+                proto.read_paused = False
+                transport.resume_reading()
+            # A FIN once the buffer is out (half-close: the client's close reply
+            # and EOF then end the socket); the abort bounds how long a client
+            # that never reads can hold the socket and its buffer.
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(self.slow_close_timeout, transport.abort)
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

@@ -6,12 +6,15 @@ what the session returns and closes when it says so. Every rule is the
 session's; here is only the awaiting (docs/protocol.md §3).
 
 A bad token is answered by accepting the upgrade and closing with 4401, as
-browsers cannot read an HTTP 401 on an upgrade.
+browsers cannot read an HTTP 401 on an upgrade. The same way, a socket past
+the connection caps (per client address, per gateway: :mod:`.overload`) is
+closed with 1013 right after the upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, MutableMapping
@@ -23,11 +26,14 @@ from chat_contract.claims import AccessClaims
 from chat_contract.errors import CloseCode
 from chat_kit import metrics
 
+from .auditing import AuditThrottle
 from .connection import Connection
 from .handlers import Answer
+from .overload import ConnectionCaps, OutboundBudget
 from .session import Call, Rules, Session, Verify
 from .sockets import Sockets
 
+log = logging.getLogger("chat_gateway.endpoint")
 
 class Verifier(Protocol):
     async def verify_async(self, token: str) -> AccessClaims: ...
@@ -68,9 +74,15 @@ def _token_from_upgrade(ws: WebSocket) -> str | None:
 class Endpoint:
     def __init__(self, rules: Rules, outbound_buffer: int, verifier: Verifier,
                  handlers: Calls, rooms: Rooms, sockets: Sockets, cap: ConnectionCap,
-                 draining: Callable[[], bool]) -> None:
+                 draining: Callable[[], bool], caps: ConnectionCaps | None = None,
+                 budget: OutboundBudget | None = None,
+                 slow_close_timeout: float = 10.0) -> None:
         self.rules = rules
         self.outbound_buffer = outbound_buffer
+        self.caps = caps or ConnectionCaps(0, 0)
+        self.budget = budget
+        self.slow_close_timeout = slow_close_timeout
+        self._audits = AuditThrottle()
         self.verifier = verifier
         self.handlers = handlers
         self.rooms = rooms
@@ -84,10 +96,23 @@ class Endpoint:
         if self.draining():
             await ws.close(CloseCode.SERVICE_RESTART, "draining")
             return
+        remote = ws.client.host if ws.client else ""
+        refused = self.caps.open(remote)
+        if refused is not None:
+            metrics.WS_DROPPED.labels("connection_cap").inc()
+            self._audits.audit(log, "connection refused", remote, remote=remote,
+                               reason=refused)
+            await ws.close(CloseCode.TRY_AGAIN_LATER, refused)
+            return
+        try:
+            await self._serve(ws, remote)
+        finally:
+            self.caps.close(remote)
+
+    async def _serve(self, ws: WebSocket, remote: str) -> None:
         joined: set[str] = set()
         session = Session(self.rules, "s_" + secrets.token_urlsafe(9), joined,
-                          self.rooms.archived, time.monotonic(),
-                          remote=ws.client.host if ws.client else "")
+                          self.rooms.archived, time.monotonic(), remote=remote)
         session.connect(_token_from_upgrade(ws))
         if not await self._authenticate(ws, session):
             return
@@ -95,7 +120,8 @@ class Endpoint:
             await ws.close(CloseCode.SERVICE_RESTART, "draining")
             return
         assert session.user is not None
-        conn = Connection(ws, session.id, session.user, self.outbound_buffer, joined)
+        conn = Connection(ws, session.id, session.user, self.outbound_buffer, joined,
+                          self.budget, self.slow_close_timeout)
         self.sockets.add(conn)
         metrics.WS_CONNECTIONS.inc()
         expiry = asyncio.create_task(self._expire(session, conn))
@@ -109,6 +135,8 @@ class Endpoint:
             self.sockets.remove(conn)
             metrics.WS_CONNECTIONS.dec()
             conn.stop_writer()
+            if self.budget is not None:
+                self.budget.remove(conn)
             await self.rooms.leave_all(conn)
 
     async def _authenticate(self, ws: WebSocket, session: Session) -> bool:

@@ -14,8 +14,9 @@ verifier) and writes what it returns. So every per-socket rule is here:
   lapses unrefreshed closes with 4401;
 - decoding (``bad_request``), and the checks each frame allows without a
   round trip: joined rooms, text size (``too_large``), archived rooms
-  (read-only), the ``send`` bucket (``rate_limited``), ``msg_id`` length,
-  at most ``max_rooms`` joined rooms;
+  (read-only), the ``send`` bucket (``rate_limited``), the ``join``/``leave``
+  bucket (``rate_limited``: each costs an access check, subscriptions and a
+  presence write), ``msg_id`` length, at most ``max_rooms`` joined rooms;
 - answers: the ack of every request id, errors with the request id, a
   frame's failure never ends the session;
 - strikes: a client that keeps sending refused frames (bad_request,
@@ -36,12 +37,15 @@ from chat_contract.events import Error, Pong, User, Welcome, encode, encode_ack
 from chat_kit import metrics
 from chat_kit.logs import audit
 
+from .auditing import AuditThrottle
 from .limits import StrikeCounter, TokenBucket
 
 log = logging.getLogger("chat_gateway.session")
 
 # Refusals that are the client's fault and count as strikes (README "Limits").
 STRIKES = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.RATE_LIMITED, ErrorCode.TOO_LARGE})
+# Rate-limit refusals are audited at most once per user and window.
+_audits = AuditThrottle()
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Rules:
     send_burst: int = 20
     abuse_strikes: int = 30
     abuse_window: float = 10.0
+    # join and leave frames together: a reconnect re-joining max_rooms rooms fits the burst
+    join_rate: float = 5.0
+    join_burst: int = 100
 
 
 # --- calls: what the I/O layer makes for the session, then hands back ------------------
@@ -149,6 +156,7 @@ class Session:
         self.token_exp = 0.0
         self.auth_deadline = now + rules.auth_timeout
         self.bucket = TokenBucket(rules.send_rate, rules.send_burst, now)
+        self.join_bucket = TokenBucket(rules.join_rate, rules.join_burst, now)
         self.strikes = StrikeCounter(rules.abuse_strikes, rules.abuse_window)
         # (code, reason) once the session must close; nothing more is sent then.
         self.close: tuple[int, str] | None = None
@@ -308,6 +316,7 @@ class Session:
                                          reply_to=frame.reply_to,
                                          client_msg_id=frame.client_msg_id))
             case frames.Join():
+                self._take_join_token(now)
                 joined = self.joined
                 if frame.room not in joined and len(joined) >= self.rules.max_rooms:
                     raise ChatError(ErrorCode.FORBIDDEN,
@@ -315,6 +324,7 @@ class Session:
                 calls.append(JoinRoom(id=frame.id, room=frame.room, password=frame.password,
                                       since=frame.since))
             case frames.Leave():
+                self._take_join_token(now)
                 calls.append(LeaveRoom(id=frame.id, room=frame.room))
             case frames.History():
                 calls.append(FetchHistory(id=frame.id, room=frame.room, before=frame.before,
@@ -364,6 +374,13 @@ class Session:
         if not self.bucket.take(now):
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages, slow down")
 
+    def _take_join_token(self, now: float) -> None:
+        bucket = self.join_bucket
+        if not bucket.take(now):
+            wait = bucket.retry_after()
+            raise ChatError(ErrorCode.RATE_LIMITED,
+                            f"too many joins and leaves, retry in {wait:.1f} s")
+
     # --- refusals ---------------------------------------------------------------------
 
     def _refuse(self, exc: ChatError, request_id: str | None, now: float | None) -> None:
@@ -374,6 +391,9 @@ class Session:
         if exc.code in STRIKES and now is not None:
             if exc.code == ErrorCode.RATE_LIMITED:
                 metrics.WS_DROPPED.labels("rate_limited").inc()
+                assert self.user is not None
+                _audits.audit(log, "rate limited", self.user.id, now, user=self.user.id,
+                              session=self.id, remote=self.remote or None, reason=exc.message)
             self._strike(now, exc.code.value)
 
     def _reply_error(self, code: ErrorCode, message: str, request_id: str | None) -> None:
