@@ -78,9 +78,11 @@ class RawWs:
     the slow-consumer case. It never answers pings unless told to read.
     """
 
-    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
+    def __init__(self, port: int, token: str, rcvbuf: int = 4096, source: str = "") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source:  # another loopback address (127.0.0.x): another client address
+            self.sock.bind((source, 0))
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"

@@ -57,7 +57,7 @@ from .usercap import SessionRegistry
 log = logging.getLogger("chat_gateway")
 STATIC = Path(__file__).parent / "static"
 # How often the reconnect counter is looked at (and a failed reconcile retried).
-RECONCILE_INTERVAL = 1.0
+RECONCILE_TICK = 1.0
 
 
 def session_rules(s: GatewaySettings) -> Rules:
@@ -128,7 +128,7 @@ class App:
         # Rare traffic (a block or unblock), so one subscription for all users.
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self.sockets.on_blocks)
         self._tasks.append(asyncio.create_task(
-            self._reconcile_after_reconnects(rt.nc, hub, services)))
+            self._reconcile(rt.nc, hub, services, s.reconcile_interval)))
         event(log, "gateway ready", node=s.node_id)
 
     async def _wait_for_stream(self, js: JetStreamContext) -> None:
@@ -150,11 +150,15 @@ class App:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _reconcile_after_reconnects(self, nc: NATS, hub: RoomHub,
-                                          services: Services) -> None:
-        """After each NATS reconnect, relay the held rooms' events and re-check
-        their memberships and archive flags, and the local users' blocked
-        sets: live events and notices published meanwhile were lost."""
+    async def _reconcile(self, nc: NATS, hub: RoomHub, services: Services,
+                         interval: float) -> None:
+        """Re-check the held rooms' memberships and archive flags, and the local
+        users' blocked sets, against history-service: right after each NATS
+        reconnect (with the rooms' events stored meanwhile relayed first), and
+        every ``interval`` seconds (CHAT_GATEWAY_RECONCILE_INTERVAL) — a notice
+        lost without a reconnect (published by a process that died, or dropped)
+        then takes effect within that bound. One request per held room and one
+        per local user, one at a time."""
 
         async def room_view(room: str, caller: User) -> RoomView:
             return (await services.request(rpc.ROOMS_GET, RoomRef(caller=caller, room=room))).room
@@ -162,21 +166,29 @@ class App:
         async def blocks(caller: User) -> BlocksReply:
             return await services.request(rpc.ROOMS_BLOCKS, BlocksRequest(caller=caller))
 
+        loop = asyncio.get_running_loop()
         seen = nc.stats["reconnects"]
         dirty = False
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(RECONCILE_INTERVAL)
+            await asyncio.sleep(min(RECONCILE_TICK, interval))
             if nc.stats["reconnects"] != seen:
                 seen, dirty = nc.stats["reconnects"], True
-            if dirty and nc.is_connected:
+            periodic = loop.time() >= due
+            if (dirty or periodic) and nc.is_connected:
+                done = False
                 try:
-                    dirty = not (await hub.catch_up()
-                                 and await hub.reconcile(room_view)
-                                 and await self.sockets.refresh_blocks(blocks))
+                    done = ((not dirty or await hub.catch_up())
+                            and await hub.reconcile(room_view)
+                            and await self.sockets.refresh_blocks(blocks))
                 except Exception as exc:  # never let the watcher die
                     event(log, "room reconcile failed", logging.WARNING, error=repr(exc))
-                if not dirty:
-                    event(log, "rooms reconciled after a NATS reconnect", rooms=len(hub.rooms))
+                if done:
+                    if dirty:
+                        event(log, "rooms reconciled after a NATS reconnect",
+                              rooms=len(hub.rooms))
+                    dirty = False
+                    due = loop.time() + interval
 
     async def stop(self) -> None:
         self.draining = True
