@@ -259,7 +259,7 @@ async def test_refresh_rotates(auth: Replica, client: NATS) -> None:
                                         third.refresh_token)
 
 
-async def test_reuse_after_grace_revokes_the_family(start_replica: Start, client: NATS,
+async def test_reuse_after_grace_ends_every_session(start_replica: Start, client: NATS,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     await start_replica(reuse_grace=0.0)
     await register(client, "alice")
@@ -268,12 +268,12 @@ async def test_reuse_after_grace_revokes_the_family(start_replica: Start, client
     legit = await refresh(client, stolen.refresh_token)
     caplog.set_level(logging.WARNING, logger="chat_auth")
     await fails(ErrorCode.UNAUTHORIZED, refresh(client, stolen.refresh_token))
-    assert "refresh token reuse: session revoked" in caplog.messages
+    assert "refresh token reuse: all sessions revoked" in caplog.messages
     assert stolen.refresh_token not in caplog.text and legit.refresh_token not in caplog.text
     await fails(ErrorCode.UNAUTHORIZED, refresh(client, legit.refresh_token))
-    # Only that login's family is gone; the user's other session is untouched.
-    renewed = await refresh(client, other_session.refresh_token)
-    assert renewed.refresh_token != other_session.refresh_token
+    # A copy exists somewhere: every session of the user ends (docs/protocol.md §2).
+    await fails(ErrorCode.UNAUTHORIZED, refresh(client, other_session.refresh_token))
+    assert (await login(client, "alice")).refresh_token
 
 
 async def test_expired_refresh_token(auth: Replica, client: NATS, db_url: str) -> None:
@@ -337,7 +337,7 @@ async def test_store_rotation_is_atomic(auth: Replica, client: NATS, db_url: str
             results = await asyncio.gather(
                 *(store.rotate_refresh(token_hash, new_refresh_token()[1], 60)
                   for _ in range(10)))
-            assert [r for r in results if r is not None] == [(user.id, "alice")]
+            assert [r for r in results if r is not None] == [(user.id, "alice", "fam")]
         assert await pool.fetchval("SELECT count(*) FROM auth.refresh_tokens") == 10
     finally:
         await pool.close()
@@ -366,4 +366,5 @@ async def test_micro_service_discovery(auth: Replica, client: NATS) -> None:
     assert info["name"] == "auth"
     assert {(e["name"], e["subject"]) for e in info["endpoints"]} == {
         (r.name, r.subject) for r in (rpc.AUTH_REGISTER, rpc.AUTH_LOGIN, rpc.AUTH_REFRESH,
-                                      rpc.AUTH_LOGOUT, rpc.AUTH_JWKS, rpc.AUTH_USERS)}
+                                      rpc.AUTH_LOGOUT, rpc.AUTH_JWKS, rpc.AUTH_USERS,
+                                      rpc.AUTH_PASSWORD, rpc.AUTH_DISABLE)}

@@ -19,6 +19,7 @@ from chat_kit.runtime import Runtime
 from chat_kit.throttle import LoginThrottle
 
 from .config import AuthSettings
+from .denylist import Denylist
 from .handlers import KEEP_EXPIRED, AuthHandlers
 from .keys import load_signing_key
 from .store import SCHEMA, AuthStore
@@ -41,6 +42,7 @@ class AuthService:
         self._pool: asyncpg.Pool | None = None
         self._service: Service | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._denylist: Denylist | None = None
         self._db_ok = False
 
     def routes(self) -> list[BaseRoute]:
@@ -54,10 +56,17 @@ class AuthService:
         self._db_ok = True
         rt.checks.append(lambda: self._db_ok)
         await self.passwords.warm_up()
+        store = AuthStore(self._pool)
+        denylist = self._denylist = Denylist(rt.nc.jetstream(timeout=s.common.request_timeout),
+                                             s.access_ttl, s.common.stream_replicas,
+                                             s.common.request_timeout)
+        await denylist.start()
+        await denylist.republish(store.recent_revocations)
         h = self.handlers = AuthHandlers(
-            AuthStore(self._pool), self.passwords, key,
+            store, self.passwords, key,
             TokenIssuer(key, s.issuer, s.audience, s.access_ttl), s.refresh_ttl, s.reuse_grace,
-            LoginThrottle(s.login_max_failures, s.login_max_failures_per_address, s.login_window))
+            LoginThrottle(s.login_max_failures, s.login_max_failures_per_address, s.login_window),
+            denylist=denylist)
         self._watch = asyncio.create_task(self._watch_db(h.store))
         # endpoint() runs requests concurrently (a login waits ~50 ms on argon2);
         # the hashing pool and the DB pool bound the real work.
@@ -68,6 +77,8 @@ class AuthService:
             serves(SERVICE, rpc.AUTH_LOGOUT, h.logout),
             serves(SERVICE, rpc.AUTH_JWKS, h.jwks),
             serves(SERVICE, rpc.AUTH_USERS, h.users),
+            serves(SERVICE, rpc.AUTH_PASSWORD, h.password),
+            serves(SERVICE, rpc.AUTH_DISABLE, h.disable),
         ]))
         event(log, "auth service started", kid=key.kid, issuer=s.issuer, audience=s.audience)
 
@@ -76,6 +87,9 @@ class AuthService:
         if self._service is not None:
             await self._service.stop()
             self._service = None
+        if self._denylist is not None:
+            await self._denylist.stop()
+            self._denylist = None
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

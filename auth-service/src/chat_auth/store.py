@@ -18,6 +18,18 @@ class UserRow:
     id: str
     name: str
     password_hash: str
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A user's sessions just ended: the session ids (refresh-token families)
+    whose access tokens may still be alive, for the denylist."""
+
+    user_id: str
+    sessions: list[str]
+    # When (Unix seconds, the database's clock): tokens issued before are void.
+    at: float
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,17 @@ class AuthStore:
 
     async def user_by_name(self, name: str) -> UserRow | None:
         row = await self.pool.fetchrow(
-            "SELECT id, name, password_hash FROM auth.users WHERE name_lower = lower($1)", name)
-        return None if row is None else UserRow(row["id"], row["name"], row["password_hash"])
+            "SELECT id, name, password_hash, disabled_at IS NOT NULL AS disabled"
+            " FROM auth.users WHERE name_lower = lower($1)", name)
+        return None if row is None else UserRow(row["id"], row["name"], row["password_hash"],
+                                                row["disabled"])
+
+    async def user_by_id(self, user_id: str) -> UserRow | None:
+        row = await self.pool.fetchrow(
+            "SELECT id, name, password_hash, disabled_at IS NOT NULL AS disabled"
+            " FROM auth.users WHERE id = $1", user_id)
+        return None if row is None else UserRow(row["id"], row["name"], row["password_hash"],
+                                                row["disabled"])
 
     async def users(self, ids: list[str], names: list[str]) -> list[tuple[str, str]]:
         """(id, name) of the users with these ids, then of those with these names."""
@@ -74,11 +95,12 @@ class AuthStore:
             token_hash, user_id, family, float(ttl))
 
     async def rotate_refresh(self, old_hash: bytes, new_hash: bytes, ttl: int
-                             ) -> tuple[str, str] | None:
+                             ) -> tuple[str, str, str] | None:
         """Spend ``old_hash`` and store ``new_hash`` in its family, atomically.
 
-        Returns the user's (id, name), or None if the old token is unknown,
-        spent, revoked or expired. The conditional UPDATE takes the row lock:
+        Returns the user's (id, name) and the family (the session id), or None
+        if the old token is unknown, spent, revoked or expired, or the user is
+        disabled. The conditional UPDATE takes the row lock:
         of two concurrent rotations the second waits, re-checks
         ``used_at IS NULL`` after the first commits and matches nothing, so
         exactly one wins.
@@ -91,14 +113,15 @@ class AuthStore:
                 "    AND expires_at > now()"
                 "  RETURNING user_id, family)"
                 " SELECT u.id, u.name, spent.family"
-                " FROM spent JOIN auth.users u ON u.id = spent.user_id", old_hash)
+                " FROM spent JOIN auth.users u ON u.id = spent.user_id"
+                " WHERE u.disabled_at IS NULL", old_hash)
             if row is None:
                 return None
             await conn.execute(
                 "INSERT INTO auth.refresh_tokens (token_hash, user_id, family, expires_at)"
                 " VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
                 new_hash, row["id"], row["family"], float(ttl))
-            return row["id"], row["name"]
+            return row["id"], row["name"], row["family"]
 
     async def spent_token(self, token_hash: bytes) -> SpentToken | None:
         row = await self.pool.fetchrow(
@@ -117,13 +140,66 @@ class AuthStore:
             " WHERE family = $1 AND revoked_at IS NULL", family)
         return int(result.rsplit(" ", 1)[-1])
 
-    async def revoke_family_of(self, token_hash: bytes) -> int:
-        """Logout: end the session the token belongs to (a no-op for unknown tokens)."""
-        result: str = await self.pool.execute(
+    async def revoke_family_of(self, token_hash: bytes) -> str | None:
+        """Logout: end the session the token belongs to; its family (the session
+        id), also when it had ended already, or None for an unknown token."""
+        family: str | None = await self.pool.fetchval(
+            "SELECT family FROM auth.refresh_tokens WHERE token_hash = $1", token_hash)
+        if family is not None:
+            await self.revoke_family(family)
+        return family
+
+    async def end_sessions(self, user_id: str, window: float,
+                           conn: asyncpg.Connection | None = None) -> Ended:
+        """Revoke every refresh token of the user and note the time; return the
+        sessions with a token issued within ``window`` seconds (an access token
+        is issued with each refresh token, so only those may have live ones)."""
+        db = conn if conn is not None else self.pool
+        await db.execute(
             "UPDATE auth.refresh_tokens SET revoked_at = now()"
-            " WHERE revoked_at IS NULL AND family ="
-            "  (SELECT family FROM auth.refresh_tokens WHERE token_hash = $1)", token_hash)
-        return int(result.rsplit(" ", 1)[-1])
+            " WHERE user_id = $1 AND revoked_at IS NULL", user_id)
+        at: float = await db.fetchval(
+            "UPDATE auth.users SET sessions_revoked_at = now() WHERE id = $1"
+            " RETURNING extract(epoch FROM now())::float8", user_id)
+        rows = await db.fetch(
+            "SELECT DISTINCT family FROM auth.refresh_tokens"
+            " WHERE user_id = $1 AND created_at > now() - make_interval(secs => $2)",
+            user_id, float(window))
+        return Ended(user_id, [row["family"] for row in rows], at)
+
+    async def change_password(self, user_id: str, password_hash: str, window: float) -> Ended:
+        """The new hash and the end of every session, in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE auth.users SET password_hash = $2 WHERE id = $1", user_id, password_hash)
+            return await self.end_sessions(user_id, window, conn)
+
+    async def set_disabled(self, name: str, disabled: bool, window: float
+                           ) -> tuple[UserRow, Ended | None] | None:
+        """Disable (ending every session) or enable the account named ``name``;
+        None if there is none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE auth.users SET disabled_at = CASE WHEN $2 THEN"
+                "  coalesce(disabled_at, now()) END"
+                " WHERE name_lower = lower($1) RETURNING id, name, password_hash", name, disabled)
+            if row is None:
+                return None
+            user = UserRow(row["id"], row["name"], row["password_hash"], disabled)
+            ended = await self.end_sessions(user.id, window, conn) if disabled else None
+            return user, ended
+
+    async def recent_revocations(self, window: float
+                                 ) -> tuple[list[str], list[tuple[str, float]]]:
+        """Sessions revoked and users whose sessions all ended within ``window``
+        seconds (user id, Unix time): what the denylist must still hold."""
+        families = await self.pool.fetch(
+            "SELECT DISTINCT family FROM auth.refresh_tokens"
+            " WHERE revoked_at > now() - make_interval(secs => $1)", float(window))
+        users = await self.pool.fetch(
+            "SELECT id, extract(epoch FROM sessions_revoked_at)::float8 AS at FROM auth.users"
+            " WHERE sessions_revoked_at > now() - make_interval(secs => $1)", float(window))
+        return [r["family"] for r in families], [(r["id"], r["at"]) for r in users]
 
     async def delete_expired(self, older_than: float) -> int:
         """Forget tokens expired for ``older_than`` seconds (kept a while for reuse audits)."""

@@ -5,7 +5,9 @@ SHA-256, so a leaked table cannot be replayed. A plain hash (no salt, no
 slow KDF) is enough because the input is 256 bits of randomness, and it lets
 us look the token up by its hash. Every login starts a *family*; each refresh
 spends one token of the family and issues its successor (rotation, see
-:mod:`.store` and :mod:`.handlers` for what reuse does).
+:mod:`.store` and :mod:`.handlers` for what reuse does). The family's id is
+the login session's id: every access token of the login carries it as
+``sid``, which is what logout revokes (:mod:`.denylist`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ class TokenIssuer:
         self.audience = audience
         self.access_ttl = access_ttl
 
-    def access_token(self, user_id: str, name: str, now: int | None = None) -> str:
+    def access_token(self, user_id: str, name: str, now: int | None = None, *,
+                     sid: str | None = None) -> str:
+        """A signed access token; ``sid`` is the login session (its refresh-token family)."""
         iat = int(time.time()) if now is None else now
-        claims = {
+        claims: dict[str, object] = {
             "sub": user_id,
             "name": name,
             "iss": self.issuer,
@@ -40,6 +44,8 @@ class TokenIssuer:
             "exp": iat + self.access_ttl,
             "jti": secrets.token_urlsafe(16),
         }
+        if sid is not None:
+            claims["sid"] = sid
         return jwt.encode(claims, self.key.private, algorithm=SIGNING_ALGORITHM,
                           headers={"kid": self.key.kid})
 

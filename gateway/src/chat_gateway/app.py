@@ -47,6 +47,7 @@ from .handlers import Handlers, JoinOptions
 from .overload import ConnectionCaps, OutboundBudget
 from .presence import Presence
 from .relay import Relay
+from .revocation import Revocations
 from .rooms import RoomHub
 from .services import Services
 from .session import Rules
@@ -103,7 +104,15 @@ class App:
         presence = Presence(rt.nc, js, s.node_id, timeout)
         await presence.start()
         hub = RoomHub(rt.nc, Relay(js, history), presence, layout=s.stream)
-        verifier = TokenVerifier(s.jwt_issuer, s.jwt_audience, jwks)
+        # The denylist (logout, password change…): refused tokens, closed sockets.
+        # Not ready until it is loaded: a revoked token must never pass here.
+        revocations = Revocations(js)
+        revocations.listener = self.sockets
+        self.sockets.is_revoked = revocations.socket_revoked
+        self._tasks.append(asyncio.create_task(revocations.run(rt.nc)))
+        rt.checks.append(lambda: revocations.loaded)
+        verifier = TokenVerifier(s.jwt_issuer, s.jwt_audience, jwks,
+                                 revoked=revocations.refusal)
         await verifier.start()
         cap = SessionRegistry(rt.nc, js, s.node_id, s.max_connections_per_user, s.session_ttl,
                               timeout)

@@ -75,13 +75,16 @@ _flusher = _Flusher()
 class Connection:
     __slots__ = ("ws", "session", "user", "rooms", "closed", "max_buffer", "_proto", "_queue",
                  "_writer", "remote", "_out", "blocked", "blocks_seen", "budget",
-                 "slow_close_timeout")
+                 "slow_close_timeout", "sid")
 
     def __init__(self, ws: WebSocket, session: str, user: User, max_buffer: int,
                  rooms: set[str] | None = None, budget: OutboundBudget | None = None,
                  slow_close_timeout: float = 10.0) -> None:
         self.ws = ws
         self.session = session
+        # The login session of the token it authenticated with (its ``sid``
+        # claim): what a logout closes (sockets.Sockets, revocation).
+        self.sid: str | None = None
         self.user = user
         # The rooms this socket is in: changed by rooms.RoomHub only.
         self.rooms: set[str] = set() if rooms is None else rooms

@@ -122,6 +122,7 @@ class Endpoint:
         assert session.user is not None
         conn = Connection(ws, session.id, session.user, self.outbound_buffer, joined,
                           self.budget, self.slow_close_timeout)
+        conn.sid = session.sid
         self.sockets.add(conn)
         metrics.WS_CONNECTIONS.inc()
         expiry = asyncio.create_task(self._expire(session, conn))

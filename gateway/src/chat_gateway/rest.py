@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chat_contract import limits, rpc
-from chat_contract.bus import Credentials, Empty, RefreshRequest, TokenPair
+from chat_contract.bus import Credentials, Empty, PasswordChange, RefreshRequest, TokenPair
 from chat_contract.claims import AccessClaims
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
@@ -98,6 +98,12 @@ class _Refresh(msgspec.Struct):
     refresh_token: str
 
 
+class _Password(msgspec.Struct):
+    new_password: str
+    password: str | None = None
+    current_password: str | None = None  # another name for ``password``
+
+
 def _remote(request: Request) -> str | None:
     forwarded = request.headers.get("x-forwarded-for")
     if forwarded:
@@ -144,6 +150,19 @@ async def logout(ctx: RestContext, request: Request) -> Response:
         refresh_token=body.refresh_token, remote=_remote(request)))
     return Response(status_code=204)
 
+async def change_password(ctx: RestContext, request: Request) -> Response:
+    """Needs the current password; every session of the user ends (this one too)."""
+    claims = await caller_claims(ctx, request)
+    body = await read_body(request, _Password)
+    current = body.password if body.password is not None else body.current_password
+    if current is None:
+        raise ChatError(ErrorCode.BAD_REQUEST, "password (the current one) is required")
+    await ctx.services.request(rpc.AUTH_PASSWORD, PasswordChange(
+        caller=User(id=claims.sub, name=claims.name), password=current,
+        new_password=body.new_password, remote=_remote(request)))
+    return Response(status_code=204)
+
+
 
 async def jwks(ctx: RestContext, request: Request) -> Response:
     reply = await ctx.services.request(rpc.AUTH_JWKS, Empty())
@@ -176,6 +195,7 @@ def routes(ctx: RestContext) -> list[Route]:
         route(ctx, "/v1/auth/register", register, "POST"),
         route(ctx, "/v1/auth/login", login, "POST"),
         route(ctx, "/v1/auth/refresh", refresh, "POST"),
+        route(ctx, "/v1/auth/password", change_password, "POST"),
         route(ctx, "/v1/auth/logout", logout, "POST"),
         route(ctx, "/.well-known/jwks.json", jwks, "GET"),
         route(ctx, "/v1/me", me, "GET"),

@@ -153,6 +153,7 @@ class Session:
         self.archived = archived
         self.remote = remote
         self.user: User | None = None  # set once authenticated
+        self.sid: str | None = None  # the login session of that token (its sid claim)
         self.token_exp = 0.0
         self.auth_deadline = now + rules.auth_timeout
         self.bucket = TokenBucket(rules.send_rate, rules.send_burst, now)
@@ -295,6 +296,7 @@ class Session:
             return
         self._verifying = False
         self.user = User(id=claims.sub, name=claims.name)
+        self.sid = claims.sid
         self.token_exp = claims.exp
         self._out.append(encode(Welcome(session=self.id, user=self.user, node=self.rules.node,
                                         heartbeat=self.rules.heartbeat)))

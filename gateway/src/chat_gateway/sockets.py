@@ -1,18 +1,20 @@
-"""The sockets open at this gateway, by user: where a user's blocked set is
-applied (``BlocksNotice`` on ``users.<id>.blocks``, or fetched again after a
-NATS reconnect), and what a drain closes."""
+"""The sockets open at this gateway, by user and by login session: where a
+user's blocked set is applied (``BlocksNotice`` on ``users.<id>.blocks``, or
+fetched again after a NATS reconnect), what a revocation closes with 4401
+(:mod:`.revocation` tells it), and what a drain closes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 from nats.aio.msg import Msg
 
 from chat_contract.bus import BlocksNotice, BlocksReply
-from chat_contract.errors import ChatError
+from chat_contract.errors import ChatError, CloseCode
 from chat_contract.events import User
 from chat_kit import metrics
 from chat_kit.logs import event
@@ -25,6 +27,8 @@ _blocks_decoder = msgspec.json.Decoder(BlocksNotice)
 
 # The user's blocked set as history-service has it now (svc.rooms.blocks).
 FetchBlocks = Callable[[User], Awaitable[BlocksReply]]
+# Whether a socket of (login session, user) is revoked (revocation.Revocations).
+IsRevoked = Callable[[str | None, str], bool]
 
 
 class Sockets:
@@ -32,6 +36,10 @@ class Sockets:
         self.all: set[Connection] = set()
         # user id → that user's sockets here: where a BlocksNotice applies.
         self.by_user: dict[str, set[Connection]] = {}
+        # login session (the token's sid) → its sockets here: what a logout closes.
+        self.by_sid: dict[str, set[Connection]] = {}
+        self.is_revoked: IsRevoked | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self.all)
@@ -39,14 +47,50 @@ class Sockets:
     def add(self, conn: Connection) -> None:
         self.all.add(conn)
         self.by_user.setdefault(conn.user.id, set()).add(conn)
+        if conn.sid is not None:
+            self.by_sid.setdefault(conn.sid, set()).add(conn)
+        # Revoked between its token's check and now: closed all the same.
+        if self.is_revoked is not None and self.is_revoked(conn.sid, conn.user.id):
+            self._revoke([conn])
 
     def remove(self, conn: Connection) -> None:
         self.all.discard(conn)
-        mine = self.by_user.get(conn.user.id)
-        if mine is not None:
-            mine.discard(conn)
-            if not mine:
-                del self.by_user[conn.user.id]
+        _discard(self.by_user, conn.user.id, conn)
+        if conn.sid is not None:
+            _discard(self.by_sid, conn.sid, conn)
+
+    # --- revocation (revocation.Listener) ---------------------------------------------
+
+    def session_revoked(self, sid: str) -> None:
+        self._revoke(self.by_sid.get(sid, ()))
+
+    def user_revoked(self, user_id: str) -> None:
+        # The user's sessions are revoked one by one too; this is for sockets
+        # whose token carried no session.
+        self._revoke([c for c in self.by_user.get(user_id, ()) if c.sid is None])
+
+    def reloaded(self) -> None:
+        """The whole list was read again (start, NATS reconnect): check every socket."""
+        if self.is_revoked is not None:
+            check = self.is_revoked
+            self._revoke([c for c in self.all if check(c.sid, c.user.id)])
+
+    def _revoke(self, conns: Iterable[Connection]) -> None:
+        conns = [c for c in conns if not c.closed]
+        if not conns:
+            return
+        metrics.WS_DROPPED.labels("revoked").inc(len(conns))
+        event(log, "revoked sockets closed", count=len(conns), user=conns[0].user.id,
+              session=conns[0].sid)
+        task = asyncio.get_running_loop().create_task(self._close(conns))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(conns: list[Connection]) -> None:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close(CloseCode.UNAUTHORIZED, "session revoked")
 
     async def on_blocks(self, msg: Msg) -> None:
         """A user's blocked set changed: every local socket of theirs filters by it."""
@@ -80,3 +124,11 @@ class Sockets:
             with contextlib.suppress(Exception):
                 await conn.close(code, reason)
         event(log, "sockets closed", count=len(conns), code=code)
+
+
+def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
+    mine = index.get(key)
+    if mine is not None:
+        mine.discard(conn)
+        if not mine:
+            del index[key]

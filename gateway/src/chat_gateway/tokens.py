@@ -7,6 +7,10 @@ with made-up ``kid`` values cannot turn into a flood of JWKS requests.
 
 Only asymmetric algorithms are accepted, each pinned to the key that claims
 it: ``none`` and HMAC can never verify, whatever the token's header says.
+
+A token that verifies is still refused when its session (``sid``) or user was
+revoked (``revoked``: :meth:`.revocation.Revocations.refusal`): logout,
+password change, refresh-token reuse, a disabled account.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from chat_kit.logs import event
 log = logging.getLogger("chat_gateway.tokens")
 
 FetchJwks = Callable[[], Awaitable[list[dict[str, Any]]]]
+# Why a verified token is revoked, or None (revocation.Revocations.refusal).
+Revoked = Callable[[AccessClaims], str | None]
 
 # Asymmetric only; RS256/ES256 are allowed by the protocol but must be opted into.
 SUPPORTED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
@@ -51,7 +57,8 @@ class TokenVerifier:
 
     def __init__(self, issuer: str, audience: str, fetch_jwks: FetchJwks, *,
                  leeway: float = 30.0, refresh_interval: float = 10.0,
-                 algorithms: Iterable[str] = (SIGNING_ALGORITHM,)) -> None:
+                 algorithms: Iterable[str] = (SIGNING_ALGORITHM,),
+                 revoked: Revoked | None = None) -> None:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
@@ -60,6 +67,7 @@ class TokenVerifier:
         if not self.algorithms or not self.algorithms <= SUPPORTED_ALGORITHMS:
             raise ValueError(f"algorithms must be a non-empty subset of {SUPPORTED_ALGORITHMS}")
         self._fetch = fetch_jwks
+        self._revoked = revoked
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_refresh = -float("inf")
         self._refreshing: asyncio.Task[bool] | None = None
@@ -159,6 +167,10 @@ class TokenVerifier:
             raise _unauthorized("malformed claims") from None
         if not claims.sub:
             raise _unauthorized("malformed claims")
+        if self._revoked is not None:
+            reason = self._revoked(claims)
+            if reason is not None:
+                raise _unauthorized(reason)
         return claims
 
     def _too_soon(self) -> bool:

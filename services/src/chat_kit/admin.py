@@ -11,11 +11,19 @@
         manage (description, placement…) are kept. Lowering the replica count
         is refused unless ``--allow-lower-replicas`` is given.
 
+    chat-admin user disable <name>
+    chat-admin user enable <name>
+        Disable an account (it can no longer log in or refresh, and every
+        session of it ends: its tokens are refused and its sockets closed
+        with 4401 on every gateway within a second), or enable it again. Asks
+        auth-service (``svc.auth.disable``, which only the admin NATS role may
+        publish) and prints the account, its state and the sessions ended.
+
 Processes never change an existing stream (chat_kit.stream): this command
 is the one way the configured retention and replicas reach a running stream.
 It connects with ``CHAT_NATS_URL`` (and whatever credentials
 ``chat_kit.bus.connect`` reads from the environment). Exit status: 0 done,
-1 refused, 2 NATS or JetStream failed.
+1 refused (also: no such user), 2 NATS, JetStream or the service failed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
-from chat_contract import subjects
+from chat_contract import rpc, subjects
+from chat_contract.bus import DisableRequest
+from chat_contract.errors import ChatError, ErrorCode
 
 from . import bus
 from .settings import env_str
@@ -145,6 +155,19 @@ async def _apply_one(js: JetStreamContext, wanted: StreamConfig, info: StreamInf
     return {"stream": name, "changed": diff if not dry_run else {}, "differences": diff}
 
 
+async def set_disabled(nc: NATS, name: str, disabled: bool) -> dict[str, Any]:
+    """Disable or enable the account ``name`` (Refused if there is none)."""
+    try:
+        reply = await bus.request(nc, rpc.AUTH_DISABLE,
+                                  DisableRequest(name=name, disabled=disabled), REQUEST_TIMEOUT)
+    except ChatError as exc:
+        if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.BAD_REQUEST):
+            raise Refused(exc.message) from None
+        raise
+    return {"user": {"id": reply.user.id, "name": reply.user.name},
+            "disabled": reply.disabled, "sessions_ended": reply.sessions}
+
+
 async def run(args: argparse.Namespace) -> int:
     settings = StreamSettings.from_env()
     url = env_str("CHAT_NATS_URL", "nats://127.0.0.1:4222")
@@ -156,8 +179,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"chat-admin: cannot reach NATS at {url}: {exc!r}", file=sys.stderr)
         return 2
     try:
-        if args.action == "show":
-            result: Any = await show(nc, settings)
+        if args.resource == "user":
+            result: Any = await set_disabled(nc, args.name, args.action == "disable")
+        elif args.action == "show":
+            result = await show(nc, settings)
         else:
             result = await apply(nc, settings, allow_lower_replicas=args.allow_lower_replicas,
                                  dry_run=args.dry_run)
@@ -183,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
     do.add_argument("--allow-lower-replicas", action="store_true",
                     help="allow the update to lower the replica count")
     do.add_argument("--dry-run", action="store_true", help="print the differences only")
+    user = what.add_parser("user", help="an account (through auth-service)")
+    user_actions = user.add_subparsers(dest="action", required=True)
+    for action, text in (("disable", "no login or refresh; end every session"),
+                         ("enable", "allow logins again")):
+        one = user_actions.add_parser(action, help=text)
+        one.add_argument("name", help="the user name (any letter case)")
     return top
 
 

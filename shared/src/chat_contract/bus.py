@@ -94,6 +94,33 @@ class RefreshRequest(_Payload):
     v: int = VERSION
 
 
+class PasswordChange(_Payload):
+    """Change the caller's password (needs the current one); ends all their sessions."""
+
+    caller: User
+    password: str
+    new_password: str
+    remote: str | None = None
+    v: int = VERSION
+
+
+class DisableRequest(_Payload):
+    """Disable (or, with ``disabled`` false, enable) an account by name: an admin action."""
+
+    name: str
+    disabled: bool = True
+    v: int = VERSION
+
+
+class DisableReply(_Payload):
+    """The account, whether it is disabled now, and how many sessions were ended."""
+
+    user: User
+    disabled: bool
+    sessions: int = 0
+    v: int = VERSION
+
+
 class JwksReply(_Payload):
     keys: list[dict[str, Any]]
     v: int = VERSION

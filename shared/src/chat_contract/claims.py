@@ -20,3 +20,6 @@ class AccessClaims(msgspec.Struct, frozen=True):
     exp: int
     jti: str
     nbf: int | None = None
+    # The login session (its refresh-token family): logout ends every token
+    # carrying it. Absent only from tokens issued before sessions existed.
+    sid: str | None = None

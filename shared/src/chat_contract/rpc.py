@@ -25,6 +25,8 @@ from .bus import (
     ChangeGrant,
     ChangeRequest,
     Credentials,
+    DisableReply,
+    DisableRequest,
     DmRequest,
     Empty,
     HistoryReply,
@@ -33,6 +35,7 @@ from .bus import (
     MemberChange,
     MembersReply,
     MembersRequest,
+    PasswordChange,
     ReadReply,
     ReadRequest,
     RefreshRequest,
@@ -70,6 +73,9 @@ AUTH_REFRESH = Rpc("refresh", subjects.AUTH_REFRESH, RefreshRequest, TokenPair)
 AUTH_LOGOUT = Rpc("logout", subjects.AUTH_LOGOUT, RefreshRequest, Empty)
 AUTH_JWKS = Rpc("jwks", subjects.AUTH_JWKS, Empty, JwksReply)
 AUTH_USERS = Rpc("users", subjects.AUTH_USERS, UsersRequest, UsersReply)
+AUTH_PASSWORD = Rpc("password", subjects.AUTH_PASSWORD, PasswordChange, Empty)
+# Admin only: the gateway's NATS role may not publish it (chat_devstack.nats_auth).
+AUTH_DISABLE = Rpc("disable", subjects.AUTH_DISABLE, DisableRequest, DisableReply)
 
 # history-service: messages, and the room model
 HISTORY_MESSAGES = Rpc("messages", subjects.HISTORY_MESSAGES, HistoryRequest, HistoryReply)
@@ -91,6 +97,7 @@ PRESENCE_MEMBERS = Rpc("members", subjects.PRESENCE_MEMBERS, MembersRequest, Mem
 
 ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     AUTH_REGISTER, AUTH_LOGIN, AUTH_REFRESH, AUTH_LOGOUT, AUTH_JWKS, AUTH_USERS,
+    AUTH_PASSWORD, AUTH_DISABLE,
     HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
     ROOMS_SEARCH, PRESENCE_MEMBERS,

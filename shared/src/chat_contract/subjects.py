@@ -29,6 +29,9 @@ AUTH_JWKS = "svc.auth.jwks"
 HISTORY_MESSAGES = "svc.history.messages"
 PRESENCE_MEMBERS = "svc.presence.members"
 AUTH_USERS = "svc.auth.users"
+# A password change and the admin's disable/enable (both end every session of the user).
+AUTH_PASSWORD = "svc.auth.password"
+AUTH_DISABLE = "svc.auth.disable"
 # history-service's room model (README "Rooms"): one endpoint each.
 ROOMS_CREATE = "svc.rooms.create"
 ROOMS_GET = "svc.rooms.get"
@@ -63,6 +66,11 @@ PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
 # and the subject on which a gateway asks the others to close a session (4409).
 SESSIONS_BUCKET = "CHAT_SESSIONS"
 SESSION_KICK_PREFIX = "sessions.kick"
+
+# The revocation denylist (auth-service writes, gateways watch): keys
+# ``sid.<session id>`` (that login's tokens are refused) and ``user.<user id>``
+# (value: Unix seconds; the user's tokens issued before it are refused).
+REVOKED_BUCKET = "CHAT_REVOKED"
 
 
 def _checked(room: str) -> str:

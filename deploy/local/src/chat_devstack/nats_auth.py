@@ -71,6 +71,7 @@ HISTORY_DURABLE = "history-push"  # history-service's push consumer
 HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
 PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
 SESSIONS_BUCKET = "CHAT_SESSIONS"
+REVOKED_BUCKET = "CHAT_REVOKED"  # the revocation denylist: auth writes, gateways watch
 AUTH_DIR = "nats-auth"
 
 
@@ -95,6 +96,19 @@ def _kv_owner(bucket: str) -> list[str]:
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         # Watchers are ordered (ephemeral) consumers with flow control.
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _kv_watcher(bucket: str) -> list[str]:
+    """Look one KV bucket up and watch it (an ordered consumer); no writes."""
+    stream = f"KV_{bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.*",
@@ -142,7 +156,7 @@ def gateway_role(partitions: int = 1) -> Role:
             "presence.*",  # typing notices
             "sessions.kick.*",  # asks other gateways to close a session over the cap
             "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
-            "svc.auth.jwks",
+            "svc.auth.jwks", "svc.auth.password",
             "svc.history.messages", "svc.presence.members", "svc.rooms.*",
             "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
             "$JS.API.INFO",
@@ -151,7 +165,11 @@ def gateway_role(partitions: int = 1) -> Role:
             *(subject for stream in chat_streams(partitions) for subject in _chat_reader(stream)),
             f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
             *_kv_owner(SESSIONS_BUCKET),  # per-user connection cap, shared by gateways
+            *_kv_watcher(REVOKED_BUCKET),  # revoked sessions: refuse tokens, close sockets
         ),
+        # Admin actions (disabling an account) are never a client's to ask for,
+        # nor is writing the denylist.
+        publish_deny=("svc.auth.disable", f"$KV.{REVOKED_BUCKET}.>"),
         subscribe=(
             _inbox("gateway"),
             "chat.live.*",  # the stream's republished events of rooms with local members
@@ -166,8 +184,10 @@ def gateway_role(partitions: int = 1) -> Role:
 
 AUTH = Role(
     "auth",
-    "answers svc.auth.* (accounts, tokens, the JWKS); publishes nothing else",
-    publish_deny=(">",),  # only replies (allow_responses)
+    "answers svc.auth.* (accounts, tokens, the JWKS) and writes the revocation denylist",
+    # Besides replies (allow_responses): the CHAT_REVOKED bucket only.
+    publish=("$JS.API.INFO", *_kv_owner(REVOKED_BUCKET)),
+    publish_deny=("chat.>",),
     subscribe=("svc.auth.>", *_micro("auth"), _inbox("auth")),
     allow_responses=True,
 )
