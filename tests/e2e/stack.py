@@ -119,7 +119,9 @@ class Stack:
     def _env(self, role: str, **values: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env.update(CHAT_NATS_URL=self.nats_url, CHAT_DATABASE_URL=self.db_url,
-                   CHAT_LOG_FORMAT="json", CHAT_LOG_LEVEL="INFO")
+                   CHAT_LOG_FORMAT="json", CHAT_LOG_LEVEL="INFO",
+                   # Every test user registers from 127.0.0.1 (extra_env may turn it on).
+                   CHAT_AUTH_REGISTER_PER_ADDRESS="0", CHAT_AUTH_REGISTER_RATE="0")
         env.update(self.extra_env)
         if self.auth is not None:
             env.update(self.auth.role_env(role))

@@ -35,19 +35,19 @@ def test_over_cap_closes_the_oldest_others_never_the_new_one() -> None:
     assert over_cap([_entry("s_new", 1), _entry("s_x", 5)], "s_new", 1) == ["s_x"]
 
 
-def test_login_throttle_per_user_and_address() -> None:
-    t = LoginThrottle(per_user=2, per_address=3, window=60.0)
-    t.failed("Alice", "10.0.0.1", now=0)
+def test_login_throttle_per_user_address_pair_and_address() -> None:
+    t = LoginThrottle(per_pair=2, per_address=3, window=60.0)
+    t.failed("Alice", "10.0.0.1", t.attempt("Alice", "10.0.0.1", now=0))
     t.check("alice", "10.0.0.2", now=1)
-    t.failed("ALICE", "10.0.0.2", now=1)
+    t.failed("ALICE", "10.0.0.1", t.attempt("ALICE", "10.0.0.1", now=1))
     with pytest.raises(ChatError) as exc:
-        t.check("alice", "10.0.0.9", now=2)
+        t.check("alice", "10.0.0.1", now=2)
     assert exc.value.code is ErrorCode.RATE_LIMITED
     assert exc.value.retry_after == pytest.approx(58.0)
-    t.check("alice", "10.0.0.9", now=61)  # the first failure aged out
-    t.failed("bob", "10.0.0.1", now=62)
-    t.failed("carol", "10.0.0.1", now=63)
-    t.failed("erin", "10.0.0.1", now=63.5)
+    t.check("alice", "10.0.0.9", now=2)  # the pair is locked, not the name
+    t.check("alice", "10.0.0.1", now=61)  # the first failure aged out
+    for name in ("bob", "carol", "erin"):
+        t.failed(name, "10.0.0.1", t.attempt(name, "10.0.0.1", now=62))
     with pytest.raises(ChatError):
         t.check("dave", "10.0.0.1", now=64)  # 3 failures from 10.0.0.1 within 60 s
     t.check("dave", None, now=64)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chat_contract.claims import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from chat_kit.passwords import HashSettings
 from chat_kit.settings import (
     CommonSettings,
     SettingsError,
@@ -38,11 +39,21 @@ class AuthSettings:
     # for two tabs racing (rejected, nothing revoked); later it is a replay.
     reuse_grace: float
     common: CommonSettings
-    # Login throttling (chat_kit.throttle): failures per username / per
-    # address within the window; 0 turns a limit off.
+    # Login throttling (chat_kit.throttle.LoginThrottle): failures per
+    # (username, address) pair / per address / per username from all
+    # addresses, within the window; 0 turns a limit off.
     login_max_failures: int = 5
     login_max_failures_per_address: int = 50
     login_window: float = 300.0
+    login_max_failures_per_user: int = 100
+    # Registrations (chat_kit.throttle.RegistrationThrottle): per address per
+    # window, and per replica per second with bursts; 0 turns a limit off.
+    register_per_address: int = 20
+    register_address_window: float = 600.0
+    register_rate: float = 5.0
+    register_burst: int = 20
+    # The argon2 pool's bound (chat_kit.passwords).
+    hashing: HashSettings = field(default_factory=HashSettings)
 
     @classmethod
     def from_env(cls) -> AuthSettings:
@@ -64,6 +75,14 @@ class AuthSettings:
             login_max_failures_per_address=env_int("CHAT_AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS",
                                                    50, minimum=0),
             login_window=env_float("CHAT_AUTH_LOGIN_WINDOW", 300.0, minimum=1.0),
+            login_max_failures_per_user=env_int("CHAT_AUTH_LOGIN_MAX_FAILURES_PER_USER", 100,
+                                                minimum=0),
+            register_per_address=env_int("CHAT_AUTH_REGISTER_PER_ADDRESS", 20, minimum=0),
+            register_address_window=env_float("CHAT_AUTH_REGISTER_ADDRESS_WINDOW", 600.0,
+                                              minimum=1.0),
+            register_rate=env_float("CHAT_AUTH_REGISTER_RATE", 5.0, minimum=0.0),
+            register_burst=env_int("CHAT_AUTH_REGISTER_BURST", 20, minimum=1),
+            hashing=HashSettings.from_env(),
         )
 
 

@@ -20,6 +20,7 @@ sockets within a second.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -42,7 +43,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import LoginThrottle
+from chat_kit.throttle import AuditLimiter, LoginThrottle, RegistrationThrottle
 
 from .denylist import MARGIN, Denylist
 from .keys import SigningKey
@@ -76,7 +77,8 @@ def _for_log(value: str) -> str:
 class AuthHandlers:
     def __init__(self, store: AuthStore, passwords: Passwords, key: SigningKey,
                  issuer: TokenIssuer, refresh_ttl: int, reuse_grace: float,
-                 throttle: LoginThrottle | None = None, *,
+                 throttle: LoginThrottle | None = None,
+                 registrations: RegistrationThrottle | None = None, *,
                  denylist: Denylist | None = None) -> None:
         self.store = store
         self.passwords = passwords
@@ -85,6 +87,9 @@ class AuthHandlers:
         self.refresh_ttl = refresh_ttl
         self.reuse_grace = reuse_grace
         self.throttle = throttle
+        self.registrations = registrations
+        # Refusals (throttled, hashing busy) are audited once per key and minute.
+        self.audits = AuditLimiter()
         # Where revocations go for the gateways (None: database only, in unit tests).
         self.denylist = denylist
         # An access token of a session may live this long after its last refresh token.
@@ -97,7 +102,19 @@ class AuthHandlers:
         if not PASSWORD_MIN <= len(req.password) <= PASSWORD_MAX:
             raise ChatError(ErrorCode.BAD_REQUEST,
                             f"password must be {PASSWORD_MIN}-{PASSWORD_MAX} characters")
-        password_hash = await self.passwords.hash(req.password)
+        if self.registrations is not None:
+            try:
+                self.registrations.take(req.remote)
+            except ChatError:
+                self.audits.audit(log, "registration throttled", req.remote or "",
+                                  remote=req.remote)
+                raise
+        try:
+            password_hash = await self.passwords.hash(req.password)
+        except ChatError:
+            self.audits.audit(log, "registration refused: hashing busy", req.remote or "",
+                              remote=req.remote)
+            raise
         user = User(id=new_user_id(), name=req.username)
         try:
             await self.store.create_user(user.id, user.name, password_hash)
@@ -107,31 +124,51 @@ class AuthHandlers:
         return RegisterReply(user=user)
 
     async def login(self, req: Credentials) -> TokenPair:
-        if self.throttle is not None:
-            try:
-                self.throttle.check(req.username, req.remote)
-            except ChatError:
-                audit(log, "login throttled", username=_for_log(req.username), remote=req.remote)
-                raise
-        # Same work whether or not the user exists: one lookup, one argon2 verify.
-        row = await self.store.user_by_name(req.username)
-        ok = await self.passwords.verify(row.password_hash if row else None,
-                                         req.password[:PASSWORD_MAX])
+        stamp = self._login_attempt(req)
+        try:
+            # Same work whether or not the user exists: one lookup, one argon2 verify.
+            row = await self.store.user_by_name(req.username)
+            ok = await self.passwords.verify(row.password_hash if row else None,
+                                             req.password[:PASSWORD_MAX])
+        except BaseException as exc:
+            # Not a guess (hashing busy, database away): the attempt is taken back.
+            if self.throttle is not None:
+                self.throttle.succeeded(req.username, req.remote, stamp)
+            if isinstance(exc, ChatError) and exc.code is ErrorCode.UNAVAILABLE:
+                self.audits.audit(log, "login refused: hashing busy", req.remote or "",
+                                  remote=req.remote)
+            raise
         if row is None or not ok or len(req.password) > PASSWORD_MAX:
             audit(log, "login failed", username=_for_log(req.username), remote=req.remote,
                   reason="unknown user" if row is None else "wrong password")
             if self.throttle is not None:
-                self.throttle.failed(req.username, req.remote)
+                self.throttle.failed(req.username, req.remote, stamp)
             raise ChatError(ErrorCode.UNAUTHORIZED, BAD_CREDENTIALS)
+        if self.throttle is not None:
+            self.throttle.succeeded(req.username, req.remote, stamp)
         if row.disabled:  # told only to whoever knows the password
             audit(log, "login refused: account disabled", user=row.id, remote=req.remote)
             raise ChatError(ErrorCode.FORBIDDEN, DISABLED)
         if self.passwords.needs_rehash(row.password_hash):
-            await self.store.set_password_hash(row.id, await self.passwords.hash(req.password))
+            with contextlib.suppress(ChatError):  # best effort: next login, if busy now
+                await self.store.set_password_hash(row.id,
+                                                   await self.passwords.hash(req.password))
         refresh, refresh_hash = new_refresh_token()
         family = new_family()
         await self.store.add_refresh(refresh_hash, row.id, family, self.refresh_ttl)
         return self._pair(row.id, row.name, refresh, family)
+
+    def _login_attempt(self, req: Credentials) -> float:
+        """Check the login throttle and count the attempt (taken back unless it fails)."""
+        if self.throttle is None:
+            return 0.0
+        try:
+            return self.throttle.attempt(req.username, req.remote)
+        except ChatError:
+            key = f"{req.username.casefold()}\x00{req.remote or ''}"
+            self.audits.audit(log, "login throttled", key, username=_for_log(req.username),
+                              remote=req.remote)
+            raise
 
     async def refresh(self, req: RefreshRequest) -> TokenPair:
         old_hash = refresh_token_hash(req.refresh_token)

@@ -16,7 +16,7 @@ from chat_kit.db import create_pool, migrate
 from chat_kit.logs import event
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
-from chat_kit.throttle import LoginThrottle
+from chat_kit.throttle import LoginThrottle, RegistrationThrottle
 
 from .config import AuthSettings
 from .denylist import Denylist
@@ -37,7 +37,9 @@ CLEANUP_INTERVAL = 3600.0
 class AuthService:
     def __init__(self, settings: AuthSettings, passwords: Passwords | None = None) -> None:
         self.settings = settings
-        self.passwords = passwords or Passwords()
+        # The caller (the gateway) gives up after CHAT_REQUEST_TIMEOUT: so does a hash.
+        self.passwords = passwords or Passwords.from_settings(
+            settings.hashing, deadline=settings.common.request_timeout)
         self.handlers: AuthHandlers | None = None
         self._pool: asyncpg.Pool | None = None
         self._service: Service | None = None
@@ -65,7 +67,10 @@ class AuthService:
         h = self.handlers = AuthHandlers(
             store, self.passwords, key,
             TokenIssuer(key, s.issuer, s.audience, s.access_ttl), s.refresh_ttl, s.reuse_grace,
-            LoginThrottle(s.login_max_failures, s.login_max_failures_per_address, s.login_window),
+            LoginThrottle(s.login_max_failures, s.login_max_failures_per_address, s.login_window,
+                          per_user=s.login_max_failures_per_user),
+            registrations=RegistrationThrottle(s.register_per_address, s.register_address_window,
+                                               s.register_rate, s.register_burst),
             denylist=denylist)
         self._watch = asyncio.create_task(self._watch_db(h.store))
         # endpoint() runs requests concurrently (a login waits ~50 ms on argon2);

@@ -229,5 +229,8 @@ class App:
         s = self.settings
         # websockets enforces the frame size (close 1009) and the heartbeat:
         # a ping every `heartbeat` s, closed when no pong within the idle bound.
+        # The client address (throttles, caps, audit) comes from X-Forwarded-For
+        # only when the peer is a trusted proxy (README "Security").
         return {"ws_max_size": s.max_frame_bytes, "ws_ping_interval": float(s.heartbeat),
-                "ws_ping_timeout": max(1.0, s.idle_timeout - s.heartbeat)}
+                "ws_ping_timeout": max(1.0, s.idle_timeout - s.heartbeat),
+                "proxy_headers": True, "forwarded_allow_ips": s.trusted_proxies}

@@ -51,6 +51,9 @@ class GatewaySettings:
     outbound_budget_bytes: int = 256 << 20
     slow_close_timeout: float = 10.0
     reconcile_interval: float = 30.0
+    # Peers whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips:
+    # addresses or networks, comma-separated, "*" any); others are the client.
+    trusted_proxies: str = "127.0.0.1"
     # Which stream holds a room (CHAT_STREAM_PARTITIONS; gateways only read streams).
     stream: StreamSettings = field(default_factory=StreamSettings)
 
@@ -80,6 +83,7 @@ class GatewaySettings:
                                              minimum=0),
             session_ttl=env_float("CHAT_GATEWAY_SESSION_TTL", 30.0, minimum=3.0),
             room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
+            trusted_proxies=env_str("CHAT_GATEWAY_TRUSTED_PROXIES", "127.0.0.1"),
             join_rate=env_float("CHAT_GATEWAY_JOIN_RATE", 5.0, minimum=0.001),
             join_burst=env_int("CHAT_GATEWAY_JOIN_BURST", 100, minimum=1),
             max_connections_per_address=env_int("CHAT_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",

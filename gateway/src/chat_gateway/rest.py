@@ -47,7 +47,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 def error_response(exc: ChatError) -> Response:
     response = json_response({"error": {"code": exc.code.value, "message": exc.message}},
                              exc.http_status)
-    if exc.code == ErrorCode.RATE_LIMITED:
+    if exc.code == ErrorCode.RATE_LIMITED or exc.retry_after is not None:
         retry = exc.retry_after if exc.retry_after is not None else 1.0
         response.headers["Retry-After"] = str(max(1, math.ceil(retry)))
     return response
@@ -105,9 +105,8 @@ class _Password(msgspec.Struct):
 
 
 def _remote(request: Request) -> str | None:
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded:
-        return forwarded.split(",")[0].strip()
+    # uvicorn has already put X-Forwarded-For's client here when the peer is a
+    # trusted proxy (CHAT_GATEWAY_TRUSTED_PROXIES); from anyone else it is ignored.
     return request.client.host if request.client else None
 
 

@@ -31,7 +31,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import PasswordThrottle
+from chat_kit.throttle import AuditLimiter, PasswordThrottle, TokenBuckets, take_buckets
 
 from . import room_rules as rules
 from .room_rules import forbidden, not_found
@@ -47,6 +47,10 @@ class RoomEndpoints:
         self._ctx = ctx
         self._store = ctx.store
         self._passwords = passwords
+        # New room passwords per user (each a 64 MiB argon2 hash; README
+        # "Security"); off until the service sets CHAT_HISTORY_ROOM_PASSWORD_RATE.
+        self.password_sets = TokenBuckets(0.0, 1)
+        self._password_audits = AuditLimiter()
         self.throttle = throttle or PasswordThrottle(
             rules.PASSWORD_FAILURES_PER_ROOM, rules.PASSWORD_FAILURES_PER_USER,
             rules.PASSWORD_WINDOW, "too many wrong room passwords, try again later")
@@ -80,7 +84,7 @@ class RoomEndpoints:
         # Nobody is put in a room by someone they blocked; which one did stays private.
         if await self._store.blocked_by_any(wanted, caller.id):
             raise forbidden("some of these users do not accept your invitations")
-        password_hash = (await self._passwords.hash(req.password)
+        password_hash = (await self._hash_room_password(caller.id, req.password)
                          if req.password is not None else None)
         members = [caller, *(found[m] for m in wanted)]
         if not await self._store.create(room, name, visibility=req.visibility, owner=caller.id,
@@ -89,6 +93,17 @@ class RoomEndpoints:
         event(log, "room created", room=room, owner=caller.id, visibility=req.visibility,
               password=password_hash is not None, members=len(members))
         return RoomReply(room=await self._ctx.full_view(room, caller.id), created=True)
+
+    async def _hash_room_password(self, user: str, password: str) -> str:
+        """Hash a new room password: paced per user, then bounded by the hashing
+        pool (``unavailable`` when it is busy)."""
+        try:
+            take_buckets([(self.password_sets, user)], "too many password rooms, try again later")
+            return await self._passwords.hash(password)
+        except ChatError as exc:
+            self._password_audits.audit(log, "room password refused", user, user=user,
+                                        reason=exc.code.value)
+            raise
 
     async def get(self, req: RoomRef) -> RoomReply:
         rules.check_room_id(req.room)

@@ -24,6 +24,7 @@ from chat_kit.db import create_pool, migrate
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 from chat_kit.stream import StreamSettings
+from chat_kit.throttle import TokenBuckets
 
 from . import __version__
 from .activity_endpoints import ActivityEndpoints
@@ -103,10 +104,11 @@ class HistoryComponent:
         self._monitor.start()
         # Rooms (README "Rooms"): history reads ask it who may read; its edit and
         # read decisions wait for storage through the history API's catch-up.
-        self._passwords = Passwords()
+        self._passwords = Passwords.from_settings(s.hashing, deadline=rt.settings.request_timeout)
         rooms_ctx = RoomsContext(rt.nc, RoomsStore(self._pool),
                                  lookup_timeout=rt.settings.request_timeout)
         rooms = RoomEndpoints(rooms_ctx, self._passwords)
+        rooms.password_sets = TokenBuckets(s.room_password_rate / 60.0, s.room_password_rate)
         blocks = BlockEndpoints(rooms_ctx)
         activity = ActivityEndpoints(rooms_ctx)
         self._api = HistoryApi(js, self._store, self._trackers, s.catchup_timeout,

@@ -1,15 +1,20 @@
-"""Throttling of failed password attempts: sliding windows of failures per key.
+"""Throttles: sliding windows of failures per key, and token buckets per key.
 
-Used by auth-service for logins (per username and per client address) and
-by history-service for room passwords (per user and room, and per user).
+Failed passwords (:class:`LoginThrottle` in auth-service, :class:`PasswordThrottle`
+for room passwords in history-service): a sliding window of *failed*
+attempts per key; once a key has had ``limit`` failures within ``window``
+seconds, further attempts are refused with ``rate_limited`` (HTTP 429 with
+``Retry-After``: when the oldest counted failure leaves the window) before
+any password is checked — so a guesser gets no answer and costs no argon2
+hash. A success does not clear other keys' counters; failures age out.
 
-A sliding window of *failed* attempts: once a key has had ``limit`` failures
-within ``window`` seconds, further attempts are refused with ``rate_limited``
-(HTTP 429 with ``Retry-After``: when the oldest counted failure leaves the
-window) before any password is checked — so a guesser gets no answer and
-costs no argon2 hash. A success does not clear the counter (it would let an
-attacker who owns one account reset the address counter at will); failures
-simply age out.
+Logins are counted per (user, address) pair, not per user name: a guesser
+at address A locks only the pair (u, A), never u's logins from elsewhere
+(README "Security"). Addresses that fail on many names are refused as a
+whole, and a name failing from very many addresses gets one try per address.
+
+Expensive work that is not a guess (registration, setting a room password)
+is paced by :class:`TokenBuckets`: ``burst`` at once, then ``rate`` per second.
 
 Login usernames are case-folded (usernames are unique case-insensitively), so
 unknown and existing users are throttled alike and the 429 tells nothing
@@ -23,13 +28,23 @@ of a write per failure; not worth it at these limits.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import Counter
 
 from chat_contract.errors import ChatError, ErrorCode
 
+from .logs import audit
+
 MAX_KEYS = 100_000  # bound on memory under a spray of distinct keys
+
+AUDIT_SUPPRESSED = Counter("chat_throttle_audit_suppressed_total",
+                           "Audit lines of throttled requests left out (one per key per window)",
+                           ["action"])
 
 
 class FailureWindow:
@@ -52,14 +67,20 @@ class FailureWindow:
             return None
         return stamps
 
-    def retry_after(self, key: str, now: float) -> float | None:
-        """Seconds until ``key`` may try again, or None when it may now."""
-        if self.limit <= 0:
+    def retry_after(self, key: str, now: float, limit: int | None = None) -> float | None:
+        """Seconds until ``key`` may try again, or None when it may now
+        (``limit``: a stricter limit than the window's own, for this check)."""
+        limit = self.limit if limit is None else min(limit, self.limit)
+        if limit <= 0:
             return None
         stamps = self._live(key, now)
-        if stamps is None or len(stamps) < self.limit:
+        if stamps is None or len(stamps) < limit:
             return None
-        return stamps[-self.limit] + self.window - now
+        return stamps[-limit] + self.window - now
+
+    def count(self, key: str, now: float) -> int:
+        stamps = self._live(key, now)
+        return 0 if stamps is None else len(stamps)
 
     def fail(self, key: str, now: float) -> None:
         if self.limit <= 0:
@@ -101,25 +122,157 @@ def fail_windows(checks: Iterable[tuple[FailureWindow, str]], now: float | None 
 
 
 class LoginThrottle:
-    """Failed logins per (case-folded) username and per client address."""
+    """Failed logins per (user, address) pair, per address, and per user name.
 
-    def __init__(self, per_user: int, per_address: int, window: float) -> None:
-        self.users = FailureWindow(per_user, window)
+    - pair: ``per_pair`` failures of one name from one address → that pair is
+      refused; the same name from another address is not.
+    - address: ``per_address`` failures from one address on any names → the
+      address is refused (a spray of names); addresses that only log in with
+      right passwords are never counted, however many users they log in.
+    - user: past ``per_user`` failures of one name from all addresses (a
+      guess spread over many addresses), each pair that has failed for it is
+      refused after one failure instead of ``per_pair``: at most one guess per
+      address and window, while addresses that have not failed still log in.
+
+    Names are case-folded; ``remote=None`` (no known address) counts as one
+    address of its own. A pair's attempt counts as a failure up front
+    (:meth:`attempt`) and is taken back on success, so concurrent guesses
+    cannot all slip past the check during the slow verify.
+    """
+
+    def __init__(self, per_pair: int, per_address: int, window: float,
+                 per_user: int = 0) -> None:
+        self.pairs = FailureWindow(per_pair, window)
         self.addresses = FailureWindow(per_address, window)
+        self.users = FailureWindow(per_user, window)
 
-    def _keys(self, username: str, remote: str | None) -> list[tuple[FailureWindow, str]]:
-        keys = [(self.users, username.casefold())]
-        if remote:
-            keys.append((self.addresses, remote))
-        return keys
+    @staticmethod
+    def _pair(user: str, remote: str | None) -> str:
+        # "\x00" never occurs in a name or an address: pairs cannot collide.
+        return f"{user}\x00{remote or ''}"
 
     def check(self, username: str, remote: str | None, now: float | None = None) -> None:
-        """Raise ``rate_limited`` if this username or address is over its limit."""
-        check_windows(self._keys(username, remote), "too many failed logins, try again later",
-                      now)
+        """Raise ``rate_limited`` if this pair or address may not try now."""
+        now = time.monotonic() if now is None else now
+        user = username.casefold()
+        strict = 1 if self.users.retry_after(user, now) is not None else None
+        waits = [self.pairs.retry_after(self._pair(user, remote), now, strict)]
+        if remote:
+            waits.append(self.addresses.retry_after(remote, now))
+        wait = max((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            raise ChatError(ErrorCode.RATE_LIMITED, "too many failed logins, try again later",
+                            retry_after=max(1.0, wait))
 
-    def failed(self, username: str, remote: str | None, now: float | None = None) -> None:
-        fail_windows(self._keys(username, remote), now)
+    def attempt(self, username: str, remote: str | None, now: float | None = None) -> float:
+        """:meth:`check`, then count the pair's failure up front; returns the
+        stamp for :meth:`succeeded` or :meth:`failed`."""
+        now = time.monotonic() if now is None else now
+        self.check(username, remote, now)
+        self.pairs.fail(self._pair(username.casefold(), remote), now)
+        return now
+
+    def failed(self, username: str, remote: str | None, stamp: float) -> None:
+        """The attempt of :meth:`attempt` failed: count it for the address and user too."""
+        user = username.casefold()
+        self.users.fail(user, stamp)
+        if remote:
+            self.addresses.fail(remote, stamp)
+
+    def succeeded(self, username: str, remote: str | None, stamp: float) -> None:
+        self.pairs.unfail(self._pair(username.casefold(), remote), stamp)
+
+
+class TokenBuckets:
+    """A token bucket per key: ``burst`` tokens, refilled at ``rate`` per second.
+
+    ``rate`` <= 0 turns it off. Keys are bounded by ``MAX_KEYS``: the least
+    recently used bucket is dropped (it comes back full, which errs towards
+    letting a client through; the global bucket still holds).
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, at)
+
+    def wait(self, key: str, now: float) -> float | None:
+        """Seconds until ``key`` has a token, or None when it has one now."""
+        if self.rate <= 0:
+            return None
+        tokens = self._tokens(key, now)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def take(self, key: str, now: float) -> None:
+        if self.rate <= 0:
+            return
+        tokens = self._tokens(key, now)
+        self._buckets.pop(key, None)  # re-inserted last: the dict is in LRU order
+        if len(self._buckets) >= MAX_KEYS:
+            self._buckets.pop(next(iter(self._buckets)))
+        self._buckets[key] = (tokens - 1.0, now)
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.rate)
+
+
+def take_buckets(checks: Iterable[tuple[TokenBuckets, str]], message: str,
+                 now: float | None = None) -> None:
+    """Take a token from every (buckets, key), or none and raise ``rate_limited``
+    with the longest wait."""
+    now = time.monotonic() if now is None else now
+    checks = list(checks)
+    waits = [w for buckets, key in checks if (w := buckets.wait(key, now)) is not None]
+    if waits:
+        raise ChatError(ErrorCode.RATE_LIMITED, message, retry_after=max(1.0, max(waits)))
+    for buckets, key in checks:
+        buckets.take(key, now)
+
+
+class RegistrationThrottle:
+    """Registrations per client address and for the whole replica (each costs
+    a 64 MiB argon2 hash): ``per_address`` per ``address_window`` seconds
+    (all at once at most), and ``rate`` per second with bursts of ``burst``."""
+
+    def __init__(self, per_address: int, address_window: float, rate: float,
+                 burst: int) -> None:
+        self.addresses = TokenBuckets(per_address / address_window if per_address > 0 else 0.0,
+                                      per_address)
+        self.everyone = TokenBuckets(rate, burst)
+
+    def take(self, remote: str | None, now: float | None = None) -> None:
+        checks = [(self.everyone, "")]
+        if remote:
+            checks.append((self.addresses, remote))
+        take_buckets(checks, "too many registrations, try again later", now)
+
+
+class AuditLimiter:
+    """At most one audit line per (action, key) per ``window`` seconds, so a
+    client cannot flood the log with its refusals; the rest are counted in
+    ``chat_throttle_audit_suppressed_total{action}``."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self._last: dict[tuple[str, str], float] = {}
+
+    def allow(self, action: str, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        last = self._last.get((action, key))
+        if last is not None and now - last < self.window:
+            AUDIT_SUPPRESSED.labels(action).inc()
+            return False
+        self._last.pop((action, key), None)
+        if len(self._last) >= MAX_KEYS:
+            self._last.pop(next(iter(self._last)))
+        self._last[(action, key)] = now
+        return True
+
+    def audit(self, logger: logging.Logger, action: str, key: str, **fields: Any) -> None:
+        """``chat_kit.logs.audit`` unless ``key`` had a line for ``action`` within the window."""
+        if self.allow(action, key):
+            audit(logger, action, **fields)
 
 
 class PasswordThrottle:
