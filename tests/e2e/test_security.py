@@ -42,10 +42,12 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(e2e_nats: str, e2e_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # Abuse → 1008 off here: the property test sends hundreds of bad frames on
-    # one socket on purpose (test_limits covers the 1008 rule).
+    # Abuse → 1008 and the join/leave rate off here: the property test sends
+    # hundreds of bad frames, each followed by a `leave` marker, on one socket
+    # on purpose (test_limits and test_gateway_guards cover those rules).
     yield from make_stack(e2e_nats, e2e_db, tmp_path_factory.mktemp("security-logs"),
-                          CHAT_GATEWAY_ABUSE_STRIKES="0")
+                          CHAT_GATEWAY_ABUSE_STRIKES="0", CHAT_GATEWAY_JOIN_RATE="10000",
+                          CHAT_GATEWAY_JOIN_BURST="10000")
 
 
 @pytest.fixture(scope="module")
