@@ -9,6 +9,7 @@ gateway sends it (``chat_kit.bus.call``). Messages reach storage the real way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -98,6 +99,15 @@ async def _register(nc: NATS, name: str) -> User:
 
 @pytest.fixture
 async def stack(nats_url: str, db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(nats_url, db_url, tmp_path) as s:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def running_stack(nats_url: str, db_url: str, tmp_path: Path,
+                        **history: Any) -> AsyncIterator[Stack]:
+    """auth and history Components on these servers; ``history`` overrides
+    HistorySettings fields (limits)."""
     common = CommonSettings(nats_url=nats_url, log_level="INFO", log_format="text",
                             request_timeout=5.0 * UNIT, stream_replicas=1, host="127.0.0.1")
     auth_settings = AuthSettings(
@@ -105,7 +115,7 @@ async def stack(nats_url: str, db_url: str, tmp_path: Path) -> AsyncIterator[Sta
         dev_key=True, issuer="chat-auth", audience="chat", access_ttl=900, refresh_ttl=3600,
         reuse_grace=5.0, common=common)
     history_settings = HistorySettings(common=common, port=0, database_url=db_url, batch=500,
-                                       linger=0.05, catchup_timeout=3.0 * UNIT)
+                                       linger=0.05, catchup_timeout=3.0 * UNIT, **history)
     auth_nc, history_nc, nc = [await nats.connect(nats_url) for _ in range(3)]
     auth_rt = Runtime("auth-test", common, auth_nc)
     history_rt = Runtime("history-test", common, history_nc)
@@ -326,7 +336,8 @@ async def test_create_get_and_public_list(stack: Stack) -> None:
     # Get: public to anyone, private to members and the owner only.
     assert (await get(s, s.cat, pub.room.id)).room.member_count == 2
     assert (await get(s, s.ann, secret.room.id)).room.members is not None
-    await fails(ErrorCode.FORBIDDEN, get(s, s.cat, secret.room.id))
+    # A private room is not there for outsiders: not_found, as for an unknown id.
+    await fails(ErrorCode.NOT_FOUND, get(s, s.cat, secret.room.id))
     await fails(ErrorCode.NOT_FOUND, get(s, s.ann, new_room()))
     await fails(ErrorCode.BAD_REQUEST, get(s, s.ann, "bad/id"))
 
@@ -342,7 +353,15 @@ async def test_create_get_and_public_list(stack: Stack) -> None:
     assert all(r.unread is None and r.last_seq is None for r in listed.rooms)
     first = await rpc(s.nc, subjects.ROOMS_LIST,
                       RoomListRequest(caller=s.cat, public=True, limit=1), RoomsReply)
-    assert [r.id for r in first.rooms] == [auto.room.id]
+    assert [r.id for r in first.rooms] == [auto.room.id] and first.next_cursor
+    # Cursor paging: the next page starts below the previous one's last room.
+    rest = await rpc(s.nc, subjects.ROOMS_LIST, RoomListRequest(
+        caller=s.cat, public=True, limit=1, cursor=first.next_cursor), RoomsReply)
+    assert [r.id for r in rest.rooms] == [pub.room.id] and rest.next_cursor is None
+    assert listed.next_cursor is None
+    for cursor in ("nonsense", "bm9ucw", "MjAyNS0wMS0wMXxhIGI"):  # "nons", "2025-01-01|a b"
+        await fails(ErrorCode.BAD_REQUEST, rpc(s.nc, subjects.ROOMS_LIST, RoomListRequest(
+            caller=s.cat, public=True, cursor=cursor), RoomsReply))
     for bad in (0, 201, -1):
         await fails(ErrorCode.BAD_REQUEST, rpc(s.nc, subjects.ROOMS_LIST,
                                                RoomListRequest(caller=s.cat, public=True,
@@ -368,10 +387,11 @@ async def test_join_rules(stack: Stack) -> None:
     await fails(ErrorCode.BAD_REQUEST, join(s, s.ann, "no spaces"))
     await fails(ErrorCode.BAD_REQUEST, join(s, s.ann, "a.b"))
 
-    # Private: members and the owner only.
+    # Private: members and the owner only; to anyone else it is not there.
     private = (await create(s, s.ann, new_room(), visibility="private",
                             members=[s.bob.id])).room.id
-    await fails(ErrorCode.FORBIDDEN, join(s, s.cat, private))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, private))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, private, password="guess"))
     await join(s, s.bob, private)
     await join(s, s.ann, private)
 
@@ -383,9 +403,11 @@ async def test_join_rules(stack: Stack) -> None:
     assert (await join(s, s.bob, locked, password="sesame")).room.password
     await join(s, s.bob, locked)
     await join(s, s.ann, locked)
-    # A private room with a password admits whoever knows it.
+    # A private room with a password admits whoever knows it; to anyone
+    # else (no password, a wrong one) it is not there.
     both = (await create(s, s.ann, new_room(), visibility="private", password="pw")).room.id
-    await fails(ErrorCode.FORBIDDEN, join(s, s.cat, both, password="nope"))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, both, password="nope"))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, both))
     await join(s, s.cat, both, password="pw")
 
     # Removed → refused until the owner invites them back.
@@ -425,8 +447,9 @@ async def test_invite_leave_remove_archive_and_notices(stack: Stack) -> None:
     room = (await create(s, s.ann, new_room(), visibility="private")).room.id
     notices = await listen(s.nc, subjects.state_subject(room))
 
-    # Invite: members (and the owner) only, existing users only.
-    await fails(ErrorCode.FORBIDDEN, member(s, s.bob, room, s.cat.id, add=True))
+    # Invite: members (and the owner) only, existing users only; to others
+    # the private room is not there.
+    await fails(ErrorCode.NOT_FOUND, member(s, s.bob, room, s.cat.id, add=True))
     await fails(ErrorCode.NOT_FOUND, member(s, s.ann, room, "u_nobody", add=True))
     await fails(ErrorCode.BAD_REQUEST, member(s, s.ann, room, "u bad", add=True))
     await fails(ErrorCode.NOT_FOUND, member(s, s.ann, new_room(), s.bob.id, add=True))
@@ -442,8 +465,8 @@ async def test_invite_leave_remove_archive_and_notices(stack: Stack) -> None:
     left = state(await notices.next())
     assert left == MemberNotice(room=room, user=s.cat.id, event="left")
     await fails(ErrorCode.NOT_FOUND, member(s, s.cat, room, s.cat.id, add=False))
-    await fails(ErrorCode.FORBIDDEN, join(s, s.cat, room))
-    await fails(ErrorCode.FORBIDDEN, get(s, s.cat, room))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, room))
+    await fails(ErrorCode.NOT_FOUND, get(s, s.cat, room))
 
     # Remove: owner only; MemberNotice "removed"; a ban only the owner lifts.
     await member(s, s.ann, room, s.dan.id, add=True)
@@ -452,7 +475,7 @@ async def test_invite_leave_remove_archive_and_notices(stack: Stack) -> None:
     removed = state(await notices.next())
     assert removed == MemberNotice(room=room, user=s.dan.id, event="removed")
     await fails(ErrorCode.NOT_FOUND, member(s, s.ann, room, s.dan.id, add=False))
-    await fails(ErrorCode.FORBIDDEN, join(s, s.dan, room))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.dan, room))
     await fails(ErrorCode.FORBIDDEN, member(s, s.bob, room, s.dan.id, add=True))
     await member(s, s.ann, room, s.dan.id, add=True)
     await join(s, s.dan, room)
@@ -506,8 +529,11 @@ async def test_dm_concurrent_creation_gives_one_room(stack: Stack) -> None:
 
     # A DM is the pair's: no invites, no third party, no removal.
     await fails(ErrorCode.FORBIDDEN, member(s, s.ann, view.id, s.cat.id, add=True))
-    await fails(ErrorCode.FORBIDDEN, join(s, s.cat, view.id))
-    await fails(ErrorCode.FORBIDDEN, get(s, s.cat, view.id))
+    # Other people's DM: not there for cat.
+    await fails(ErrorCode.NOT_FOUND, join(s, s.cat, view.id))
+    await fails(ErrorCode.NOT_FOUND, get(s, s.cat, view.id))
+    await fails(ErrorCode.NOT_FOUND, archive(s, s.cat, view.id))
+    await fails(ErrorCode.NOT_FOUND, member(s, s.cat, view.id, s.cat.id, add=True))
     await fails(ErrorCode.FORBIDDEN, member(s, s.ann, view.id, s.bob.id, add=False))
     await fails(ErrorCode.FORBIDDEN, archive(s, s.ann, view.id))
     await join(s, s.ann, view.id)
@@ -751,12 +777,12 @@ async def test_history_read_access(stack: Stack) -> None:
     await send(s, private, s.bob, "from bob")
     await send(s, public, s.ann, "hello all")
     assert len((await page(s.bob, private)).messages) == 2
-    await fails(ErrorCode.FORBIDDEN, page(s.cat, private))
+    await fails(ErrorCode.NOT_FOUND, page(s.cat, private))  # not there for outsiders
     assert len((await page(s.cat, public)).messages) == 1  # public: anyone
     assert (await page(s.cat, new_room())).messages == []  # unknown: empty
     # A removed member may no longer read the private room.
     await member(s, s.ann, private, s.bob.id, add=False)
-    await fails(ErrorCode.FORBIDDEN, page(s.bob, private))
+    await fails(ErrorCode.NOT_FOUND, page(s.bob, private))
     # Blocked senders are left out of the reader's pages.
     await block(s, s.ann, s.bob.id)
     assert [m.text for m in (await page(s.ann, private)).messages] == ["p"]
@@ -827,7 +853,7 @@ async def test_blocked_users_cannot_be_put_in_rooms(stack: Stack) -> None:
                          members=[s.cat.id])).room.id
     await fails(ErrorCode.FORBIDDEN, member(s, s.ann, room, s.bob.id, add=True))
     assert s.bob.id not in {m.id for m in (await get(s, s.ann, room)).room.members or []}
-    await fails(ErrorCode.FORBIDDEN, join(s, s.bob, room))
+    await fails(ErrorCode.NOT_FOUND, join(s, s.bob, room))
     # A member bob did not block may invite him.
     await member(s, s.cat, room, s.bob.id, add=True)
     await join(s, s.bob, room)
@@ -1027,3 +1053,62 @@ async def test_a_new_member_starts_after_messages_still_on_their_way_to_storage(
         await blocker.close()
     assert (await mine(s, s.dan))[room].unread == 0
     assert (await mine(s, s.ann))[room].last_seq > 0
+
+
+# --- issue 12: read to the seq asked, room creation limits ------------------------------
+
+
+async def _publish(s: Stack, room: str, sender: User, text: str) -> int:
+    """Publish like a gateway does, without waiting for storage; the stream seq."""
+    record = ChatRecord(room=room, msg_id="m_" + uuid.uuid4().hex, sender=sender, ts=TS,
+                        kind="message", text=text)
+    ack = await publish_durable(s.nc, subjects.room_subject(room), msgspec.json.encode(record),
+                                TIMEOUT)
+    return ack.seq
+
+
+async def test_read_moves_the_pointer_to_the_seq_asked_even_when_storage_lags(
+        stack: Stack) -> None:
+    s = stack
+    room = (await create(s, s.ann, new_room(), members=[s.bob.id])).room.id
+    notices = await listen(s.nc, subjects.state_subject(room))
+    # Sent, then read at once: the pointer and the notice are at the last seq.
+    seqs = [await _publish(s, room, s.bob, f"b{i}") for i in range(5)]
+    assert await read(s, s.ann, room, seqs[-1]) == ReadReply(seq=seqs[-1], moved=True)
+    assert state(await notices.next()) == ReadNotice(room=room, user=s.ann, seq=seqs[-1])
+
+    # Storage stops (its consumer stopped): the stream's last seq still bounds
+    # the read, not what storage holds.
+    await s.history.consumer.stop()
+    later = [await _publish(s, room, s.bob, f"late{i}") for i in range(3)]
+    assert await read(s, s.ann, room, later[-1]) == ReadReply(seq=later[-1], moved=True)
+    assert state(await notices.next()) == ReadNotice(room=room, user=s.ann, seq=later[-1])
+    # Beyond the room's last seq: clamped to it.
+    assert await read(s, s.bob, room, later[-1] + 1000) == ReadReply(seq=later[-1], moved=True)
+
+
+async def test_room_creation_is_rate_limited_and_owned_rooms_capped(
+        nats_url: str, db_url: str, tmp_path: Path) -> None:
+    async with running_stack(nats_url, db_url, tmp_path, rooms_owned_max=3,
+                             room_creates_per_window=6, room_create_window=60.0) as s:
+        # The quota counts rooms owned, however they were made (a join of an
+        # unknown id included), and answers forbidden: waiting does not help.
+        await create(s, s.ann, new_room())
+        await create(s, s.ann, new_room(), visibility="private")
+        await join(s, s.ann, new_room())  # auto-created: owned too
+        await fails(ErrorCode.FORBIDDEN, create(s, s.ann, new_room()))
+        await fails(ErrorCode.FORBIDDEN, join(s, s.ann, new_room()))
+        # Joining rooms that exist, and DMs (nobody owns one), stay open.
+        other = (await create(s, s.bob, new_room())).room.id
+        await join(s, s.ann, other)
+        assert (await dm(s, s.ann, s.cat.id)).created
+
+        # The rate counts attempts (conflicts too), per user: beyond it
+        # rate_limited with retry_after, for create and join alike.
+        for _ in range(5):
+            await fails(ErrorCode.CONFLICT, create(s, s.bob, other))
+        err = await fails(ErrorCode.RATE_LIMITED, create(s, s.bob, new_room()))
+        assert err.retry_after is not None and 1 <= err.retry_after <= 60
+        await fails(ErrorCode.RATE_LIMITED, join(s, s.bob, new_room()))
+        await join(s, s.bob, other)  # an existing room: no creation, no limit
+        assert (await create(s, s.cat, new_room())).created  # another user's own budget

@@ -45,7 +45,6 @@ class FakeStore:
         self.nc = nc
         self.inserts: list[tuple[list[int], int]] = []  # (seqs, publishes before it)
         self.failures = 0  # the next this many inserts fail as if the database were away
-        self.erasable_seqs: dict[tuple[str, str], list[int]] = {}
 
     async def insert(self, rows: Sequence[MessageRow]) -> int:
         if self.failures > 0:
@@ -57,9 +56,6 @@ class FakeStore:
             raise asyncpg.CheckViolationError("no_poison")
         self.inserts.append(([r.seq for r in rows], len(self.nc.published)))
         return len(rows)
-
-    async def erasable(self, room: str, msg_id: str) -> list[int]:
-        return self.erasable_seqs.get((room, msg_id), [])
 
 
 class FakeJetStream:
@@ -162,14 +158,14 @@ async def test_stopping_with_the_database_away_hands_the_batch_back() -> None:
     assert nc.sent(NAK) == [reply(1), reply(2)] and nc.sent(ACK) == []
 
 
-async def test_a_delete_erases_the_originals_text_from_the_stream() -> None:
-    nc, js = FakeNats(), FakeJetStream()
+async def test_a_batch_with_changes_wakes_the_eraser_after_it_committed() -> None:
+    nc = FakeNats()
     store = FakeStore(nc)
-    c, _ = committer(nc, store, js)
-    assert await c.write([delivery(nc, 1, msg_id="m_x"), delivery(nc, 2, "v2", msg_id="m_x",
-                                                                  kind="edit")])
-    assert js.deleted == []  # nothing deleted: the store has nothing to erase
-    store.erasable_seqs[("lobby", "m_x")] = [1, 2]  # what the store says once deleted
-    assert await c.write([delivery(nc, 3, None, msg_id="m_x", kind="delete")])
-    assert js.deleted == [("CHAT", 1), ("CHAT", 2)]
-    assert nc.sent(ACK) == [reply(1), reply(2), reply(3)]
+    c, _ = committer(nc, store)
+    woken: list[int] = []
+    c.on_changed = lambda: woken.append(len(store.inserts))
+    assert await c.write([delivery(nc, 1, msg_id="m_x")])
+    assert woken == []  # plain messages: nothing to erase
+    assert await c.write([delivery(nc, 2, None, msg_id="m_x", kind="delete")])
+    assert woken == [2]  # after the delete's batch was stored (the store queued the erasure)
+    assert nc.sent(ACK) == [reply(1), reply(2)]

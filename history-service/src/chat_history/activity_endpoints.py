@@ -9,6 +9,11 @@ be on its way from the stream to PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
+import asyncpg
+
 from chat_contract import subjects
 from chat_contract.bus import (
     ChangeGrant,
@@ -19,16 +24,24 @@ from chat_contract.bus import (
     SearchReply,
     SearchRequest,
 )
+from chat_contract.errors import ChatError, ErrorCode
 
 from . import room_rules as rules
+from .capacity import UserLimiter
+from .refusals import RefusalLog
 from .room_rules import forbidden, not_found
 from .rooms_context import RoomsContext
 
+log = logging.getLogger("chat_history.rooms")
+
 
 class ActivityEndpoints:
-    def __init__(self, ctx: RoomsContext) -> None:
+    def __init__(self, ctx: RoomsContext, searches: UserLimiter | None = None) -> None:
         self._ctx = ctx
         self._store = ctx.store
+        # Per-user search admission (README "Capacity"): rate and concurrency.
+        self._searches = searches or UserLimiter(0, 0, 1.0, "searches")
+        self._refusals = RefusalLog(log)
 
     async def change(self, req: ChangeRequest) -> ChangeGrant:
         """Grant an edit or delete: the original's sender, ts and reply_to."""
@@ -36,7 +49,7 @@ class ActivityEndpoints:
         rules.check_room_id(req.room)
         if not rules.is_possible_msg_id(req.msg_id):
             raise not_found("unknown message")
-        s = await self._ctx.standing(req.room, caller.id)
+        s = await self._ctx.visible(req.room, caller.id)
         # The gateway admits only joined sockets; this is the second line (a
         # removal or leave that the gateway has not applied yet).
         if not rules.is_insider(s, caller.id):
@@ -49,20 +62,21 @@ class ActivityEndpoints:
         return ChangeGrant(sender=original.sender, ts=original.ts, reply_to=original.reply_to)
 
     async def read(self, req: ReadRequest) -> ReadReply:
-        """Move the caller's read pointer forward, clamped to the room's last stored seq."""
+        """Move the caller's read pointer forward to ``seq``, clamped to the
+        room's real last seq (the stream's: storage may lag behind it)."""
         caller = req.caller
         rules.check_room_id(req.room)
         rules.check_read_seq(req.seq)
-        s = await self._ctx.standing(req.room, caller.id)
+        s = await self._ctx.visible(req.room, caller.id)
         if not s.member:
             raise forbidden("not a member of this room")
-        # Clamp to the stored last seq; a seq beyond it may be an event still on
-        # its way to storage (delivered before stored), so wait for that first.
-        last = await self._store.last_seq(req.room)
-        if req.seq > last:
-            await self._ctx.ensure_fresh(req.room)
-            last = await self._store.last_seq(req.room)
-        result = await self._store.mark_read(req.room, caller.id, min(req.seq, last))
+        target = min(req.seq, await self._ctx.last_seq(req.room))
+        # Unread counts are computed from storage: give it the chance to hold
+        # what the pointer now covers. Best effort: a lagging store delays the
+        # answer by at most the catch-up timeout, it does not refuse the read.
+        with contextlib.suppress(ChatError):
+            await self._ctx.ensure_fresh(req.room, target)
+        result = await self._store.mark_read(req.room, caller.id, target)
         if result is None:  # left in the meantime
             raise forbidden("not a member of this room")
         seq, moved = result
@@ -74,10 +88,27 @@ class ActivityEndpoints:
     async def search(self, req: SearchRequest) -> SearchReply:
         """Full-text search over the caller's rooms (or one of them), newest matches ranked."""
         q = rules.search_query(req)
+        user = req.caller.id
         if req.room is not None:
-            s = await self._ctx.standing(req.room, req.caller.id)
+            s = await self._ctx.visible(req.room, user)
             if not s.member:
                 raise forbidden("not a member of this room")
-        hits = await self._store.search(req.caller.id, q, req.room, req.limit + 1, req.offset,
-                                        rules.SEARCH_CANDIDATES)
+        try:
+            self._searches.enter(user)
+        except ChatError:
+            self._refusals.refused("search_rate", "search rate-limited", user)
+            raise
+        try:
+            hits = await self._store.search(user, q, req.room, req.limit + 1, req.offset,
+                                            rules.SEARCH_CANDIDATES)
+        except asyncpg.QueryCanceledError:
+            self._refusals.refused("search_timeout", "search timed out", user)
+            raise ChatError(ErrorCode.UNAVAILABLE,
+                            "search took too long: use more specific words, or one room"
+                            ) from None
+        except TimeoutError:
+            self._refusals.refused("search_busy", "search capacity full", user)
+            raise ChatError(ErrorCode.UNAVAILABLE, "too many searches now, retry") from None
+        finally:
+            self._searches.leave(user)
         return SearchReply(results=hits[:req.limit], has_more=len(hits) > req.limit)

@@ -103,6 +103,10 @@ class HistoryApi:
         For decisions that must see a message sent a moment ago (edit, delete)."""
         await self._catch_up(HistoryRequest(room=room, min_seq=min_seq))
 
+    async def stream_last(self, room: str) -> int:
+        """The room's last sequence in the stream (0 if the stream holds none of it)."""
+        return await last_room_seq(self._js, room, self._trackers.layout)
+
     async def _catch_up(self, req: HistoryRequest) -> None:
         started = time.perf_counter()
         # A page entirely below the known floor needs no stream lookup at all.

@@ -19,7 +19,9 @@ Failures, none of them logged per message:
   backoff (``in_progress`` keeps JetStream from redelivering it meanwhile),
   or hands it back (``nak``) when the service is stopping.
 
-After a commit, deleted messages' text is erased from the stream (:mod:`.erasure`).
+A commit with edits or deletes wakes the stream eraser (:mod:`.erasure`),
+which erases deleted text from the stream in a task of its own (the store
+queued the erasure in the same transaction).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from chat_kit.logs import event
 from chat_kit.stream import StreamSettings
 
 from . import metrics
-from .erasure import erase_deleted
 from .records import BadRecord, MessageRow, row_from_payload
 from .store import MessageStore
 from .troubles import Troubles
@@ -68,9 +69,11 @@ class Committer:
         self.rejected = 0
         # Called after a batch is acked (the read side polls the ack floor then).
         self.on_stored: Callable[[], None] | None = None
+        # Called after a batch with edits or deletes committed (the eraser's wake).
+        self.on_changed: Callable[[], None] | None = None
 
     async def write(self, batch: list[Delivery]) -> bool:
-        """Decode, insert, ack, erase. False if it gave up (stopping with the
+        """Decode, insert, ack, wake the eraser. False if it gave up (stopping with the
         database away): then every message of the batch was handed back."""
         rows: list[MessageRow] = []
         kept: list[Msg] = []
@@ -84,9 +87,8 @@ class Committer:
             kept.append(msg)
         if not await self._commit(rows, kept):
             return False
-        changed = {(row.room, row.msg_id) for row in rows if row.kind != "message"}
-        if changed:
-            await erase_deleted(self._js, self._store, self._layout, changed, self._troubles)
+        if self.on_changed is not None and any(row.kind != "message" for row in rows):
+            self.on_changed()
         return True
 
     async def hand_back(self, msgs: Iterable[Msg]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chat_contract import limits
-from chat_kit.passwords import HashSettings
 from chat_kit.settings import CommonSettings, SettingsError, env_float, env_int, env_secret
 
 # The internal page limit: `join` with `since` asks for up to MISSED_MAX (500,
@@ -23,10 +22,20 @@ class HistorySettings:
     batch: int
     linger: float
     catchup_timeout: float
-    # Room passwords (README "Security"): new ones per user per minute (0 off),
-    # and the argon2 pool's bound (chat_kit.passwords).
-    room_password_rate: int = 5
-    hashing: HashSettings = field(default_factory=HashSettings)
+    # Capacity (README "Capacity"): one pool per class of work, so searches
+    # cannot starve storage or joins; defaults so tests may leave them out.
+    ingest_pool: int = 4
+    interactive_pool: int = 8
+    search_pool: int = 3
+    interactive_timeout: float = 5.0
+    search_timeout: float = 2.0
+    search_per_user: int = 2
+    searches_per_window: int = 30
+    search_window: float = 60.0
+    # Room creation (README "Rooms"): per user, per window; rooms owned at most.
+    room_creates_per_window: int = 10
+    room_create_window: float = 60.0
+    rooms_owned_max: int = 100
 
     @classmethod
     def from_env(cls) -> HistorySettings:
@@ -48,6 +57,15 @@ class HistorySettings:
             # The name is from when this was the pull's fetch timeout.
             linger=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
             catchup_timeout=env_float("CHAT_HISTORY_CATCHUP_TIMEOUT", 1.5, minimum=0.01),
-            room_password_rate=env_int("CHAT_HISTORY_ROOM_PASSWORD_RATE", 5, minimum=0),
-            hashing=HashSettings.from_env(),
+            ingest_pool=env_int("CHAT_HISTORY_DB_INGEST_POOL", 4, minimum=1),
+            interactive_pool=env_int("CHAT_HISTORY_DB_POOL", 8, minimum=1),
+            search_pool=env_int("CHAT_HISTORY_DB_SEARCH_POOL", 3, minimum=1),
+            interactive_timeout=env_float("CHAT_HISTORY_DB_TIMEOUT", 5.0, minimum=0.1),
+            search_timeout=env_float("CHAT_HISTORY_SEARCH_TIMEOUT", 2.0, minimum=0.1),
+            search_per_user=env_int("CHAT_HISTORY_SEARCH_PER_USER", 2, minimum=1),
+            searches_per_window=env_int("CHAT_HISTORY_SEARCH_RATE", 30, minimum=0),
+            search_window=env_float("CHAT_HISTORY_SEARCH_WINDOW", 60.0, minimum=1.0),
+            room_creates_per_window=env_int("CHAT_HISTORY_ROOM_CREATE_RATE", 10, minimum=0),
+            room_create_window=env_float("CHAT_HISTORY_ROOM_CREATE_WINDOW", 60.0, minimum=1.0),
+            rooms_owned_max=env_int("CHAT_HISTORY_ROOMS_OWNED_MAX", 100, minimum=0),
         )

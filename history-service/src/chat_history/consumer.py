@@ -105,6 +105,15 @@ class HistoryConsumer:
     def on_stored(self, callback: Callable[[], None] | None) -> None:
         self._committer.on_stored = callback
 
+    @property
+    def on_changed(self) -> Callable[[], None] | None:
+        """Called after a batch with edits or deletes committed (the stream eraser)."""
+        return self._committer.on_changed
+
+    @on_changed.setter
+    def on_changed(self, callback: Callable[[], None] | None) -> None:
+        self._committer.on_changed = callback
+
     async def start(self, stopping: asyncio.Event | None = None) -> None:
         """Set up stream and consumer (retrying until they exist), subscribe, start writing."""
         delay = 0.1

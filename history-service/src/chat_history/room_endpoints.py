@@ -31,26 +31,29 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import AuditLimiter, PasswordThrottle, TokenBuckets, take_buckets
+from chat_kit.throttle import PasswordThrottle
 
 from . import room_rules as rules
+from .capacity import UserLimiter
+from .refusals import RefusalLog
 from .room_rules import forbidden, not_found
 from .rooms_context import RoomsContext
-from .rooms_store import Standing
+from .rooms_store import QuotaExceeded, Standing
 
 log = logging.getLogger("chat_history.rooms")
 
 
 class RoomEndpoints:
     def __init__(self, ctx: RoomsContext, passwords: Passwords,
-                 throttle: PasswordThrottle | None = None) -> None:
+                 throttle: PasswordThrottle | None = None, *,
+                 creates: UserLimiter | None = None, rooms_owned_max: int = 0) -> None:
         self._ctx = ctx
         self._store = ctx.store
         self._passwords = passwords
-        # New room passwords per user (each a 64 MiB argon2 hash; README
-        # "Security"); off until the service sets CHAT_HISTORY_ROOM_PASSWORD_RATE.
-        self.password_sets = TokenBuckets(0.0, 1)
-        self._password_audits = AuditLimiter()
+        # Room creation (README "Rooms"): per-user rate, and a quota of rooms owned.
+        self._creates = creates or UserLimiter(0, 0, 1.0, "new rooms")
+        self._rooms_owned_max = rooms_owned_max
+        self._refusals = RefusalLog(log)
         self.throttle = throttle or PasswordThrottle(
             rules.PASSWORD_FAILURES_PER_ROOM, rules.PASSWORD_FAILURES_PER_USER,
             rules.PASSWORD_WINDOW, "too many wrong room passwords, try again later")
@@ -62,6 +65,8 @@ class RoomEndpoints:
         otherwise the reader's blocked ids. Unknown rooms read as empty, no error."""
         try:
             s = await self._store.standing(room, user)
+            if s is not None and rules.is_hidden(s, user):
+                raise not_found()
             if s is not None and not rules.may_see(s, user):
                 raise forbidden("not a member of this room")
             return await self._store.blocked(user)
@@ -84,30 +89,40 @@ class RoomEndpoints:
         # Nobody is put in a room by someone they blocked; which one did stays private.
         if await self._store.blocked_by_any(wanted, caller.id):
             raise forbidden("some of these users do not accept your invitations")
-        password_hash = (await self._hash_room_password(caller.id, req.password)
+        self._check_create_rate(caller.id)
+        password_hash = (await self._passwords.hash(req.password)
                          if req.password is not None else None)
         members = [caller, *(found[m] for m in wanted)]
-        if not await self._store.create(room, name, visibility=req.visibility, owner=caller.id,
-                                        password_hash=password_hash, members=members):
+        try:
+            created = await self._store.create(
+                room, name, visibility=req.visibility, owner=caller.id,
+                password_hash=password_hash, members=members, quota=self._rooms_owned_max)
+        except QuotaExceeded:
+            raise self._quota_refusal(caller.id) from None
+        if not created:
             raise ChatError(ErrorCode.CONFLICT, "room already exists")
         event(log, "room created", room=room, owner=caller.id, visibility=req.visibility,
               password=password_hash is not None, members=len(members))
         return RoomReply(room=await self._ctx.full_view(room, caller.id), created=True)
 
-    async def _hash_room_password(self, user: str, password: str) -> str:
-        """Hash a new room password: paced per user, then bounded by the hashing
-        pool (``unavailable`` when it is busy)."""
+    def _check_create_rate(self, user: str) -> None:
+        """Count a creation attempt, or refuse it (rate_limited): counted up
+        front, so concurrent attempts cannot all pass the check."""
         try:
-            take_buckets([(self.password_sets, user)], "too many password rooms, try again later")
-            return await self._passwords.hash(password)
-        except ChatError as exc:
-            self._password_audits.audit(log, "room password refused", user, user=user,
-                                        reason=exc.code.value)
+            self._creates.check(user)
+        except ChatError:
+            self._refusals.refused("room_rate", "room creation rate-limited", user)
             raise
+        self._creates.count(user)
+
+    def _quota_refusal(self, user: str) -> ChatError:
+        self._refusals.refused("room_quota", "room quota reached", user,
+                               quota=self._rooms_owned_max)
+        return forbidden(f"you own {self._rooms_owned_max} rooms, the most allowed")
 
     async def get(self, req: RoomRef) -> RoomReply:
         rules.check_room_id(req.room)
-        s = await self._ctx.standing(req.room, req.caller.id)
+        s = await self._ctx.visible(req.room, req.caller.id)
         if not rules.may_see(s, req.caller.id):
             raise forbidden("not a member of this room")
         members = await self._store.members(req.room)
@@ -116,12 +131,15 @@ class RoomEndpoints:
     async def list_rooms(self, req: RoomListRequest) -> RoomsReply:
         rules.check_list_limit(req.limit)
         if req.public:
-            return RoomsReply(rooms=await self._store.list_public(req.limit))
+            after = rules.decode_cursor(req.cursor) if req.cursor else None
+            page, last = await self._store.list_public(req.limit, after)
+            return RoomsReply(rooms=page,
+                              next_cursor=rules.encode_cursor(last) if last else None)
         return RoomsReply(rooms=await self._store.list_mine(req.caller.id, req.limit))
 
     async def archive(self, req: RoomRef) -> RoomReply:
         rules.check_room_id(req.room)
-        s = await self._ctx.standing(req.room, req.caller.id)
+        s = await self._ctx.visible(req.room, req.caller.id)
         rules.check_may_archive(s, req.caller.id)
         if not s.room.archived:
             await self._store.archive(req.room)
@@ -142,15 +160,26 @@ class RoomEndpoints:
             # DM rooms come only from POST /v1/dm, never from a join.
             if not req.create or req.room.startswith(subjects.DM_PREFIX):
                 raise not_found()
-            if await self._store.ensure_public(req.room, caller.id):
+            self._check_create_rate(caller.id)
+            try:
+                created = await self._store.ensure_public(req.room, caller.id,
+                                                          self._rooms_owned_max)
+            except QuotaExceeded:
+                raise self._quota_refusal(caller.id) from None
+            if created:
                 event(log, "room created", room=req.room, owner=caller.id, visibility="public",
                       via="join")
             s = await self._ctx.standing(req.room, caller.id)
+        # A hidden room answers as an unknown one (no existence oracle); only
+        # its password, if it has one, lets a stranger in.
+        hidden = rules.is_hidden(s, caller.id)
+        if hidden and (s.room.password_hash is None or req.password is None):
+            raise not_found()
         rule = rules.join_rule(s, caller.id)
         if rule == "password":
-            await self._check_room_password(req, s)
+            await self._check_room_password(req, s, hidden)
         elif rule == "forbidden":
-            raise forbidden("you may not join this room")
+            raise not_found() if hidden else forbidden("you may not join this room")
         if not s.member and self._ctx.fresh is not None:
             # A new member's read pointer starts at the room's last stored seq:
             # let storage catch up first, or what is still on its way would
@@ -163,7 +192,8 @@ class RoomEndpoints:
         # No member_count: joins are frequent and the gateway does not show one.
         return AccessReply(room=s.room.view(), blocked=await self._store.blocked(caller.id))
 
-    async def _check_room_password(self, req: AccessRequest, s: Standing) -> None:
+    async def _check_room_password(self, req: AccessRequest, s: Standing,
+                                   hidden: bool = False) -> None:
         caller = req.caller
         if req.password is None:
             raise forbidden("wrong room password")
@@ -178,7 +208,7 @@ class RoomEndpoints:
         if not await self._passwords.verify(s.room.password_hash,
                                             req.password[:limits.ROOM_PASSWORD_MAX]):
             audit(log, "room password rejected", room=req.room, user=caller.id)
-            raise forbidden("wrong room password")
+            raise not_found() if hidden else forbidden("wrong room password")
         self.throttle.succeeded(caller.id, req.room, stamp)
 
     async def member(self, req: MemberChange) -> RoomReply:
@@ -186,7 +216,7 @@ class RoomEndpoints:
         caller = req.caller
         rules.check_room_id(req.room)
         rules.check_user_id(req.user)
-        s = await self._ctx.standing(req.room, caller.id)
+        s = await self._ctx.visible(req.room, caller.id)
         if req.add:
             return await self._invite(req, s)
         if req.user == caller.id:

@@ -15,9 +15,11 @@ DM rooms belong to their two users.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
+from datetime import datetime
 from typing import Literal
 
 from chat_contract import limits, subjects
@@ -123,6 +125,26 @@ def check_list_limit(limit: int) -> None:
         raise bad_request(f"limit must be 1-{limits.ROOM_LIST_MAX}")
 
 
+def encode_cursor(key: tuple[datetime, str]) -> str:
+    """The public directory's cursor: the last room's (created_at, id), opaque."""
+    created_at, room = key
+    raw = f"{created_at.isoformat()}|{room}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The key of :func:`encode_cursor`; anything else is ``bad_request``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, room = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except ValueError:  # bad base64, bad UTF-8 (both ValueErrors), no "|", bad stamp
+        raise bad_request("invalid cursor") from None
+    if created_at.tzinfo is None or not is_valid_room_id(room):
+        raise bad_request("invalid cursor")
+    return created_at, room
+
+
 def check_read_seq(seq: int) -> None:
     if not 0 <= seq <= limits.SEQ_MAX:
         raise bad_request(f"seq must be 0-{limits.SEQ_MAX}")
@@ -164,6 +186,16 @@ def join_rule(s: Standing, user: str) -> JoinRule:
     if room.password_hash is not None:
         return "password"
     return "ok" if room.visibility == "public" else "forbidden"
+
+
+def is_hidden(s: Standing, user: str) -> bool:
+    """May ``user`` not even learn that the room exists? Private rooms they
+    are neither member nor owner of, and other people's DMs: every request
+    about one answers ``not_found``, as for an unknown id (no existence
+    oracle). Public rooms, with or without a password, exist for everyone;
+    one's own DM stays one's own after leaving it."""
+    return (s.room.visibility == "private" and not s.member and s.room.owner != user
+            and not s.dm_party)
 
 
 def may_see(s: Standing, user: str) -> bool:

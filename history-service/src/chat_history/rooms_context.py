@@ -23,30 +23,42 @@ from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import event
 
 from . import users
-from .room_rules import may_see, not_found
+from .room_rules import is_hidden, may_see, not_found
 from .rooms_store import RoomsStore, Standing
 
 log = logging.getLogger("chat_history.rooms")
 
-# HistoryApi.ensure_fresh: storage holds every stream event of the room.
-Fresh = Callable[[str], Awaitable[None]]
+# HistoryApi.ensure_fresh: storage holds every stream event of the room (and
+# up to a sequence).
+Fresh = Callable[[str, int], Awaitable[None]]
+# HistoryApi.stream_last: the room's last sequence in the stream (its leader's).
+StreamLast = Callable[[str], Awaitable[int]]
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
 
 
 class RoomsContext:
     def __init__(self, nc: NATS, store: RoomsStore, *, lookup_timeout: float,
-                 fresh: Fresh | None = None) -> None:
+                 fresh: Fresh | None = None, stream_last: StreamLast | None = None) -> None:
         self._nc = nc
         self.store = store
         self._lookup_timeout = lookup_timeout
         # Set once the history API exists (service.py wires the two together).
         self.fresh = fresh
+        self.stream_last = stream_last
 
     async def standing(self, room: str, user: str) -> Standing:
         """``user``'s standing in ``room``; an unknown room is ``not_found``."""
         s = await self.store.standing(room, user)
         if s is None:
+            raise not_found()
+        return s
+
+    async def visible(self, room: str, user: str) -> Standing:
+        """``user``'s standing in a room they may know of: an unknown room and
+        a hidden one (:func:`.room_rules.is_hidden`) are both ``not_found``."""
+        s = await self.standing(room, user)
+        if is_hidden(s, user):
             raise not_found()
         return s
 
@@ -61,11 +73,24 @@ class RoomsContext:
     async def lookup(self, ids: Iterable[str] = (), names: Iterable[str] = ()) -> list[User]:
         return await users.lookup(self._nc, ids, names, timeout=self._lookup_timeout)
 
-    async def ensure_fresh(self, room: str) -> None:
-        """Wait until storage holds the room's last stream event (ChatError
-        ``unavailable`` if it cannot catch up in time)."""
+    async def ensure_fresh(self, room: str, min_seq: int = 0) -> None:
+        """Wait until storage holds the room's last stream event (and every
+        stream message up to ``min_seq``); ChatError ``unavailable`` if it
+        cannot catch up in time."""
         if self.fresh is not None:
-            await self.fresh(room)
+            await self.fresh(room, min_seq)
+
+    async def last_seq(self, room: str) -> int:
+        """The room's real last seq: the stream's (storage may lag behind it),
+        or storage's when the stream holds nothing newer (aged out)."""
+        stored = await self.store.last_seq(room)
+        if self.stream_last is None:
+            return stored
+        try:
+            streamed = await self.stream_last(room)
+        except Exception:
+            raise ChatError(ErrorCode.UNAVAILABLE, "chat stream unavailable") from None
+        return max(stored, streamed)
 
     async def notify(self, subject: str, notice: msgspec.Struct) -> None:
         try:

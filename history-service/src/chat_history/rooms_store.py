@@ -46,7 +46,8 @@ SELECT {_ROOM},
        EXISTS (SELECT 1 FROM history.members m WHERE m.room = r.id AND m.user_id = $2) AS member,
        EXISTS (SELECT 1 FROM history.removed x WHERE x.room = r.id AND x.user_id = $2) AS banned,
        EXISTS (SELECT 1 FROM history.blocks b
-               WHERE b.blocked = $2 AND b.blocker = ANY (r.dm_users)) AS peer_blocks
+               WHERE b.blocked = $2 AND b.blocker = ANY (r.dm_users)) AS peer_blocks,
+       coalesce($2 = ANY (r.dm_users), false) AS dm_party
 FROM history.rooms r WHERE r.id = $1
 """
 
@@ -96,15 +97,26 @@ LIMIT $2
 """
 
 # Newest first straight off the rooms_public index (its predicate is this
-# WHERE); member counts for the page only, not for every public room.
+# WHERE), from below the cursor ($2, $3: the last room of the previous page)
+# if any; member counts for the page only, not for every public room.
 _PUBLIC = f"""
 SELECT {_ROOM}, {_COUNT}
 FROM (SELECT * FROM history.rooms
       WHERE visibility = 'public' AND NOT archived AND NOT dm
-      ORDER BY created_at DESC, id
+        AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text))
+      ORDER BY created_at DESC, id DESC
       LIMIT $1) r
-ORDER BY r.created_at DESC, r.id
+ORDER BY r.created_at DESC, r.id DESC
 """
+
+# Rooms owned, counted under a per-owner advisory lock (so concurrent
+# creations cannot pass the quota together).
+_OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtext('history.rooms.owner'), hashtext($1))"
+_OWNED = "SELECT count(*) FROM history.rooms WHERE owner_id = $1"
+
+
+class QuotaExceeded(Exception):
+    """The owner already owns the most rooms allowed (nothing written)."""
 
 # websearch_to_tsquery parses any text (quotes, operators) without errors;
 # the query string is a bind parameter, never SQL. ts_rank reads each row's
@@ -155,6 +167,8 @@ class Standing:
     banned: bool
     # A DM whose other user blocked this one.
     peer_blocks: bool
+    # One of a DM's two users (even after leaving it).
+    dm_party: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,10 +198,15 @@ def _last_message(r: asyncpg.Record) -> Message | None:
 
 
 class RoomsStore:
-    def __init__(self, pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float = 10.0, *,
+                 search_pool: asyncpg.Pool | None = None, search_timeout: float = 10.0) -> None:
         self._pool = pool
         # Bounds a hung server (network partition) so the caller can retry.
         self._timeout = timeout
+        # Searches have a pool of their own (capacity.py): a flood of heavy
+        # searches waits for its few connections, never for the joins' ones.
+        self._search_pool = search_pool or pool
+        self._search_timeout = search_timeout
 
     # --- rooms --------------------------------------------------------------
 
@@ -198,16 +217,18 @@ class RoomsStore:
         if r is None:
             return None
         return Standing(room=_room(r), member=r["member"], banned=r["banned"],
-                        peer_blocks=r["peer_blocks"])
+                        peer_blocks=r["peer_blocks"], dm_party=r["dm_party"])
 
     async def create(self, room: str, name: str, *, visibility: str, owner: str | None,
                      password_hash: str | None, members: list[User],
-                     dm_users: list[str] | None = None) -> bool:
+                     dm_users: list[str] | None = None, quota: int = 0) -> bool:
         """Create the room with ``members``; False (nothing written) if the id exists.
 
         ``dm_users`` makes it a direct-message room of those two users.
+        ``quota`` > 0: :class:`QuotaExceeded` if ``owner`` owns that many already.
         """
         async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            await self._check_quota(conn, owner, quota)
             created = await conn.fetchval(
                 "INSERT INTO history.rooms"
                 " (id, name, visibility, owner_id, password_hash, dm, dm_users)"
@@ -220,9 +241,23 @@ class RoomsStore:
                                [u.name for u in members], timeout=self._timeout)
         return True
 
-    async def ensure_public(self, room: str, owner: str) -> bool:
-        """Create ``room`` as a public room owned by ``owner`` unless it exists; True if created."""
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+    async def _check_quota(self, conn: asyncpg.Connection, owner: str | None,
+                           quota: int) -> None:
+        if owner is None or quota <= 0:
+            return
+        await conn.execute(_OWNER_LOCK, owner, timeout=self._timeout)
+        if await conn.fetchval(_OWNED, owner, timeout=self._timeout) >= quota:
+            raise QuotaExceeded(owner)
+
+    async def ensure_public(self, room: str, owner: str, quota: int = 0) -> bool:
+        """Create ``room`` as a public room owned by ``owner`` unless it exists; True if
+        created. ``quota`` as in :meth:`create` (checked only when it would be created)."""
+        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            if quota > 0 and await conn.fetchval(
+                    "SELECT true FROM history.rooms WHERE id = $1", room,
+                    timeout=self._timeout):
+                return False
+            await self._check_quota(conn, owner, quota)
             created = await conn.fetchval(
                 "INSERT INTO history.rooms (id, name, visibility, owner_id)"
                 " VALUES ($1, $1, 'public', $2) ON CONFLICT (id) DO NOTHING RETURNING true",
@@ -242,10 +277,18 @@ class RoomsStore:
                               last_seq=r["last_seq"], last_message=_last_message(r))
                 for r in rows]
 
-    async def list_public(self, limit: int) -> list[RoomView]:
+    async def list_public(self, limit: int, after: tuple[datetime, str] | None = None
+                          ) -> tuple[list[RoomView], tuple[datetime, str] | None]:
+        """A page of the public directory, newest first, below ``after`` (the
+        previous page's last (created_at, id)); and this page's last key when
+        more rooms follow (None at the end)."""
+        since, since_id = after if after is not None else (None, None)
         async with self._pool.acquire(timeout=self._timeout) as conn:
-            rows = await conn.fetch(_PUBLIC, limit, timeout=self._timeout)
-        return [_room(r).view(member_count=r["member_count"]) for r in rows]
+            rows = await conn.fetch(_PUBLIC, limit + 1, since, since_id, timeout=self._timeout)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = (rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return [_room(r).view(member_count=r["member_count"]) for r in rows], last
 
     # --- membership ---------------------------------------------------------
 
@@ -403,10 +446,12 @@ class RoomsStore:
 
     async def search(self, user: str, query: str, room: str | None, limit: int,
                      offset: int, candidates: int) -> list[SearchHit]:
-        """Ranked hits among the newest ``candidates`` matches."""
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        """Ranked hits among the newest ``candidates`` matches. Waits for a search
+        connection at most the search timeout (TimeoutError); the server cancels
+        a longer statement (its pool's ``statement_timeout``: QueryCanceledError)."""
+        async with self._search_pool.acquire(timeout=self._search_timeout) as conn:
             rows = await conn.fetch(_SEARCH, user, query, room, limit, offset, candidates,
-                                    timeout=self._timeout)
+                                    timeout=self._search_timeout + self._timeout)
         return [SearchHit(room=r["room"], msg_id=r["msg_id"], seq=r["seq"], text=r["text"],
                           ts=format_ts(r["ts"]),
                           sender=User(id=r["sender_id"], name=r["sender_name"]))

@@ -1,10 +1,11 @@
 """The history Component: what ``chat_kit.runtime`` starts and stops.
 
-Start: database pool → migrations → stream (created if missing, else only
-verified), durable push consumer, its subscription and writer, the stream
-monitor (gauges) → the ``history`` micro service. Stop in reverse:
-stop taking requests and let those in flight finish, let the consumer store
-and ack what it was delivered (or hand it back), close the pool. NATS
+Start: database pools (one per class of work: capacity.py) → migrations →
+stream (created if missing, else only verified), durable push consumer, its
+subscription and writer, the stream monitor (gauges), the stream eraser →
+the ``history`` micro service. Stop in reverse: stop taking requests and let
+those in flight finish, let the consumer store and ack what it was delivered
+(or hand it back), stop the eraser, close the pools. NATS
 itself is drained by the runtime afterwards.
 """
 
@@ -13,31 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 
-import asyncpg
 from nats.micro.service import Service
 from starlette.routing import BaseRoute
 
 from chat_contract import rpc
 from chat_kit.bus import serves, start_service
-from chat_kit.db import create_pool, migrate
+from chat_kit.db import migrate
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 from chat_kit.stream import StreamSettings
-from chat_kit.throttle import TokenBuckets
 
 from . import __version__
 from .activity_endpoints import ActivityEndpoints
 from .api import HistoryApi
 from .block_endpoints import BlockEndpoints
+from .capacity import Pools, UserLimiter
 from .config import HistorySettings
 from .consumer import HistoryConsumer
+from .erasure import StreamEraser
 from .freshness import CommitTrackers
 from .room_endpoints import RoomEndpoints
 from .rooms_context import RoomsContext, db_guard
 from .rooms_store import RoomsStore
 from .store import MessageStore
 from .stream_monitor import StreamMonitor
+from .troubles import Troubles
 
 SERVICE = "history"
 SCHEMA = "history"
@@ -50,8 +53,9 @@ class HistoryComponent:
         # The CHAT stream as configured: this service creates it when missing
         # (CHAT_STREAM_* variables; replicas from CommonSettings' CHAT_STREAM_REPLICAS).
         self.stream = stream
-        self._pool: asyncpg.Pool | None = None
+        self._pools: Pools | None = None
         self._store: MessageStore | None = None
+        self._eraser: StreamEraser | None = None
         # One consumer per chat stream (partition); reads wait on their room's.
         self._consumers: list[HistoryConsumer] = []
         self._monitor: StreamMonitor | None = None
@@ -59,6 +63,11 @@ class HistoryComponent:
         self._api: HistoryApi | None = None
         self._service: Service | None = None
         self._passwords: Passwords | None = None
+
+    @property
+    def eraser(self) -> StreamEraser:
+        assert self._eraser is not None, "component not started"
+        return self._eraser
 
     @property
     def store(self) -> MessageStore:
@@ -83,37 +92,49 @@ class HistoryComponent:
 
     async def start(self, rt: Runtime) -> None:
         s = self.settings
-        self._pool = await create_pool(s.database_url, stop=rt.stopping)
-        await migrate(self._pool, SCHEMA, "chat_history")
-        self._store = MessageStore(self._pool)
+        self._pools = pools = await Pools.open(s, rt.stopping)
+        await migrate(pools.ingest, SCHEMA, "chat_history")
+        # Storing the stream (and erasing from it) has the ingest pool to itself.
+        self._store = MessageStore(pools.ingest)
         stream = self.stream or dataclasses.replace(StreamSettings.from_env(),
                                                     replicas=rt.settings.stream_replicas)
         # Reads give up on the stream as soon as on storage: same bound for both.
         js = rt.nc.jetstream(timeout=s.catchup_timeout)
         self._trackers = CommitTrackers(js, stream)
+        self._eraser = StreamEraser(js, self._store, stream,
+                                    Troubles(logging.getLogger("chat_history.erasure")))
         for name in stream.names():
             consumer = HistoryConsumer(rt.nc, self._store, batch=s.batch, linger=s.linger,
                                        stream=stream, name=name)
             await consumer.start(rt.stopping)
             rt.checks.append(consumer.is_ready)
             consumer.on_stored = self._trackers.for_stream(name).nudge
+            consumer.on_changed = self._eraser.wake
             self._consumers.append(consumer)
+        # Also works what earlier processes left queued (history.erasures).
+        self._eraser.start()
         # This service owns the stream: it exports its size, lag and cluster state.
         self._monitor = StreamMonitor(rt.nc.jetstream(timeout=rt.settings.request_timeout),
                                       layout=stream)
         self._monitor.start()
         # Rooms (README "Rooms"): history reads ask it who may read; its edit and
         # read decisions wait for storage through the history API's catch-up.
-        self._passwords = Passwords.from_settings(s.hashing, deadline=rt.settings.request_timeout)
-        rooms_ctx = RoomsContext(rt.nc, RoomsStore(self._pool),
-                                 lookup_timeout=rt.settings.request_timeout)
-        rooms = RoomEndpoints(rooms_ctx, self._passwords)
-        rooms.password_sets = TokenBuckets(s.room_password_rate / 60.0, s.room_password_rate)
+        self._passwords = Passwords()
+        rooms_store = RoomsStore(pools.interactive, search_pool=pools.search,
+                                 search_timeout=s.search_timeout)
+        rooms_ctx = RoomsContext(rt.nc, rooms_store, lookup_timeout=rt.settings.request_timeout)
+        rooms = RoomEndpoints(
+            rooms_ctx, self._passwords,
+            creates=UserLimiter(0, s.room_creates_per_window, s.room_create_window, "new rooms"),
+            rooms_owned_max=s.rooms_owned_max)
         blocks = BlockEndpoints(rooms_ctx)
-        activity = ActivityEndpoints(rooms_ctx)
-        self._api = HistoryApi(js, self._store, self._trackers, s.catchup_timeout,
-                               access=rooms.read_access)
+        activity = ActivityEndpoints(rooms_ctx, UserLimiter(
+            s.search_per_user, s.searches_per_window, s.search_window, "searches"))
+        # History pages are interactive reads: their own store on that pool.
+        self._api = HistoryApi(js, MessageStore(pools.interactive), self._trackers,
+                               s.catchup_timeout, access=rooms.read_access)
         rooms_ctx.fresh = self._api.ensure_fresh
+        rooms_ctx.stream_last = self._api.stream_last
         g = db_guard  # a database outage answers unavailable
         self._service = await start_service(rt.nc, SERVICE, __version__, dict([
             serves(SERVICE, rpc.HISTORY_MESSAGES, self._api.messages),
@@ -142,13 +163,16 @@ class HistoryComponent:
         if self._monitor is not None:
             await self._monitor.stop()
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
-        if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), _STOP_REQUESTS_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    self._pool.terminate()
-            self._pool = None
+        if self._eraser is not None:
+            await self._eraser.stop()
+        if self._pools is not None:
+            for pool in self._pools.all():
+                try:
+                    await asyncio.wait_for(pool.close(), _STOP_REQUESTS_TIMEOUT)
+                except TimeoutError:
+                    with contextlib.suppress(Exception):
+                        pool.terminate()
+            self._pools = None
         if self._passwords is not None:
             self._passwords.close()
             self._passwords = None

@@ -13,6 +13,7 @@ skipped rather than failing the batch forever.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -107,6 +108,15 @@ WHERE kind <> 'message' AND kind = 'edit' AND room = $1 AND msg_id = $2
   AND (SELECT yes FROM gone)
 """
 
+# The erasure queue (history.erasures, erasure.py): every change queues its
+# message in the transaction that stores it; a re-queue of a pending one
+# renews its stamp, so an erasure finished meanwhile does not drop it.
+_QUEUE_ERASURES = """
+INSERT INTO history.erasures (room, msg_id)
+SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (room, msg_id) DO UPDATE SET queued_at = clock_timestamp()
+"""
+
 
 def _row(record: asyncpg.Record) -> PageRow:
     return PageRow(
@@ -148,6 +158,10 @@ class MessageStore:
             else:
                 async with conn.transaction():
                     status = await conn.execute(_INSERT, batch, timeout=self._timeout)
+                    # Once per message (an edit and its delete may share a batch).
+                    queued = list(dict.fromkeys((c.room, c.msg_id) for c in changes))
+                    await conn.execute(_QUEUE_ERASURES, [room for room, _ in queued],
+                                       [msg_id for _, msg_id in queued], timeout=self._timeout)
                     for change in changes:
                         if change.kind == "edit":
                             await conn.execute(_EDIT, change.msg_id, change.room, change.text,
@@ -194,6 +208,27 @@ class MessageStore:
         async with self._pool.acquire(timeout=self._timeout) as conn:
             records = await conn.fetch(_ERASABLE, room, msg_id, timeout=self._timeout)
         return [int(r["seq"]) for r in records]
+
+    async def pending_erasures(self, limit: int) -> list[tuple[str, str, datetime]]:
+        """The oldest queued erasures: (room, msg_id, queued_at)."""
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            records = await conn.fetch(
+                "SELECT room, msg_id, queued_at FROM history.erasures"
+                " ORDER BY queued_at LIMIT $1", limit, timeout=self._timeout)
+        return [(r["room"], r["msg_id"], r["queued_at"]) for r in records]
+
+    async def erasure_done(self, room: str, msg_id: str, queued_at: datetime) -> None:
+        """Dequeue, unless re-queued since ``queued_at`` (a later change)."""
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            await conn.execute(
+                "DELETE FROM history.erasures WHERE room = $1 AND msg_id = $2"
+                " AND queued_at <= $3", room, msg_id, queued_at, timeout=self._timeout)
+
+    async def erasures_pending(self) -> int:
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            value = await conn.fetchval("SELECT count(*) FROM history.erasures",
+                                        timeout=self._timeout)
+        return int(value)
 
     async def count(self, room: str | None = None) -> int:
         """Rows stored (in ``room``): for tests and operators."""

@@ -26,12 +26,18 @@ DB_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError,
 
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
-                      stop: asyncio.Event | None = None) -> asyncpg.Pool:
-    """Open a pool, retrying while PostgreSQL is still starting."""
+                      stop: asyncio.Event | None = None,
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """Open a pool, retrying while PostgreSQL is still starting.
+
+    ``server_settings`` are session settings of every connection (e.g.
+    ``statement_timeout``: a pool per class of work, each with its own bound).
+    """
     delay = 0.1
     while True:
         try:
-            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
+                                             server_settings=server_settings)
             assert pool is not None
             return pool
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.InvalidCatalogNameError) as exc:

@@ -241,6 +241,8 @@ class RoomListRequest(_Payload):
     caller: User
     public: bool = False
     limit: int = limits.ROOM_LIST_MAX
+    # The public directory: the previous page's ``next_cursor`` (opaque).
+    cursor: str | None = None
     v: int = VERSION
 
 
@@ -253,6 +255,8 @@ class RoomReply(_Payload):
 
 class RoomsReply(_Payload):
     rooms: list[RoomView]
+    # The public directory: pass it as ``cursor`` for the next page; None at the end.
+    next_cursor: str | None = None
     v: int = VERSION
 
 
