@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chat_contract import limits
+from chat_kit.passwords import HashSettings
 from chat_kit.settings import CommonSettings, SettingsError, env_float, env_int, env_secret
 
 # The internal page limit: `join` with `since` asks for up to MISSED_MAX (500,
@@ -22,6 +23,10 @@ class HistorySettings:
     batch: int
     linger: float
     catchup_timeout: float
+    # Room passwords (README "Security"): new ones per user per minute (0 off),
+    # and the argon2 pool's bound (chat_kit.passwords).
+    room_password_rate: int = 5
+    hashing: HashSettings = field(default_factory=HashSettings)
     # Capacity (README "Capacity"): one pool per class of work, so searches
     # cannot starve storage or joins; defaults so tests may leave them out.
     ingest_pool: int = 4
@@ -57,6 +62,8 @@ class HistorySettings:
             # The name is from when this was the pull's fetch timeout.
             linger=env_float("CHAT_HISTORY_FETCH_WAIT", 0.05, minimum=0.005),
             catchup_timeout=env_float("CHAT_HISTORY_CATCHUP_TIMEOUT", 1.5, minimum=0.01),
+            room_password_rate=env_int("CHAT_HISTORY_ROOM_PASSWORD_RATE", 5, minimum=0),
+            hashing=HashSettings.from_env(),
             ingest_pool=env_int("CHAT_HISTORY_DB_INGEST_POOL", 4, minimum=1),
             interactive_pool=env_int("CHAT_HISTORY_DB_POOL", 8, minimum=1),
             search_pool=env_int("CHAT_HISTORY_DB_SEARCH_POOL", 3, minimum=1),

@@ -31,7 +31,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import PasswordThrottle
+from chat_kit.throttle import AuditLimiter, PasswordThrottle, TokenBuckets, take_buckets
 
 from . import room_rules as rules
 from .capacity import UserLimiter
@@ -50,6 +50,10 @@ class RoomEndpoints:
         self._ctx = ctx
         self._store = ctx.store
         self._passwords = passwords
+        # New room passwords per user (each a 64 MiB argon2 hash; README
+        # "Security"); off until the service sets CHAT_HISTORY_ROOM_PASSWORD_RATE.
+        self.password_sets = TokenBuckets(0.0, 1)
+        self._password_audits = AuditLimiter()
         # Room creation (README "Rooms"): per-user rate, and a quota of rooms owned.
         self._creates = creates or UserLimiter(0, 0, 1.0, "new rooms")
         self._rooms_owned_max = rooms_owned_max
@@ -90,7 +94,7 @@ class RoomEndpoints:
         if await self._store.blocked_by_any(wanted, caller.id):
             raise forbidden("some of these users do not accept your invitations")
         self._check_create_rate(caller.id)
-        password_hash = (await self._passwords.hash(req.password)
+        password_hash = (await self._hash_room_password(caller.id, req.password)
                          if req.password is not None else None)
         members = [caller, *(found[m] for m in wanted)]
         try:
@@ -119,6 +123,17 @@ class RoomEndpoints:
         self._refusals.refused("room_quota", "room quota reached", user,
                                quota=self._rooms_owned_max)
         return forbidden(f"you own {self._rooms_owned_max} rooms, the most allowed")
+
+    async def _hash_room_password(self, user: str, password: str) -> str:
+        """Hash a new room password: paced per user, then bounded by the hashing
+        pool (``unavailable`` when it is busy)."""
+        try:
+            take_buckets([(self.password_sets, user)], "too many password rooms, try again later")
+            return await self._passwords.hash(password)
+        except ChatError as exc:
+            self._password_audits.audit(log, "room password refused", user, user=user,
+                                        reason=exc.code.value)
+            raise
 
     async def get(self, req: RoomRef) -> RoomReply:
         rules.check_room_id(req.room)

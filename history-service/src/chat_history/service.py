@@ -25,6 +25,7 @@ from chat_kit.db import migrate
 from chat_kit.passwords import Passwords
 from chat_kit.runtime import Runtime
 from chat_kit.stream import StreamSettings
+from chat_kit.throttle import TokenBuckets
 
 from . import __version__
 from .activity_endpoints import ActivityEndpoints
@@ -119,7 +120,7 @@ class HistoryComponent:
         self._monitor.start()
         # Rooms (README "Rooms"): history reads ask it who may read; its edit and
         # read decisions wait for storage through the history API's catch-up.
-        self._passwords = Passwords()
+        self._passwords = Passwords.from_settings(s.hashing, deadline=rt.settings.request_timeout)
         rooms_store = RoomsStore(pools.interactive, search_pool=pools.search,
                                  search_timeout=s.search_timeout)
         rooms_ctx = RoomsContext(rt.nc, rooms_store, lookup_timeout=rt.settings.request_timeout)
@@ -127,6 +128,7 @@ class HistoryComponent:
             rooms_ctx, self._passwords,
             creates=UserLimiter(0, s.room_creates_per_window, s.room_create_window, "new rooms"),
             rooms_owned_max=s.rooms_owned_max)
+        rooms.password_sets = TokenBuckets(s.room_password_rate / 60.0, s.room_password_rate)
         blocks = BlockEndpoints(rooms_ctx)
         activity = ActivityEndpoints(rooms_ctx, UserLimiter(
             s.search_per_user, s.searches_per_window, s.search_window, "searches"))
