@@ -425,7 +425,8 @@ async def test_search_scope_ranking_and_input(stack: Stack) -> None:
         assert [x["msg_id"] for x in page["results"]] == [once["msg_id"]]
 
         # never a room the caller is not in, even when asked for it
-        _err(await ha.get("/v1/search", params={"q": word, "room": secret}), 403, "forbidden")
+        # (a private room alice is not in is not there for her: 404, as an unknown id)
+        _err(await ha.get("/v1/search", params={"q": word, "room": secret}), 404, "not_found")
         _err(await ha.get("/v1/search", params={"q": word, "room": public}), 403, "forbidden")
         _err(await ha.get("/v1/search", params={"q": word, "room": unique("nope")}), 404,
              "not_found")

@@ -41,6 +41,8 @@ _USER = re.compile(limits.USER_REF_PATTERN)
 # GET /v1/rooms/{id}/messages: `limit` default (a page is PAGE_MIN..PAGE_MAX).
 DEFAULT_PAGE = 50
 DEFAULT_SEARCH_LIMIT = 20
+# An opaque directory cursor (base64 of a timestamp and a room id) is far shorter.
+_CURSOR_MAX = 256
 
 
 class _NewRoom(msgspec.Struct):
@@ -101,8 +103,14 @@ async def list_rooms(ctx: RestContext, request: Request) -> Response:
     caller = await _me(ctx, request)
     public = _flag(request, "public")
     limit = _bounded(request, "limit", limits.ROOM_LIST_MAX, 1, limits.ROOM_LIST_MAX)
+    # The public directory is cursor-paged (history-service checks the cursor).
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and (not public or len(cursor) > _CURSOR_MAX):
+        raise ChatError(ErrorCode.BAD_REQUEST, "invalid cursor")
     reply = await ctx.services.request(rpc.ROOMS_LIST, RoomListRequest(
-        caller=caller, public=public, limit=limit))
+        caller=caller, public=public, limit=limit, cursor=cursor))
+    if public:
+        return json_response({"rooms": reply.rooms, "next_cursor": reply.next_cursor})
     return json_response({"rooms": reply.rooms})
 
 
