@@ -30,9 +30,12 @@ from chat_history.room_rules import (
     check_read_seq,
     check_user_id,
     check_user_ref,
+    decode_cursor,
     dm_name,
     dm_room_id,
+    encode_cursor,
     initial_members,
+    is_hidden,
     is_possible_msg_id,
     join_rule,
     may_see,
@@ -48,11 +51,13 @@ ME = User(id="u_me", name="me")
 
 def standing(*, visibility: str = "public", owner: str | None = "u_owner",
              password: bool = False, archived: bool = False, dm: bool = False,
-             member: bool = False, banned: bool = False, peer_blocks: bool = False) -> Standing:
+             member: bool = False, banned: bool = False, peer_blocks: bool = False,
+             dm_party: bool = False) -> Standing:
     room = RoomRow(id="r1", name="r1", visibility=visibility,  # type: ignore[arg-type]
                    owner=owner, password_hash="$argon2id$x" if password else None,
                    archived=archived, dm=dm, created_at=datetime(2025, 1, 1, tzinfo=UTC))
-    return Standing(room=room, member=member, banned=banned, peer_blocks=peer_blocks)
+    return Standing(room=room, member=member, banned=banned, peer_blocks=peer_blocks,
+                    dm_party=dm_party)
 
 
 def test_dm_room_id_is_symmetric_valid_and_distinct() -> None:
@@ -293,3 +298,30 @@ def test_password_throttle_per_room_and_per_user() -> None:
     p.failed("u_a", "b", now=0)
     p.check("u_a_b", "", now=0)
     p.check("u", "a_b", now=0)
+
+
+def test_hidden_rooms_are_private_ones_the_caller_is_not_in() -> None:
+    me = ME.id
+    assert is_hidden(standing(visibility="private"), me)
+    assert is_hidden(standing(visibility="private", password=True), me)  # a password too
+    assert is_hidden(standing(visibility="private", banned=True), me)
+    assert is_hidden(standing(visibility="private", owner=None, dm=True), me)  # others' DM
+    assert not is_hidden(standing(visibility="private", member=True), me)
+    assert not is_hidden(standing(visibility="private", owner=me), me)
+    # One's own DM stays one's own after leaving it.
+    assert not is_hidden(standing(visibility="private", owner=None, dm=True, dm_party=True), me)
+    # Public rooms exist for everyone: a password or a ban does not hide them.
+    assert not is_hidden(standing(), me)
+    assert not is_hidden(standing(password=True, banned=True), me)
+
+
+def test_directory_cursor_round_trips_and_refuses_anything_else() -> None:
+    key = (datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=UTC), "r-abc_DEF-1")
+    cursor = encode_cursor(key)
+    assert "=" not in cursor and decode_cursor(cursor) == key
+    for bad in ("", "!!!", "bm9ucw",
+                encode_cursor((datetime(2025, 1, 1, tzinfo=UTC), "a b")),
+                "MjAyNS0wMS0wMVQwMDowMDowMHxyMQ"):  # "2025-01-01T00:00:00|r1": no zone
+        with pytest.raises(ChatError) as info:
+            decode_cursor(bad)
+        assert info.value.code is ErrorCode.BAD_REQUEST, bad
