@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from nats.js import JetStreamContext
 
 from chat_contract.bus import HistoryReply, HistoryRequest
@@ -92,8 +93,9 @@ class HistoryApi:
         try:
             messages, has_more = await self._store.page(
                 req.room, before=req.before, after=req.after, limit=req.limit, exclude=hidden)
-        except DB_UNAVAILABLE:
-            # The consumer logs the outage once; each request only counts it.
+        except (*DB_UNAVAILABLE, asyncpg.QueryCanceledError):
+            # The consumer logs the outage once; each request only counts it
+            # (a statement over CHAT_HISTORY_DB_TIMEOUT is cancelled: the same).
             raise ChatError(ErrorCode.UNAVAILABLE, "history store unavailable") from None
         return HistoryReply(messages=messages, has_more=has_more)
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
@@ -101,12 +102,14 @@ class RoomsContext:
 
 
 def db_guard(handler: Callable[[Req], Awaitable[Rep]]) -> Callable[[Req], Awaitable[Rep]]:
-    """Database outages answer ``unavailable`` (worth a retry), not ``internal``."""
+    """Database outages, and statements cancelled by the pool's
+    ``statement_timeout`` (capacity.py), answer ``unavailable`` (worth a
+    retry), not ``internal``."""
 
     async def guarded(req: Req) -> Rep:
         try:
             return await handler(req)
-        except DB_UNAVAILABLE:
+        except (*DB_UNAVAILABLE, asyncpg.QueryCanceledError):
             raise ChatError(ErrorCode.UNAVAILABLE, "rooms store unavailable") from None
 
     return guarded
