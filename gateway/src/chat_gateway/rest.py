@@ -149,6 +149,7 @@ async def logout(ctx: RestContext, request: Request) -> Response:
         refresh_token=body.refresh_token, remote=_remote(request)))
     return Response(status_code=204)
 
+
 async def change_password(ctx: RestContext, request: Request) -> Response:
     """Needs the current password; every session of the user ends (this one too)."""
     claims = await caller_claims(ctx, request)
@@ -160,7 +161,6 @@ async def change_password(ctx: RestContext, request: Request) -> Response:
         caller=User(id=claims.sub, name=claims.name), password=current,
         new_password=body.new_password, remote=_remote(request)))
     return Response(status_code=204)
-
 
 
 async def jwks(ctx: RestContext, request: Request) -> Response:
@@ -194,8 +194,8 @@ def routes(ctx: RestContext) -> list[Route]:
         route(ctx, "/v1/auth/register", register, "POST"),
         route(ctx, "/v1/auth/login", login, "POST"),
         route(ctx, "/v1/auth/refresh", refresh, "POST"),
-        route(ctx, "/v1/auth/password", change_password, "POST"),
         route(ctx, "/v1/auth/logout", logout, "POST"),
+        route(ctx, "/v1/auth/password", change_password, "POST"),
         route(ctx, "/.well-known/jwks.json", jwks, "GET"),
         route(ctx, "/v1/me", me, "GET"),
     ]
