@@ -149,3 +149,14 @@ def test_the_cycle_finder_finds_cycles() -> None:
 def test_no_import_cycle_inside_a_package(package: str) -> None:
     cycle = _cycle(_import_graph(package, PACKAGES[package]))
     assert cycle is None, "import cycle: " + " → ".join(cycle or [])
+
+
+def test_test_modules_have_distinct_basenames() -> None:
+    """pytest imports test files without packages by basename: two files of one
+    name in different folders break collection (seen with test_history_capacity)."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue  # inside a package (tests/e2e): imported as e2e.<name>
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
