@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chat_gateway.auditing import AuditThrottle
 from chat_gateway.overload import ConnectionCaps, OutboundBudget
+from chat_kit.audit import AuditLimiter
 
 
 def test_caps_per_address_and_per_gateway() -> None:
@@ -80,7 +80,7 @@ def test_zero_budget_is_off() -> None:
 
 
 def test_audit_lines_once_per_key_per_window() -> None:
-    throttle = AuditThrottle(window=10.0)
+    throttle = AuditLimiter(window=10.0)
     assert throttle.allow("refused", "1.2.3.4", now=0.0)
     assert not throttle.allow("refused", "1.2.3.4", now=5.0)
     assert throttle.allow("refused", "5.6.7.8", now=5.0)
@@ -89,7 +89,7 @@ def test_audit_lines_once_per_key_per_window() -> None:
 
 
 def test_audit_keys_are_bounded() -> None:
-    throttle = AuditThrottle(window=10.0, max_keys=3)
+    throttle = AuditLimiter(window=10.0, max_keys=3)
     for i in range(10):
         assert throttle.allow("a", str(i), now=0.0)
     assert len(throttle._last) <= 3

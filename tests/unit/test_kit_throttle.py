@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chat_contract.errors import ChatError, ErrorCode
-from chat_kit.throttle import AuditLimiter, LoginThrottle, RegistrationThrottle, TokenBuckets
+from chat_kit.audit import AuditLimiter
+from chat_kit.throttle import LoginThrottle, RegistrationThrottle, TokenBuckets
 
 
 def _fail(t: LoginThrottle, user: str, remote: str | None, now: float) -> None:

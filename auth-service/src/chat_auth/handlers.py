@@ -41,9 +41,10 @@ from chat_contract.bus import (
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
+from chat_kit.audit import AuditLimiter
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import AuditLimiter, LoginThrottle, RegistrationThrottle
+from chat_kit.throttle import LoginThrottle, RegistrationThrottle
 
 from .denylist import MARGIN, Denylist
 from .keys import SigningKey

@@ -25,8 +25,8 @@ from starlette.websockets import WebSocket
 from chat_contract.claims import AccessClaims
 from chat_contract.errors import CloseCode
 from chat_kit import metrics
+from chat_kit.audit import AuditLimiter
 
-from .auditing import AuditThrottle
 from .connection import Connection
 from .handlers import Answer
 from .overload import ConnectionCaps, OutboundBudget
@@ -82,7 +82,7 @@ class Endpoint:
         self.caps = caps or ConnectionCaps(0, 0)
         self.budget = budget
         self.slow_close_timeout = slow_close_timeout
-        self._audits = AuditThrottle()
+        self._audits = AuditLimiter(window=10.0)
         self.verifier = verifier
         self.handlers = handlers
         self.rooms = rooms

@@ -35,9 +35,9 @@ from chat_contract.claims import AccessClaims
 from chat_contract.errors import ChatError, CloseCode, ErrorCode
 from chat_contract.events import Error, Pong, User, Welcome, encode, encode_ack
 from chat_kit import metrics
+from chat_kit.audit import AuditLimiter
 from chat_kit.logs import audit
 
-from .auditing import AuditThrottle
 from .limits import StrikeCounter, TokenBucket
 
 log = logging.getLogger("chat_gateway.session")
@@ -45,7 +45,7 @@ log = logging.getLogger("chat_gateway.session")
 # Refusals that are the client's fault and count as strikes (README "Limits").
 STRIKES = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.RATE_LIMITED, ErrorCode.TOO_LARGE})
 # Rate-limit refusals are audited at most once per user and window.
-_audits = AuditThrottle()
+_audits = AuditLimiter(window=10.0)
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,6 @@ REFUSED = Counter(
     "Requests refused by a limit: search_rate, search_busy, search_timeout, room_rate, "
     "room_quota",
     ["reason"])
-AUDIT_SUPPRESSED = Counter(
-    "chat_history_audit_suppressed_total",
-    "Audit lines not written because the same key was logged within the window", ["action"])
 ERASE_PENDING = Gauge(
     "chat_history_stream_erase_pending",
     "Deleted messages whose stream copies are still to be erased (history.erasures)")

@@ -28,10 +28,11 @@ from chat_contract.bus import (
     RoomsReply,
 )
 from chat_contract.errors import ChatError, ErrorCode
+from chat_kit.audit import AuditLimiter
 from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import audit, event
 from chat_kit.passwords import Passwords
-from chat_kit.throttle import AuditLimiter, PasswordThrottle, TokenBuckets, take_buckets
+from chat_kit.throttle import PasswordThrottle, TokenBuckets, take_buckets
 
 from . import room_rules as rules
 from .capacity import UserLimiter

@@ -28,23 +28,14 @@ of a write per failure; not worth it at these limits.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
-
-from prometheus_client import Counter
 
 from chat_contract.errors import ChatError, ErrorCode
 
-from .logs import audit
-
 MAX_KEYS = 100_000  # bound on memory under a spray of distinct keys
 
-AUDIT_SUPPRESSED = Counter("chat_throttle_audit_suppressed_total",
-                           "Audit lines of throttled requests left out (one per key per window)",
-                           ["action"])
 
 
 class FailureWindow:
@@ -246,33 +237,6 @@ class RegistrationThrottle:
         if remote:
             checks.append((self.addresses, remote))
         take_buckets(checks, "too many registrations, try again later", now)
-
-
-class AuditLimiter:
-    """At most one audit line per (action, key) per ``window`` seconds, so a
-    client cannot flood the log with its refusals; the rest are counted in
-    ``chat_throttle_audit_suppressed_total{action}``."""
-
-    def __init__(self, window: float = 60.0) -> None:
-        self.window = window
-        self._last: dict[tuple[str, str], float] = {}
-
-    def allow(self, action: str, key: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        last = self._last.get((action, key))
-        if last is not None and now - last < self.window:
-            AUDIT_SUPPRESSED.labels(action).inc()
-            return False
-        self._last.pop((action, key), None)
-        if len(self._last) >= MAX_KEYS:
-            self._last.pop(next(iter(self._last)))
-        self._last[(action, key)] = now
-        return True
-
-    def audit(self, logger: logging.Logger, action: str, key: str, **fields: Any) -> None:
-        """``chat_kit.logs.audit`` unless ``key`` had a line for ``action`` within the window."""
-        if self.allow(action, key):
-            audit(logger, action, **fields)
 
 
 class PasswordThrottle:

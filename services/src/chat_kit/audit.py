@@ -1,10 +1,11 @@
-"""Audit lines a client cannot flood: at most one per key per window.
+"""Audit lines a client cannot flood: at most one per (action, key) per window.
 
-Every refusal of the gateway (a rate limit, a connection cap, a budget cut)
-is a security event worth a line (chat_kit.logs.audit), but a client that
-hammers one limit must not turn the log into its amplifier. A line is
+Every refusal by a limit (a rate, a cap, a budget cut, a throttled login) is
+a security event worth a line (:func:`chat_kit.logs.audit`), but a client
+that hammers one limit must not turn the log into its amplifier. A line is
 written for the first refusal of a key (a user, an address) in each window;
-the rest are counted in ``chat_audit_suppressed_total{action}``.
+the rest are counted in ``chat_audit_suppressed_total{action}``. One
+implementation for every deployable (gateway, auth, history).
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from chat_kit.logs import audit
+from .logs import audit
 
 AUDIT_SUPPRESSED = Counter("chat_audit_suppressed_total",
                            "Audit lines left out (one per key per window)", ["action"])
 
 
-class AuditThrottle:
-    """``audit`` once per (action, key) per ``window`` seconds; pure apart from the log."""
+class AuditLimiter:
+    """``audit`` once per (action, key) per ``window`` seconds; bounded memory."""
 
     __slots__ = ("window", "max_keys", "_last")
 
-    def __init__(self, window: float = 10.0, max_keys: int = 10_000) -> None:
+    def __init__(self, window: float = 60.0, max_keys: int = 10_000) -> None:
         self.window = window
-        self.max_keys = max_keys  # bounded memory: forget everything past it
+        self.max_keys = max_keys
         self._last: dict[tuple[str, str], float] = {}
 
     def allow(self, action: str, key: str, now: float | None = None) -> bool:
@@ -42,7 +43,7 @@ class AuditThrottle:
             cutoff = now - self.window
             self._last = {k: t for k, t in self._last.items() if t >= cutoff}
             if len(self._last) >= self.max_keys:
-                self._last.clear()
+                self._last.clear()  # a spray of distinct keys: forget, stay bounded
         self._last[(action, key)] = now
         return True
 
