@@ -1,10 +1,10 @@
-"""chat_gateway.limits: the send token bucket (the strike counter: test_hardening_pure)."""
+"""chat_gateway.limits: the send token bucket and the abuse strike counter."""
 
 from __future__ import annotations
 
 import pytest
 
-from chat_gateway.limits import TokenBucket
+from chat_gateway.limits import StrikeCounter, TokenBucket
 
 
 def test_token_bucket_burst_then_rate() -> None:
@@ -14,3 +14,12 @@ def test_token_bucket_burst_then_rate() -> None:
     assert bucket.retry_after() == pytest.approx(0.1)
     assert bucket.take(now=0.1) and not bucket.take(now=0.1)
     assert sum(bucket.take(now=100.0) for _ in range(30)) == 20  # refills to the burst only
+
+
+def test_strikes_trip_past_the_limit_within_the_window() -> None:
+    s = StrikeCounter(3, 10.0)
+    assert [s.strike(now=t) for t in (0, 1, 2)] == [False, False, False]
+    assert s.strike(now=3)
+    spaced = StrikeCounter(3, 10.0)
+    assert not any(spaced.strike(now=t * 4.0) for t in range(20))  # never 4 within 10 s
+    assert not any(StrikeCounter(0, 1.0).strike(now=0) for _ in range(100))  # 0 = off

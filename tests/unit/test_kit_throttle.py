@@ -100,3 +100,21 @@ def test_audit_limiter_one_line_per_key_per_window() -> None:
     assert a.allow("throttled", "k2", now=5)
     assert a.allow("other", "k1", now=5)
     assert a.allow("throttled", "k1", now=10.5)
+
+
+def test_login_throttle_per_user_address_pair_and_address() -> None:
+    t = LoginThrottle(per_pair=2, per_address=3, window=60.0)
+    t.failed("Alice", "10.0.0.1", t.attempt("Alice", "10.0.0.1", now=0))
+    t.check("alice", "10.0.0.2", now=1)
+    t.failed("ALICE", "10.0.0.1", t.attempt("ALICE", "10.0.0.1", now=1))
+    with pytest.raises(ChatError) as exc:
+        t.check("alice", "10.0.0.1", now=2)
+    assert exc.value.code is ErrorCode.RATE_LIMITED
+    assert exc.value.retry_after == pytest.approx(58.0)
+    t.check("alice", "10.0.0.9", now=2)  # the pair is locked, not the name
+    t.check("alice", "10.0.0.1", now=61)  # the first failure aged out
+    for name in ("bob", "carol", "erin"):
+        t.failed(name, "10.0.0.1", t.attempt(name, "10.0.0.1", now=62))
+    with pytest.raises(ChatError):
+        t.check("dave", "10.0.0.1", now=64)  # 3 failures from 10.0.0.1 within 60 s
+    t.check("dave", None, now=64)
