@@ -120,8 +120,7 @@ class CommitTracker:
             else:
                 if info.ack_floor is not None:
                     self.floor = max(self.floor, info.ack_floor.stream_seq)
-                    if self._stream == subjects.CHAT_STREAM:
-                        metrics.ACK_FLOOR.set(self.floor)
+                    metrics.ACK_FLOOR.labels(self._stream).set(self.floor)
                 # Nothing undelivered and nothing unacked: everything the
                 # stream held when this poll began is stored. Covers targets
                 # the floor cannot reach (a min_seq beyond the stream's end).

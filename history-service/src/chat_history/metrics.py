@@ -50,6 +50,7 @@ ERASE_ERRORS = Counter(
 ACK_FLOOR = Gauge(
     "chat_history_ack_floor",
     "Stream sequence up to which every message is stored (last polled ack floor)",
+    ["stream"],
 )
 CATCHUP_SECONDS = Histogram(
     "chat_history_catchup_wait_seconds",
