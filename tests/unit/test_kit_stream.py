@@ -16,8 +16,6 @@ from chat_kit.stream import (
     StreamSettings,
     chat_stream_config,
     differences,
-    stream_for_room,
-    stream_names,
 )
 
 
@@ -58,6 +56,7 @@ def test_differences_ignore_spelling_and_name_each_change() -> None:
     assert differences(live, wanted)["num_replicas"] == {"live": 3, "configured": 1}
 
 
-def test_one_stream_holds_every_room_today() -> None:
-    assert stream_names() == [subjects.CHAT_STREAM]
-    assert stream_for_room("general") == stream_for_room("dm-a-b") == subjects.CHAT_STREAM
+def test_one_stream_holds_every_room_by_default() -> None:
+    one = StreamSettings()
+    assert one.names() == [subjects.CHAT_STREAM]
+    assert one.stream_for_room("general") == one.stream_for_room("dm-a-b") == subjects.CHAT_STREAM

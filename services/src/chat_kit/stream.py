@@ -149,17 +149,6 @@ def subject_mapping(partitions: int) -> dict[str, str]:
     return {subjects.CHAT_SUBJECTS: dest}
 
 
-def stream_names(settings: StreamSettings | None = None) -> list[str]:
-    """Every stream holding chat events."""
-    return (settings or StreamSettings()).names()
-
-
-def stream_for_room(room: str, settings: StreamSettings | None = None) -> str:
-    """The stream holding ``room``'s events (stored under
-    :meth:`StreamSettings.stored_subject`)."""
-    return (settings or StreamSettings()).stream_for_room(room)
-
-
 def chat_stream_config(settings: StreamSettings | None = None,
                        name: str = subjects.CHAT_STREAM) -> StreamConfig:
     """One chat stream (``name``, of ``settings.names()``): stores chat events
