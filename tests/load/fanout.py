@@ -1,23 +1,37 @@
-"""Fan-out benchmark: R rooms x M members over two gateways at a fixed send rate.
+"""Fan-out benchmark: R rooms x M members over two front nodes at a fixed send rate.
 
-Starts its own real stack (NATS, PostgreSQL, auth, history, presence, two
-gateways) on free ports, connects R*M sockets (members of a room alternate
-between the gateways), sends at a fixed total rate for a fixed time, and
-reports deliveries per second, end-to-end latency percentiles (send to
-receive, same clock), lost and duplicated deliveries, and the CPU seconds
-of every server process per delivery over the measured window.
+Starts its own target on free ports, connects R*M sockets (members of a room
+alternate between the two front nodes), sends at a fixed total rate for a
+fixed time, and reports deliveries per second, end-to-end latency
+percentiles (send to receive, same clock), lost and duplicated deliveries,
+and the CPU seconds of every server process per delivery over the measured
+window. Targets:
+
+- ``stack`` (the default): NATS, PostgreSQL, auth, history, presence and two
+  gateways — this project;
+- ``baseline``: one core nats-server and two ``relay_baseline.py`` processes
+  (no auth, no persistence), the yardstick of issue 13.
+
+Both get the same generator (this module); ``compare.py`` runs them
+interleaved and prints ratios.
 
     .venv/bin/python tests/load/fanout.py --rooms 50 --members 10 --rate 3000 --duration 20
+    .venv/bin/python tests/load/fanout.py --target baseline --rate 3000 --duration 20
 
-``--profile gateway-1`` (repeatable) also samples that process with py-spy
-during the window and prints where its CPU goes (sampling costs some CPU:
-quote CPU figures from runs without it).
+CPU is counted for every process of the target, each with its descendants
+(PostgreSQL's backends) and the exited children they reaped; the run fails
+if one of them is missing or dies during the window.
+
+``--profile gateway-1`` (repeatable; any process name of the target) also
+samples that process with py-spy during the window and prints where its CPU
+goes (sampling costs some CPU: quote CPU figures from runs without it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -26,7 +40,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -37,8 +52,27 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(Path(__file__).parent)]
 
 from e2e.stack import Stack  # noqa: E402
-from servers import nats_server, postgres_server  # noqa: E402
 from wsclient import WsClient  # noqa: E402
+
+from chat_devstack import procs as devprocs  # noqa: E402
+from chat_devstack.binaries import nats_server_bin  # noqa: E402
+from chat_devstack.nats import NatsServer  # noqa: E402
+from chat_devstack.ports import LOOPBACK, free_port, port_open, wait_http_ok, wait_until  # noqa: E402
+from chat_devstack.postgres import PostgresServer  # noqa: E402
+
+TARGETS = ("stack", "baseline")
+RELAY = Path(__file__).with_name("relay_baseline.py")
+
+# The stack's limits lifted for a benchmark: one user per room holds all of
+# the room's sockets, every socket comes from 127.0.0.1, and the generator
+# sends far above a person's rate.
+STACK_ENV = {
+    "CHAT_GATEWAY_SEND_RATE": "1000000", "CHAT_GATEWAY_SEND_BURST": "1000000",
+    "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",
+    "CHAT_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+    "CHAT_GATEWAY_MAX_CONNECTIONS": "100000",
+    "CHAT_LOG_LEVEL": "WARNING",
+}
 
 
 class Event(msgspec.Struct):
@@ -69,6 +103,7 @@ class Recorder:
         self.errors: Counter[str] = Counter()
         self.measuring = False
         self.window_deliveries = 0
+        self.joined = 0
 
     def on_text(self, member: Member, payload: bytes) -> None:
         event = _decode(payload)
@@ -81,45 +116,198 @@ class Recorder:
                 self.window_deliveries += 1
             sent_ns = int(event.text.split(" ", 1)[0])
             self.latencies.append((now - sent_ns) / 1e9)
+        elif event.type == "ack":
+            if event.id.startswith("j"):
+                self.joined += 1
         elif event.type == "error":
             self.errors[payload.decode()[:120]] += 1
 
 
-Procs = dict[str, list[psutil.Process]]
+# --- CPU accounting ----------------------------------------------------------------
+
+
+Procs = dict[str, psutil.Process]
+
+
+def tree_cpu_seconds(root: psutil.Process) -> float:
+    """User+system seconds of ``root`` and its live descendants, plus what the
+    exited children they reaped used (PostgreSQL backends come and go)."""
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def check_alive(procs: Procs) -> None:
+    """Fail loudly when a process that must be counted is gone."""
+    for name, p in procs.items():
+        try:
+            ok = p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            ok = False
+        if not ok:
+            raise RuntimeError(f"process {name!r} (pid {p.pid}) is not running: its CPU "
+                               "cannot be counted")
+
+
+def cpu_seconds(procs: Procs) -> dict[str, float]:
+    check_alive(procs)
+    return {name: tree_cpu_seconds(p) for name, p in procs.items()}
 
 
 def server_processes(stack: Stack, nats_pid: int | None, pg_pid: int | None) -> Procs:
-    procs: dict[str, list[psutil.Process]] = {}
+    """Every process of a stack: its services, NATS, PostgreSQL (backends with it)."""
+    procs: Procs = {}
     for name, svc in stack.services.items():
-        assert svc.proc is not None
-        procs[name] = [psutil.Process(svc.proc.pid)]
+        if svc.proc is None:
+            raise RuntimeError(f"service {name!r} is not running")
+        procs[name] = psutil.Process(svc.proc.pid)
     for name, pid in (("nats", nats_pid), ("postgres", pg_pid)):
-        if pid:
-            root = psutil.Process(pid)
-            procs[name] = [root, *root.children(recursive=True)]
+        if not pid:
+            raise RuntimeError(f"no pid for {name}: its CPU cannot be counted")
+        procs[name] = psutil.Process(pid)
+    check_alive(procs)
     return procs
 
 
-def cpu_seconds(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, plist in procs.items():
-        total = 0.0
-        for p in plist:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        out[name] = total
-    return out
+# --- targets -----------------------------------------------------------------------
 
 
-def find_pid(cmd_fragment: str) -> int | None:
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if cmd_fragment in cmd:
-            return int(p.info["pid"])
-    return None
+class Running:
+    """A started target: where the generator connects and what it counts."""
+
+    name = ""
+
+    def ports(self) -> list[int]:
+        """The two front nodes (gateways or relays); members alternate between them."""
+        raise NotImplementedError
+
+    def ws_path(self, token: str) -> str:
+        return f"/ws?token={token}"
+
+    async def tokens(self, n: int) -> list[str]:
+        """One credential per room's user."""
+        raise NotImplementedError
+
+    def processes(self) -> Procs:
+        """Every server process of the target, by name."""
+        raise NotImplementedError
+
+
+class StackRunning(Running):
+    name = "stack"
+
+    def __init__(self, stack: Stack, nats_pid: int, pg_pid: int) -> None:
+        self.stack = stack
+        self.nats_pid = nats_pid
+        self.pg_pid = pg_pid
+
+    def ports(self) -> list[int]:
+        return [self.stack.gateway(1).port, self.stack.gateway(2).port]
+
+    async def tokens(self, n: int) -> list[str]:
+        return await register(self.stack.gateway(1).url, n)
+
+    def processes(self) -> Procs:
+        return server_processes(self.stack, self.nats_pid, self.pg_pid)
+
+
+class BaselineRunning(Running):
+    name = "baseline"
+
+    def __init__(self, nats: subprocess.Popen[bytes],
+                 relays: list[tuple[int, subprocess.Popen[bytes]]]) -> None:
+        self.nats = nats
+        self.relays = relays
+
+    def ports(self) -> list[int]:
+        return [port for port, _ in self.relays]
+
+    def ws_path(self, token: str) -> str:
+        return f"/ws?user={token}"
+
+    async def tokens(self, n: int) -> list[str]:
+        return [f"bench{i}" for i in range(n)]
+
+    def processes(self) -> Procs:
+        procs = {"nats": psutil.Process(self.nats.pid)}
+        for i, (_, proc) in enumerate(self.relays, start=1):
+            procs[f"relay-{i}"] = psutil.Process(proc.pid)
+        check_alive(procs)
+        return procs
+
+
+@contextlib.contextmanager
+def stack_target(tmpdir: Path, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> Iterator[StackRunning]:
+    """A fresh stack: NATS (JetStream), PostgreSQL, the services, two gateways."""
+    with contextlib.ExitStack() as stop:
+        nats = NatsServer.start(free_port(), tmpdir / "nats")
+        stop.callback(nats.stop)
+        pg = PostgresServer.start(free_port(), tmpdir / "pg")
+        stop.callback(pg.stop)
+        logs = log_dir or tmpdir
+        logs.mkdir(parents=True, exist_ok=True)
+        stack = Stack(nats.url, pg.url, logs, extra_env=dict(STACK_ENV if env is None else env))
+        stop.callback(stack.stop)
+        stack.start()
+        assert nats.pid is not None and pg.pid is not None
+        yield StackRunning(stack, nats.pid, pg.pid)
+
+
+@contextlib.contextmanager
+def baseline_target(tmpdir: Path, log_dir: Path | None = None) -> Iterator[BaselineRunning]:
+    """A fresh baseline: one core nats-server (no JetStream) and two relays."""
+    logs = log_dir or tmpdir
+    logs.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stop:
+        nats_port = free_port()
+        nats = devprocs.spawn([nats_server_bin(), "-a", LOOPBACK, "-p", str(nats_port)],
+                              log_path=logs / "nats-baseline.log")
+        stop.callback(devprocs.stop_child, nats)
+        wait_until(lambda: port_open(LOOPBACK, nats_port), f"nats-server on {nats_port}", 30,
+                   alive=lambda: nats.poll() is None)
+        relays: list[tuple[int, subprocess.Popen[bytes]]] = []
+        for i in (1, 2):
+            port = free_port()
+            proc = devprocs.spawn([sys.executable, RELAY, "--port", str(port),
+                                   "--nats", f"nats://{LOOPBACK}:{nats_port}"],
+                                  log_path=logs / f"relay-{i}.log")
+            stop.callback(devprocs.stop_child, proc)
+            relays.append((port, proc))
+        for port, proc in relays:
+            wait_http_ok(f"http://{LOOPBACK}:{port}/readyz", 30,
+                         alive=lambda proc=proc: proc.poll() is None)
+        yield BaselineRunning(nats, relays)
+
+
+@contextlib.contextmanager
+def start_target(name: str, tmpdir: Path, *, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> Iterator[Running]:
+    if name == "stack":
+        with stack_target(tmpdir, env, log_dir) as running:
+            yield running
+    elif name == "baseline":
+        with baseline_target(tmpdir, log_dir) as baseline:
+            yield baseline
+    else:
+        raise ValueError(f"unknown target {name!r} (one of {', '.join(TARGETS)})")
+
+
+# --- the generator -----------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    rooms: int = 50
+    members: int = 10
+    rate: float = 3000  # total sends per second
+    duration: float = 20
+    slow_clients: int = 0
 
 
 async def register(base: str, n: int) -> list[str]:
@@ -139,54 +327,69 @@ async def register(base: str, n: int) -> list[str]:
     return tokens
 
 
-async def run(
-    args: argparse.Namespace, stack: Stack, nats_pid: int | None, pg_pid: int | None
-) -> dict[str, object]:
+def percentiles_ms(latencies: list[float]) -> dict[str, float | None]:
+    lat = sorted(latencies)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [float("nan")] * 99
+    return {"p50": round(q[49] * 1e3, 2), "p90": round(q[89] * 1e3, 2),
+            "p99": round(q[98] * 1e3, 2), "max": round(lat[-1] * 1e3, 2) if lat else None}
+
+
+async def measure(running: Running, load: Load, profile: list[str] | None = None
+                  ) -> dict[str, object]:
+    """Connect, join, send at ``load.rate`` for ``load.duration``; count and time."""
     rec = Recorder()
+    ports = running.ports()
     # One user per room, its M connections being the room's members: argon2
     # makes registering R*M users the slowest part of a run otherwise.
-    tokens = await register(stack.gateway(1).url, args.rooms)
+    tokens = await running.tokens(load.rooms)
     members: list[Member] = []
-    for r in range(args.rooms):
-        for m in range(args.members):
+    for r in range(load.rooms):
+        for m in range(load.members):
             member = Member(f"bench{r}")
-            gw = stack.gateway(1 + (r * args.members + m) % 2)
-            token = tokens[r]
-            member.client = await WsClient.connect("127.0.0.1", gw.port, f"/ws?token={token}",
-                                                   lambda p, mm=member: rec.on_text(mm, p))
+            port = ports[(r * load.members + m) % 2]
+            member.client = await WsClient.connect(
+                LOOPBACK, port, running.ws_path(tokens[r]),
+                lambda p, mm=member: rec.on_text(mm, p))
             members.append(member)
     for i, member in enumerate(members):
         assert member.client is not None
         join = {"type": "join", "id": f"j{i}", "room": member.room}
         member.client.send_text(json.dumps(join).encode())
     slow: list[WsClient] = []
-    for i in range(args.slow_clients):
+    for i in range(load.slow_clients):
         # Joined like everyone else, then never read: the gateway must close
         # them (1013) once their buffer is full, without slowing the others.
-        r = i % args.rooms
-        client = await WsClient.connect("127.0.0.1", stack.gateway(1 + i % 2).port,
-                                        f"/ws?token={tokens[r]}", lambda p: None)
+        r = i % load.rooms
+        client = await WsClient.connect(LOOPBACK, ports[i % 2], running.ws_path(tokens[r]),
+                                        lambda p: None)
         client.send_text(b'{"type":"join","room":"bench%d"}' % r)
         slow.append(client)
-    await asyncio.sleep(2.0)
+    deadline = time.monotonic() + 60 + len(members) / 50
+    while rec.joined < len(members):
+        if time.monotonic() > deadline or rec.errors:
+            raise RuntimeError(f"{rec.joined} of {len(members)} joins acked; errors: "
+                               f"{dict(rec.errors)}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # let room subscriptions settle everywhere
     for client in slow:
         assert client.transport is not None
         client.transport.pause_reading()
 
-    procs = server_processes(stack, nats_pid, pg_pid)
+    procs = running.processes()
     profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-    for name in args.profile:
-        pid = stack.services[name].proc.pid  # type: ignore[union-attr]
+    for name in profile or []:
+        if name not in procs:
+            raise ValueError(f"--profile {name}: no such process (one of {', '.join(procs)})")
         out = Path(tempfile.mkdtemp()) / f"{name}.txt"
-        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
-                "-d", str(int(max(1, args.duration - 2))), "-f", "raw", "-o", str(out),
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(procs[name].pid),
+                "-d", str(int(max(1, load.duration - 2))), "-f", "raw", "-o", str(out),
                 "-r", "100"]
         # py-spy runs beside us for the window; its exit is awaited off the loop.
         profiles[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
 
     loop = asyncio.get_running_loop()
     tick = 0.01
-    per_tick = args.rate * tick
+    per_tick = load.rate * tick
     sent = 0
     start = loop.time()
     cpu0 = cpu_seconds(procs)
@@ -197,20 +400,20 @@ async def run(
     carry = 0.0
     idx = 0
     n_members = len(members)
-    while loop.time() - start < args.duration:
+    while loop.time() - start < load.duration:
         carry += per_tick
         k = int(carry)
         carry -= k
         for _ in range(k):
             member = members[idx % n_members]
-            idx += 7  # walk rooms and gateways evenly
+            idx += 7  # walk rooms and front nodes evenly
             assert member.client is not None
             frame = b'{"type":"send","room":"%s","text":"%d x"}' % (
                 member.room.encode(), time.time_ns())
             member.client.send_text(frame)
             sent += 1
             rec.sent_per_room[member.room] += 1
-        next_at = start + (sent / args.rate)
+        next_at = start + (sent / load.rate)
         await asyncio.sleep(max(0.0, min(tick, next_at - loop.time())))
     rec.measuring = False
     t1 = time.monotonic()
@@ -227,27 +430,27 @@ async def run(
     dup = sum(m.dups for m in members)
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
     total_cpu = sum(cpu.values())
-    lat = sorted(rec.latencies)
-    q = statistics.quantiles(lat, n=100) if len(lat) > 100 else [float("nan")] * 99
-    result = {
-        "rooms": args.rooms, "members": args.members, "rate": args.rate,
-        "duration_s": args.duration,
-        "sent": sent, "expected_deliveries": expected, "delivered": unique + dup,
+    window = t1 - t0
+    result: dict[str, object] = {
+        "target": running.name,
+        "rooms": load.rooms, "members": load.members, "rate": load.rate,
+        "duration_s": load.duration,
+        "sent": sent, "sent_per_s": round(sent / window),
+        "offered_deliveries_per_s": round(load.rate * load.members),
+        "expected_deliveries": expected, "delivered": unique + dup,
         "lost": expected - unique, "duplicated": dup,
-        "deliveries_per_s": round(window_deliveries / (t1 - t0)),
-        "latency_ms": {"p50": round(q[49] * 1e3, 2), "p90": round(q[89] * 1e3, 2),
-                       "p99": round(q[98] * 1e3, 2),
-                       "max": round(lat[-1] * 1e3, 2) if lat else None},
+        "deliveries_per_s": round(window_deliveries / window),
+        "latency_ms": percentiles_ms(rec.latencies),
         "cpu_s": {k: round(v, 2) for k, v in sorted(cpu.items())},
         # The load generator shares the 2 cores: its share explains queueing latency.
         "client_cpu_s": round(client_cpu, 2),
-        "window_s": round(t1 - t0, 2),
+        "window_s": round(window, 2),
         "cpu_us_per_delivery": round(total_cpu / max(1, window_deliveries) * 1e6, 1),
         "cpu_us_per_delivery_by_process": {
             k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())
         },
         "errors": dict(rec.errors.most_common(5)),
-        "slow_clients": args.slow_clients,
+        "slow_clients": load.slow_clients,
         "slow_clients_closed_by_server": sum(1 for c in slow if c.closed.done()),
     }
     for name, (_, out) in profiles.items():
@@ -255,6 +458,9 @@ async def run(
     for member in members:
         if member.client is not None:
             member.client.close()
+    for client in slow:
+        client.close()
+    await asyncio.sleep(0.2)
     return result
 
 
@@ -273,55 +479,69 @@ def summarize_profile(path: Path, top: int = 25) -> list[str]:
     return [f"{100 * n / total:5.1f}%  {fn}" for fn, n in self_time.most_common(top)]
 
 
+def run_target(target: str, load: Load, *, env: dict[str, str] | None = None,
+               profile: list[str] | None = None, log_dir: Path | None = None
+               ) -> dict[str, object]:
+    """Start a fresh ``target``, measure ``load`` on it, stop it; the result."""
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix=f"chat-bench-{target}-") as tmp, \
+            start_target(target, Path(tmp), env=env, log_dir=log_dir) as running:
+        result = uvloop.run(measure(running, load, profile))
+    result["load"] = asdict(load)
+    return result
+
+
+# --- the command line ----------------------------------------------------------------
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", choices=TARGETS, default="stack")
     ap.add_argument("--rooms", type=int, default=50)
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--rate", type=float, default=3000, help="total sends per second")
     ap.add_argument("--duration", type=float, default=20)
     ap.add_argument("--profile", action="append", default=[], metavar="PROCESS",
-                    help="sample this process (gateway-1, history, ...) with py-spy; repeatable")
+                    help="sample this process (gateway-1, history, relay-1, ...) with py-spy; "
+                         "repeatable")
     ap.add_argument("--slow-clients", type=int, default=0,
                     help="extra members that join and then never read")
     ap.add_argument("--outbound-buffer", type=int, default=0,
-                    help="CHAT_GATEWAY_OUTBOUND_BUFFER for the run (0: the default)")
+                    help="CHAT_GATEWAY_OUTBOUND_BUFFER for the run (0: the default; stack only)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
-    # One user per room holds all its sockets: lift the per-user cap too.
-    env = {"CHAT_GATEWAY_SEND_RATE": "1000000", "CHAT_GATEWAY_SEND_BURST": "1000000",
-           "CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000", "CHAT_LOG_LEVEL": "WARNING"}
+    env = dict(STACK_ENV)
     if args.outbound_buffer:
         env["CHAT_GATEWAY_OUTBOUND_BUFFER"] = str(args.outbound_buffer)
-    run_benchmark(env, lambda stack, nats_pid, pg_pid: run(args, stack, nats_pid, pg_pid),
-                  json_path=args.json)
+    load = Load(args.rooms, args.members, args.rate, args.duration, args.slow_clients)
+    result = run_target(args.target, load, env=env, profile=args.profile)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
 
+
+# --- for other benchmarks (presence_churn.py) ------------------------------------------
 
 Runner = Callable[[Stack, "int | None", "int | None"], Awaitable[dict[str, object]]]
 
 
 def run_benchmark(env: dict[str, str], runner: Runner, *, json_path: Path | None = None,
                   log_dir: Path | None = None) -> None:
-    """Start a fresh stack (NATS, PostgreSQL, services, two gateways), run, print JSON."""
-    with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
-        tmpdir = Path(tmp)
-        with nats_server(tmpdir / "nats") as nats_url, postgres_server(tmpdir / "pg") as pg_url:
-            logs = log_dir or tmpdir
-            logs.mkdir(parents=True, exist_ok=True)
-            stack = Stack(nats_url, pg_url, logs, extra_env=env)
-            stack.start()
-            try:
-                nats_pid = find_pid(f"-p {nats_url.rsplit(':', 1)[1]}")
-                pg_pid = find_pid(f"-p {pg_url.rsplit(':', 1)[1].split('/')[0]}")
-                import uvloop
-                result = uvloop.run(runner(stack, nats_pid, pg_pid))
-            finally:
-                stack.stop()
+    """Start a fresh stack, run ``runner(stack, nats_pid, pg_pid)``, print its JSON."""
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp, \
+            stack_target(Path(tmp), env, log_dir) as running:
+        result = uvloop.run(runner(running.stack, running.nats_pid, running.pg_pid))
     text = json.dumps(result, indent=2)
     print(text)
     if json_path:
         json_path.write_text(text)
+
 
 if __name__ == "__main__":
     main()
