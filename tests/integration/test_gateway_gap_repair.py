@@ -10,6 +10,7 @@ CHAT stream and relay them first, in order, exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import msgspec
@@ -80,11 +81,11 @@ async def test_dropped_live_events_are_fetched_and_relayed_in_order(nats_url: st
     await _until(lambda: len(conn.frames) == 1)
     # Lose the next two live events: no subscription while they are republished.
     assert room.live_sub is not None
-    callback = room.live_sub._cb
     await room.live_sub.unsubscribe()
     lost = await _publish(nc, "r1", 2)
     await _publish(nc, "other", 1)
-    room.live_sub = await nc.subscribe(subjects.live_subject("r1"), cb=callback)
+    room.live_sub = await nc.subscribe_direct(
+        subjects.live_subject("r1"), functools.partial(hub.relay.on_live, room))
     await bus.sync(nc)
     after = await _publish(nc, "r1", 1)
     await _until(lambda: len(conn.frames) == 4)
@@ -112,10 +113,10 @@ async def test_events_lost_during_a_reconnect_are_relayed_without_a_next_event(
     first = await _publish(nc, "r2", 1)
     await _until(lambda: len(conn.frames) == 1)
     assert room.live_sub is not None
-    callback = room.live_sub._cb
     await room.live_sub.unsubscribe()  # as during a reconnect
     lost = await _publish(nc, "r2", 2)
-    room.live_sub = await nc.subscribe(subjects.live_subject("r2"), cb=callback)
+    room.live_sub = await nc.subscribe_direct(
+        subjects.live_subject("r2"), functools.partial(hub.relay.on_live, room))
     await bus.sync(nc)
     await asyncio.sleep(0.2)
     assert len(conn.frames) == 1  # nothing shows the gap yet
@@ -198,10 +199,10 @@ async def test_the_room_of_a_relayed_event_is_its_subjects_not_its_payloads(
     # The repair path reads the stream by subject: the same rule there.
     r5 = hub.rooms["r5"]
     assert r5.live_sub is not None
-    callback = r5.live_sub._cb
     await r5.live_sub.unsubscribe()
     lost = await _publish(nc, "r5", 1, payload_room="r6")
-    r5.live_sub = await nc.subscribe(subjects.live_subject("r5"), cb=callback)
+    r5.live_sub = await nc.subscribe_direct(
+        subjects.live_subject("r5"), functools.partial(hub.relay.on_live, r5))
     await bus.sync(nc)
     after = await _publish(nc, "r5", 1)
     await _until(lambda: len(in_r5.frames) == 3)

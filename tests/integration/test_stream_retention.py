@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -164,13 +165,13 @@ async def test_gap_repair_reads_what_aged_out_from_history_then_the_stream(
         # Lose the live feed while five events are published; the first three
         # then age out of the stream (stored in history), the last two do not.
         assert room.live_sub is not None
-        callback = room.live_sub._cb
         await room.live_sub.unsubscribe()
         old = await _publish(client, "r1", 3)
         await _stored(component, "r1", 4)
         await _age_out(client, js, old[-1])
         new = await _publish(client, "r1", 2)
-        room.live_sub = await client.subscribe(subjects.live_subject("r1"), cb=callback)
+        room.live_sub = await client.subscribe_direct(
+            subjects.live_subject("r1"), functools.partial(hub.relay.on_live, room))
         await bus.sync(client)
         after = await _publish(client, "r1", 1)
 

@@ -47,7 +47,7 @@ JOINING = 2**63
 class LocalRoom:
     __slots__ = ("name", "stream", "subject", "members", "live_sub", "state_sub",
                  "presence_sub", "last_seq", "recent", "ready", "pending", "archived", "chains",
-                 "removals", "repairing", "typing", "closed")
+                 "removals", "repairing", "backlog", "typing", "closed")
 
     def __init__(self, name: str, layout: StreamSettings | None = None) -> None:
         self.name = name
@@ -71,6 +71,9 @@ class LocalRoom:
         self.removals: dict[str, int] = {}
         # One repair at a time: two interleaved ones could relay out of order.
         self.repairing = asyncio.Lock()
+        # (seq, prev_seq, record) of live events that arrived during a gap
+        # repair, relayed after it in order (relay.Relay.on_live); None: none running.
+        self.backlog: list[tuple[int, int, bytes]] | None = None
         self.typing = Incoming()  # who is typing here, as relayed to the members
         self.closed = False
 

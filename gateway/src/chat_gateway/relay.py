@@ -18,13 +18,13 @@ for every held room, as a room gone quiet would show no next event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -33,6 +33,7 @@ from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
 from chat_contract.events import Message
 from chat_kit import metrics
 from chat_kit.logs import event
+from chat_kit.natsclient import header_value
 from chat_kit.stream import first_seq
 
 from .localroom import LocalRoom
@@ -46,6 +47,8 @@ _record_decoder = msgspec.json.Decoder(ChatRecord)
 FetchHistory = Callable[[HistoryRequest], Awaitable[HistoryReply]]
 # Events per history page while repairing a gap (what history-service serves at once).
 HISTORY_PAGE = limits.MISSED_MAX
+_SEQUENCE = subjects.HDR_SEQUENCE.encode()
+_LAST_SEQUENCE = subjects.HDR_LAST_SEQUENCE.encode()
 
 
 def live_event(room: str, record: ChatRecord, seq: int, prev_seq: int) -> Message:
@@ -62,24 +65,49 @@ class Relay:
         self.js = js
         # None: the stream is the only source (tests of the stream alone).
         self.history = history
+        self._repairs: set[asyncio.Task[None]] = set()  # held until done
 
-    async def on_live(self, room: LocalRoom, msg: Msg) -> None:
-        """One message of ``room``'s live subscription."""
-        headers = msg.headers or {}
+    def on_live(self, room: LocalRoom, data: bytes, headers: bytes) -> None:
+        """One message of ``room``'s live subscription, called inline by the NATS
+        reader (chat_kit.natsclient): relayed at once unless a gap needs a
+        repair first, which then runs as a task, and the events arriving
+        meanwhile wait behind it in the room's backlog, in order."""
         try:
-            seq = int(headers[subjects.HDR_SEQUENCE])
-            prev = int(headers.get(subjects.HDR_LAST_SEQUENCE, "0"))
-        except (KeyError, ValueError):
+            seq = int(header_value(headers, _SEQUENCE) or b"")
+            prev = int(header_value(headers, _LAST_SEQUENCE) or b"0")
+        except ValueError:
             metrics.WS_DROPPED.labels("bad_live_event").inc()
+            return
+        if room.backlog is not None:  # a repair is under way: keep the order
+            room.backlog.append((seq, prev, data))
             return
         if seq <= room.last_seq:
             return  # already relayed (repaired earlier, or a redelivery)
         if 0 <= room.last_seq < prev:
+            room.backlog = [(seq, prev, data)]
+            task = asyncio.create_task(self._repair_then_relay(room))
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
+            return
+        self.deliver(room, seq, prev, data)
+
+    async def _repair_then_relay(self, room: LocalRoom) -> None:
+        """Fill the gap before the backlog's events, then relay them in order."""
+        backlog = room.backlog
+        assert backlog is not None
+        try:
             async with room.repairing:
-                await self._repair(room, prev)
-            if seq <= room.last_seq:
-                return  # a catch-up relayed it meanwhile
-        self.deliver(room, seq, prev, msg.data)
+                while backlog:
+                    seq, prev, data = backlog.pop(0)
+                    if seq <= room.last_seq:
+                        continue
+                    if 0 <= room.last_seq < prev:
+                        await self._repair(room, prev)
+                        if seq <= room.last_seq:
+                            continue  # a catch-up relayed it meanwhile
+                    self.deliver(room, seq, prev, data)
+        finally:
+            room.backlog = None  # no await since the last check: nothing is stranded
 
     def deliver(self, room: LocalRoom, seq: int, prev: int, data: bytes) -> None:
         """Relay one stored record of ``room`` to its members."""

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from chat_contract import subjects
@@ -41,6 +40,7 @@ from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Message, ReadEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
+from chat_kit.natsclient import Client
 from chat_kit.stream import StreamSettings
 
 from .clock import now_rfc3339
@@ -93,7 +93,7 @@ Admitted = Callable[[Admission, list[User], bool], None]
 
 
 class RoomHub:
-    def __init__(self, nc: NATS, relay: Relay, presence: Presence | None = None,
+    def __init__(self, nc: Client, relay: Relay, presence: Presence | None = None,
                  layout: StreamSettings | None = None) -> None:
         self.nc = nc
         self.relay = relay
@@ -192,10 +192,8 @@ class RoomHub:
         room.pending = 1
         self.rooms[name] = room
         try:
-            room.live_sub = await self.nc.subscribe(
-                subjects.live_subject(name), cb=self._on_live(room),
-                pending_msgs_limit=65536, pending_bytes_limit=64 * 1024 * 1024,
-            )
+            room.live_sub = await self.nc.subscribe_direct(
+                subjects.live_subject(name), functools.partial(self.relay.on_live, room))
             room.state_sub = await self.nc.subscribe(
                 subjects.state_subject(name), cb=self._on_state(room))
             if self.presence is not None:
@@ -247,9 +245,6 @@ class RoomHub:
 
     # The subscriptions' callbacks: each bound to its room, i.e. to its subject
     # (a partial: no extra coroutine per live event).
-
-    def _on_live(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
-        return functools.partial(self.relay.on_live, room)
 
     def _on_signal(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
         assert self.presence is not None

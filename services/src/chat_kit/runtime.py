@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import uvicorn
-from nats.aio.client import Client as NATS
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from . import bus, logs
 from .http import expose_raw_send, health_routes
 from .logs import event
+from .natsclient import Client
 from .settings import CommonSettings
 
 log = logging.getLogger("chat_kit.runtime")
@@ -34,7 +34,7 @@ class Runtime:
 
     name: str
     settings: CommonSettings
-    nc: NATS
+    nc: Client
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Extra readiness conditions (database reachable, caught up, …).
     checks: list[Callable[[], bool]] = field(default_factory=list)
