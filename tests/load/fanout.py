@@ -314,14 +314,26 @@ async def register(base: str, n: int) -> list[str]:
     tokens: list[str] = []
     sem = asyncio.Semaphore(2)  # argon2 hashing: more at once only queues on 2 cores
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        async def post(path: str, creds: dict[str, str]) -> httpx.Response:
+            # On a busy box the gateway may give up waiting for auth (503) while
+            # auth still registers the user: retry, and take "taken" as done then.
+            for attempt in range(10):
+                r = await http.post(path, json=creds)
+                if attempt and r.status_code == 409 and path.endswith("/register"):
+                    return r
+                if r.status_code not in (429, 503) or attempt == 9:
+                    break
+                await asyncio.sleep(0.5 * (attempt + 1))
+            if r.is_error:
+                raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:200]}")
+            return r
+
         async def one(i: int) -> str:
             async with sem:
                 name = f"bench{i}_{os.getpid()}"
                 creds = {"username": name, "password": "benchmark-pw"}
-                r = await http.post("/v1/auth/register", json=creds)
-                r.raise_for_status()
-                r = await http.post("/v1/auth/login", json=creds)
-                r.raise_for_status()
+                await post("/v1/auth/register", creds)
+                r = await post("/v1/auth/login", creds)
                 return str(r.json()["access_token"])
         tokens = list(await asyncio.gather(*(one(i) for i in range(n))))
     return tokens
