@@ -114,8 +114,7 @@ class App:
         verifier = TokenVerifier(s.jwt_issuer, s.jwt_audience, jwks,
                                  revoked=revocations.refusal)
         await verifier.start()
-        cap = SessionRegistry(rt.nc, js, s.node_id, s.max_connections_per_user, s.session_ttl,
-                              timeout)
+        cap = SessionRegistry(rt.nc, s.node_id, s.max_connections_per_user, timeout)
         await cap.start()
         handlers = Handlers(services, hub, presence,
                             JoinOptions(s.auto_create_rooms, s.room_member_cap))
