@@ -81,6 +81,7 @@ class Event(msgspec.Struct):
     msg_id: str = ""
     text: str = ""
     id: str = ""
+    code: str = ""
 
 
 _decode = msgspec.json.Decoder(Event).decode
@@ -103,7 +104,8 @@ class Recorder:
         self.errors: Counter[str] = Counter()
         self.measuring = False
         self.window_deliveries = 0
-        self.joined = 0
+        self.joins_acked: set[str] = set()
+        self.joins_refused: dict[str, str] = {}  # join id → error code
 
     def on_text(self, member: Member, payload: bytes) -> None:
         event = _decode(payload)
@@ -118,9 +120,12 @@ class Recorder:
             self.latencies.append((now - sent_ns) / 1e9)
         elif event.type == "ack":
             if event.id.startswith("j"):
-                self.joined += 1
+                self.joins_acked.add(event.id)
         elif event.type == "error":
-            self.errors[payload.decode()[:120]] += 1
+            if event.id.startswith("j"):
+                self.joins_refused[event.id] = event.code
+            else:
+                self.errors[payload.decode()[:120]] += 1
 
 
 # --- CPU accounting ----------------------------------------------------------------
@@ -346,6 +351,35 @@ def percentiles_ms(latencies: list[float]) -> dict[str, float | None]:
             "p99": round(q[98] * 1e3, 2), "max": round(lat[-1] * 1e3, 2) if lat else None}
 
 
+JOIN_WINDOW = 100
+RETRYABLE = {"unavailable", "rate_limited"}
+
+
+async def join_all(rec: Recorder, joins: list[tuple[int, Member]]) -> None:
+    """Join each member (``j<i>``) and wait for every ack; retry what was refused
+    as unavailable or rate limited; fail on anything else."""
+    pending = {f"j{i}": member for i, member in joins}
+    for attempt in range(6):
+        for jid, member in pending.items():
+            assert member.client is not None
+            member.client.send_text(json.dumps(
+                {"type": "join", "id": jid, "room": member.room}).encode())
+        deadline = time.monotonic() + 30
+        while any(j not in rec.joins_acked and j not in rec.joins_refused for j in pending):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"joins unanswered after 30 s: {len(pending)} pending")
+            await asyncio.sleep(0.02)
+        refused = {j: rec.joins_refused.pop(j) for j in pending if j in rec.joins_refused}
+        fatal = {j: code for j, code in refused.items() if code not in RETRYABLE}
+        if fatal:
+            raise RuntimeError(f"joins refused: {fatal}")
+        pending = {j: pending[j] for j in refused}
+        if not pending:
+            return
+        await asyncio.sleep(0.5 * (attempt + 1))
+    raise RuntimeError(f"{len(pending)} joins still refused after retries")
+
+
 async def measure(running: Running, load: Load, profile: list[str] | None = None
                   ) -> dict[str, object]:
     """Connect, join, send at ``load.rate`` for ``load.duration``; count and time."""
@@ -363,10 +397,16 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
                 LOOPBACK, port, running.ws_path(tokens[r]),
                 lambda p, mm=member: rec.on_text(mm, p))
             members.append(member)
-    for i, member in enumerate(members):
-        assert member.client is not None
-        join = {"type": "join", "id": f"j{i}", "room": member.room}
-        member.client.send_text(json.dumps(join).encode())
+
+    # Each room's first member joins (and so creates it) first, then the rest,
+    # JOIN_WINDOW at a time, as a client retries a join refused as unavailable
+    # or rate limited: thousands of joins at once only time out in history.
+    firsts = members[::load.members]
+    rest = [m for i, m in enumerate(members) if i % load.members]
+    order = list(enumerate(firsts + rest))
+    await join_all(rec, order[:len(firsts)])
+    for k in range(len(firsts), len(order), JOIN_WINDOW):
+        await join_all(rec, order[k:k + JOIN_WINDOW])
     slow: list[WsClient] = []
     for i in range(load.slow_clients):
         # Joined like everyone else, then never read: the gateway must close
@@ -376,13 +416,7 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
                                         lambda p: None)
         client.send_text(b'{"type":"join","room":"bench%d"}' % r)
         slow.append(client)
-    deadline = time.monotonic() + 60 + len(members) / 50
-    while rec.joined < len(members):
-        if time.monotonic() > deadline or rec.errors:
-            raise RuntimeError(f"{rec.joined} of {len(members)} joins acked; errors: "
-                               f"{dict(rec.errors)}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.0)  # let room subscriptions settle everywhere
+    await asyncio.sleep(2.0 if slow else 1.0)  # room subscriptions settle; slow joins land
     for client in slow:
         assert client.transport is not None
         client.transport.pause_reading()
