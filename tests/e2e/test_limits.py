@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from nats.js.errors import NoKeysError
 from waiting import QUIET, eventually, scaled
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -166,16 +165,23 @@ async def test_room_member_cap_counts_users_across_gateways(stack: Stack) -> Non
 
 
 async def _counted(stack: Stack, user: dict[str, Any]) -> int:
-    """How many of ``user``'s connections count toward the cap: their keys in
-    the CHAT_SESSIONS bucket (gateway/src/chat_gateway/usercap.py)."""
+    """How many of ``user``'s connections count toward the cap: what the
+    gateways answer to ``sessions.list.<user>`` (gateway/src/chat_gateway/usercap.py)."""
+    uid = user["user"]["id"]
     nc = await nats.connect(stack.nats_url, **stack.nats_login())
     try:
-        kv = await nc.jetstream().key_value(subjects.SESSIONS_BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return 0
-        return sum(k.startswith(f"{user['user']['id']}.") for k in keys)
+        held: set[str] = set()
+        inbox = f"{subjects.SESSION_HELD_PREFIX}.probe{time.monotonic_ns()}"
+
+        async def answer(msg: Any) -> None:
+            held.update(s["session"] for s in json.loads(msg.data)["sessions"])
+
+        await nc.subscribe(inbox, cb=answer)
+        probe = {"user": uid, "session": "s_probe", "node": "test", "opened_ms": 0, "v": 1}
+        await nc.publish(f"{subjects.SESSION_LIST_PREFIX}.{uid}", json.dumps(probe).encode(),
+                         reply=inbox)
+        await asyncio.sleep(0.3)  # every gateway answers within milliseconds
+        return len(held)
     finally:
         await nc.close()
 

@@ -50,7 +50,6 @@ def test_role_table_uses_the_contract_names() -> None:
     from chat_history.consumer_setup import DELIVER_SUBJECT, DURABLE
 
     assert nats_auth.CHAT == subjects.CHAT_STREAM
-    assert nats_auth.SESSIONS_BUCKET == subjects.SESSIONS_BUCKET
     assert nats_auth.PRESENCE_BUCKETS == (subjects.PRESENCE_BUCKET,
                                           subjects.PRESENCE_ANNOUNCED_BUCKET,
                                           subjects.PRESENCE_LEADER_BUCKET)

@@ -38,7 +38,6 @@ class GatewaySettings:
     abuse_strikes: int = 30
     abuse_window: float = 10.0
     max_connections_per_user: int = 10
-    session_ttl: float = 30.0
     room_member_cap: int = 0
     # Issue 12 (README "Limits"): join/leave bucket per socket; connection caps
     # per client address and per gateway, and the gateway's outbound budget
@@ -81,7 +80,6 @@ class GatewaySettings:
             abuse_window=env_float("CHAT_GATEWAY_ABUSE_WINDOW", 10.0, minimum=0.1),
             max_connections_per_user=env_int("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", 10,
                                              minimum=0),
-            session_ttl=env_float("CHAT_GATEWAY_SESSION_TTL", 30.0, minimum=3.0),
             room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
             trusted_proxies=env_str("CHAT_GATEWAY_TRUSTED_PROXIES", "127.0.0.1"),
             join_rate=env_float("CHAT_GATEWAY_JOIN_RATE", 5.0, minimum=0.001),

@@ -476,7 +476,8 @@ def encode(payload: msgspec.Struct) -> bytes:
 
 
 class SessionEntry(_Payload):
-    """One live connection in the sessions bucket (key ``<user>.<session>``)."""
+    """One live connection of a user: on ``sessions.list.<user>`` the one just
+    opened (the question), in a :class:`SessionList` those a gateway holds."""
 
     user: str
     session: str
@@ -485,10 +486,25 @@ class SessionEntry(_Payload):
     v: int = VERSION
 
 
+class SessionList(_Payload):
+    """A gateway's answer to ``sessions.list.<user>`` (asked for ``session``):
+    the other sessions of ``user`` it holds. Gateways holding none stay silent."""
+
+    user: str
+    session: str
+    sessions: list[SessionEntry]
+    v: int = VERSION
+
+
 class SessionKick(_Payload):
-    """Asks whichever gateway holds ``session`` to close it with 4409."""
+    """Asks whichever gateway holds ``session`` to close it with 4409.
+    ``by_session``/``by_opened_ms``: the new connection whose check asked;
+    a holder whose ``session`` is newer and still being checked keeps it
+    (two connects racing: the later check, which sees both, decides)."""
 
     user: str
     session: str
     reason: str = "too many sessions"
+    by_session: str = ""
+    by_opened_ms: int = 0
     v: int = VERSION

@@ -61,10 +61,12 @@ PRESENCE_LEADER_BUCKET = "PRESENCE_LEADER"
 PRESENCE_KV_PREFIX = f"$KV.{PRESENCE_BUCKET}."
 PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
 
-# Per-user connection cap across gateways (gateway/README, README "Limits"):
-# a KV bucket with one key per live connection, ``<user id>.<session id>``,
-# and the subject on which a gateway asks the others to close a session (4409).
-SESSIONS_BUCKET = "CHAT_SESSIONS"
+# Per-user connection cap across gateways (gateway/README, README "Limits"),
+# core NATS only, nothing stored: a gateway asks the others which sessions of
+# a user they hold (``sessions.list.<user>``, answered on the asker's
+# ``sessions.held.<instance>``), and asks the holder to close one (4409).
+SESSION_LIST_PREFIX = "sessions.list"
+SESSION_HELD_PREFIX = "sessions.held"
 SESSION_KICK_PREFIX = "sessions.kick"
 
 # The revocation denylist (auth-service writes, gateways watch): keys

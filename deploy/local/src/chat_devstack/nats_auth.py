@@ -70,7 +70,6 @@ def _chat_owner(stream: str) -> list[str]:
 HISTORY_DURABLE = "history-push"  # history-service's push consumer
 HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
 PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
-SESSIONS_BUCKET = "CHAT_SESSIONS"
 REVOKED_BUCKET = "CHAT_REVOKED"  # the revocation denylist: auth writes, gateways watch
 AUTH_DIR = "nats-auth"
 
@@ -154,7 +153,9 @@ def gateway_role(partitions: int = 1) -> Role:
             # Partitioned, the server checks the mapped subject: chat.part.<p>.<room>.
             *(f"chat.part.{p}.*" for p in range(partitions if partitions > 1 else 0)),
             "presence.*",  # typing notices
-            "sessions.kick.*",  # asks other gateways to close a session over the cap
+            # The per-user connection cap: which sessions of a user the other
+            # gateways hold (asked, answered), and close one over the cap.
+            "sessions.list.*", "sessions.held.*", "sessions.kick.*",
             "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
             "svc.auth.jwks", "svc.auth.password",
             "svc.history.messages", "svc.presence.members", "svc.rooms.*",
@@ -164,7 +165,6 @@ def gateway_role(partitions: int = 1) -> Role:
             # room's last message at join.
             *(subject for stream in chat_streams(partitions) for subject in _chat_reader(stream)),
             f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
-            *_kv_owner(SESSIONS_BUCKET),  # per-user connection cap, shared by gateways
             *_kv_watcher(REVOKED_BUCKET),  # revoked sessions: refuse tokens, close sockets
         ),
         # Admin actions (disabling an account) are never a client's to ask for,
@@ -174,7 +174,8 @@ def gateway_role(partitions: int = 1) -> Role:
             _inbox("gateway"),
             "chat.live.*",  # the stream's republished events of rooms with local members
             "chat.room.*.state",  # removals, archives, reads (from history-service)
-            "presence.*", "sessions.kick.*", "users.*.blocks",
+            "presence.*", "sessions.list.*", "sessions.held.*", "sessions.kick.*",
+            "users.*.blocks",
         ),
         # Implied by the allow list; spelled out because it is the point: a
         # gateway can neither read logins nor answer as a service.
