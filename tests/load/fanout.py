@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -435,7 +436,6 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
 
     loop = asyncio.get_running_loop()
     tick = 0.01
-    per_tick = load.rate * tick
     sent = 0
     start = loop.time()
     cpu0 = cpu_seconds(procs)
@@ -443,16 +443,16 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
     client0 = sum(me.cpu_times()[:2])
     t0 = time.monotonic()
     rec.measuring = True
-    carry = 0.0
     idx = 0
     n_members = len(members)
-    while loop.time() - start < load.duration:
-        carry += per_tick
-        k = int(carry)
-        carry -= k
-        for _ in range(k):
+    # Walk the members in steps that visit every one (rooms and front nodes evenly).
+    step = next(k for k in (7, 11, 13, 17, 19, 23) if math.gcd(k, n_members) == 1)
+    while (elapsed := loop.time() - start) < load.duration:
+        # Open loop: what is due by the clock is sent, also after a stall of
+        # this process (a busy box), so the offered rate is the rate asked for.
+        for _ in range(int(elapsed * load.rate) + 1 - sent):
             member = members[idx % n_members]
-            idx += 7  # walk rooms and front nodes evenly
+            idx += step
             assert member.client is not None
             frame = b'{"type":"send","room":"%s","text":"%d x"}' % (
                 member.room.encode(), time.time_ns())
