@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -323,13 +324,14 @@ async def register(base: str, n: int) -> list[str]:
         async def post(path: str, creds: dict[str, str]) -> httpx.Response:
             # On a busy box the gateway may give up waiting for auth (503) while
             # auth still registers the user: retry, and take "taken" as done then.
-            for attempt in range(10):
+            deadline = time.monotonic() + 180
+            for attempt in itertools.count():
                 r = await http.post(path, json=creds)
                 if attempt and r.status_code == 409 and path.endswith("/register"):
                     return r
-                if r.status_code not in (429, 503) or attempt == 9:
+                if r.status_code not in (429, 503) or time.monotonic() > deadline:
                     break
-                await asyncio.sleep(0.5 * (attempt + 1))
+                await asyncio.sleep(min(3.0, 0.5 * (attempt + 1)))
             if r.is_error:
                 raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:200]}")
             return r
