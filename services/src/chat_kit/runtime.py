@@ -52,13 +52,13 @@ class Component(Protocol):
 
 def uvicorn_config(app: Starlette, host: str, port: int, **extra: object) -> uvicorn.Config:
     """uvicorn's settings; ``extra`` adds or overrides (the gateway's WebSocket
-    limits and trusted proxies). Proxy headers are off unless asked for:
+    limits, trusted proxies and protocol class). Proxy headers are off unless asked for:
     uvicorn's default would trust X-Forwarded-For from 127.0.0.1 or from
     whatever ``FORWARDED_ALLOW_IPS`` says."""
-    options: dict[str, object] = {"proxy_headers": False, **extra}
+    options: dict[str, object] = {"proxy_headers": False, "ws": "websockets-sansio", **extra}
     return uvicorn.Config(
         expose_raw_send(app), host=host, port=port, log_config=None, access_log=False,
-        loop="uvloop", http="httptools", ws="websockets-sansio",
+        loop="uvloop", http="httptools",
         lifespan="off", timeout_graceful_shutdown=5, **options,  # type: ignore[arg-type]
     )
 
