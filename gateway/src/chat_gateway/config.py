@@ -15,6 +15,14 @@ from chat_kit.settings import (
 )
 from chat_kit.stream import StreamSettings
 
+WS_PROTOCOLS = ("slim", "websockets-sansio", "websockets")
+
+
+def _ws_protocol(value: str) -> str:
+    if value not in WS_PROTOCOLS:
+        raise ValueError(f"CHAT_GATEWAY_WS_PROTOCOL must be one of {', '.join(WS_PROTOCOLS)}")
+    return value
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -53,6 +61,11 @@ class GatewaySettings:
     # Peers whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips:
     # addresses or networks, comma-separated, "*" any); others are the client.
     trusted_proxies: str = "127.0.0.1"
+    # The WebSocket server under uvicorn (main.py): "slim" (wsserver.SlimProtocol)
+    # or one of uvicorn's ("websockets-sansio", "websockets");
+    # permessage-deflate off unless asked for.
+    ws_protocol: str = "slim"
+    ws_deflate: bool = False
     # Which stream holds a room (CHAT_STREAM_PARTITIONS; gateways only read streams).
     stream: StreamSettings = field(default_factory=StreamSettings)
 
@@ -91,4 +104,6 @@ class GatewaySettings:
                                           minimum=0),
             slow_close_timeout=env_float("CHAT_GATEWAY_SLOW_CLOSE_TIMEOUT", 10.0, minimum=0.1),
             reconcile_interval=env_float("CHAT_GATEWAY_RECONCILE_INTERVAL", 30.0, minimum=0.1),
+            ws_protocol=_ws_protocol(env_str("CHAT_GATEWAY_WS_PROTOCOL", "slim")),
+            ws_deflate=env_bool("CHAT_GATEWAY_WS_DEFLATE", False),
         )
