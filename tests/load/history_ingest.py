@@ -1,14 +1,22 @@
 """Ingest benchmark of the history service on real NATS and PostgreSQL.
 
 Run from the repo root: ``.venv/bin/python tests/load/history_ingest.py [N]``
-(``--rate R --seconds S`` shape the steady phase, ``--no-steady`` skips it).
+(``--rate R --seconds S`` shape the steady phase, ``--no-steady`` skips it;
+``--text words`` (default) sends ~80 characters of words from a 3000-word
+vocabulary, ``--text x`` the 80 x's of earlier runs, one lexeme, which costs
+the search index next to nothing; ``--batch B`` sets CHAT_HISTORY_BATCH,
+else the service's default).
 (A benchmark; it belongs beside the others under tests/load/ if the lead wants it there.)
 
-1. ``catch-up``: N ChatRecords wait in the CHAT stream, then one Component
-   starts; the time until the durable's ack floor reaches the last sequence
-   (deliver → decode → insert → ack) gives stored messages per second, and
-   the CPU time of this process over that span gives CPU per message (this
-   process only polls consumer info meanwhile).
+1. ``catch-up``: the Component starts once on the empty stream (migrations,
+   the durable) and stops; then N ChatRecords wait in the CHAT stream and it
+   starts again; the time from that start until the durable's ack floor
+   reaches the last sequence (deliver → decode → insert → ack) gives stored
+   messages per second, and the CPU time over that span gives CPU per message:
+   of this process (the service; this process only polls consumer info
+   meanwhile), of PostgreSQL (postmaster and every backend) and of
+   nats-server. Then a search check: the rows matching one word through the
+   search index (``tsv @@``) are exactly the messages holding it.
 2. ``store``: MessageStore.insert of N rows in batches of CHAT_HISTORY_BATCH (no NATS).
 3. ``read-after-send``: publish one message, then request the newest page;
    latency percentiles of that pair while the stream is otherwise idle.
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -37,6 +46,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 import msgspec
 import nats
@@ -62,12 +72,52 @@ ANN = User(id="u_bench", name="bench")
 # script runs unchanged against a checkout from before the module split.
 DURABLE = "history-push"
 ROOMS = 50
+TEXTS: list[str] = ["x" * 80]
+
+
+def make_texts(kind: str) -> list[str]:
+    """1000 message texts: ~80 characters of words from a 3000-word vocabulary
+    (Zipf-like: a few words common, most rare), or 80 x's."""
+    if kind == "x":
+        return ["x" * 80]
+    rng = random.Random(13)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9)))
+             for _ in range(3000)]
+    weights = [1 / (rank + 1) for rank in range(len(vocab))]
+    texts = []
+    for _ in range(1000):
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < 80:
+            words.extend(rng.choices(vocab, weights))
+        texts.append(" ".join(words))
+    return texts
 
 
 def record(i: int, prefix: str = "m") -> bytes:
     room = f"room{i % ROOMS}"
     return msgspec.json.encode(ChatRecord(room=room, msg_id=f"{prefix}{i}", sender=ANN,
-                                          text="x" * 80, ts="2025-06-01T12:00:00.000Z"))
+                                          text=TEXTS[i % len(TEXTS)],
+                                          ts="2025-06-01T12:00:00.000Z"))
+
+
+def cpu_of(proc: psutil.Process | None, tree: bool = False) -> float:
+    """User + system seconds of a server process (and its children)."""
+    if proc is None:
+        return float("nan")
+    total = 0.0
+    for p in [proc, *(proc.children(recursive=True) if tree else [])]:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def server_process(server: object) -> psutil.Process | None:
+    popen = getattr(server, "_proc", None)  # chat_devstack keeps its Popen there
+    return psutil.Process(popen.pid) if popen is not None else None
 
 
 async def wait_for_floor(js: JetStreamContext, last: int, timeout: float = 120.0) -> None:
@@ -87,8 +137,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
     pg = PostgresServer.start(free_port(), workdir / "pg")
     env = {"CHAT_NATS_URL": nats_server.url, "CHAT_DATABASE_URL": pg.url,
            "CHAT_LOG_LEVEL": "warning", "CHAT_LOG_FORMAT": "text",
-           "CHAT_HISTORY_BATCH": "500", "CHAT_HISTORY_FETCH_WAIT": "0.05",
-           "CHAT_HISTORY_CATCHUP_TIMEOUT": "5.0"}
+           "CHAT_HISTORY_FETCH_WAIT": "0.05", "CHAT_HISTORY_CATCHUP_TIMEOUT": "5.0"}
+    if args.batch:
+        env["CHAT_HISTORY_BATCH"] = str(args.batch)
     os.environ.update(env)
     os.environ["CHAT_HISTORY_PORT"] = "0"
     try:
@@ -96,6 +147,16 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         client = await nats.connect(nats_server.url)
         js = client.jetstream()
         await ensure_chat_stream(js)
+        pg_proc, nats_proc = server_process(pg), server_process(nats_server)
+
+        # Migrations and the durable first, so the catch-up below times storing only.
+        nc = await nats.connect(nats_server.url)
+        rt = Runtime("bench", settings.common, nc)
+        component = HistoryComponent(settings)
+        await component.start(rt)
+        rt.stopping.set()
+        await component.stop()
+        await nc.drain()
 
         started = time.perf_counter()
         last = 0
@@ -110,16 +171,20 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         rt = Runtime("bench", settings.common, nc)
         component = HistoryComponent(settings)
         started = time.perf_counter()
-        cpu0 = time.process_time()
+        cpu0, pg0, nats0 = time.process_time(), cpu_of(pg_proc, True), cpu_of(nats_proc)
         await component.start(rt)
+        start_s = time.perf_counter() - started
         await wait_for_floor(js, last)
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0
+        pg_cpu, nats_cpu = cpu_of(pg_proc, True) - pg0, cpu_of(nats_proc) - nats0
         print(f"catch-up: {n} stored in {elapsed:.2f}s = {n / elapsed:,.0f} msg/s "
-              f"(incl. component start); CPU {cpu:.2f}s = {cpu / n * 1e6:.1f} us/msg")
+              f"(start {start_s:.2f}s incl.); CPU per msg: history {cpu / n * 1e6:.1f} us, "
+              f"postgres {pg_cpu / n * 1e6:.1f} us, nats {nats_cpu / n * 1e6:.1f} us")
+        await search_check(pg.url, n)
 
         ts = datetime(2025, 6, 1, tzinfo=UTC)
-        rows = [MessageRow("direct", seq, f"d{seq}", "u", "n", "x" * 80, None, ts)
+        rows = [MessageRow("direct", seq, f"d{seq}", "u", "n", TEXTS[seq % len(TEXTS)], None, ts)
                 for seq in range(1, n + 1)]
         started = time.perf_counter()
         for i in range(0, n, settings.batch):
@@ -152,6 +217,22 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         pg.stop()
         nats_server.stop()
+
+
+async def search_check(url: str, n: int) -> None:
+    """The search index holds every stored message: a word's matches are exact."""
+    words = [w for w in TEXTS[0].split() if w.isalpha()][:1] or ["x" * 80]
+    word = words[0]
+    expected = sum(1 for i in range(n) if word in TEXTS[i % len(TEXTS)].split())
+    conn = await asyncpg.connect(url)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM history.messages WHERE kind = 'message'"
+            " AND msg_id LIKE 'm%' AND tsv @@ to_tsquery('simple', $1)", word)
+    finally:
+        await conn.close()
+    assert found == expected, f"search for {word!r}: {found} rows, expected {expected}"
+    print(f"search: {word!r} matches {found} of {n} stored messages, as sent")
 
 
 async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, str]) -> None:
@@ -223,7 +304,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=3000, help="steady phase: messages/s")
     ap.add_argument("--seconds", type=float, default=10, help="steady phase: measured seconds")
     ap.add_argument("--no-steady", dest="steady", action="store_false")
+    ap.add_argument("--text", choices=("words", "x"), default="words")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="CHAT_HISTORY_BATCH (default: the service's own)")
     args = ap.parse_args()
+    TEXTS[:] = make_texts(args.text)
     with tempfile.TemporaryDirectory(prefix="history-bench-") as tmp:
         asyncio.run(bench(args, Path(tmp)))
 

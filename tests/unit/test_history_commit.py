@@ -20,10 +20,10 @@ from nats.aio.msg import Msg
 
 from chat_contract.bus import ChatRecord, RecordKind
 from chat_contract.events import User
+from chat_history.acks import Acks
 from chat_history.commit import Committer
 from chat_history.records import MessageRow
 from chat_history.troubles import Troubles
-from chat_kit.stream import StreamSettings
 
 ANN = User(id="u_ann", name="ann")
 ACK, NAK, WPI, TERM = b"", b"-NAK", b"+WPI", b"+TERM"
@@ -58,15 +58,6 @@ class FakeStore:
         return len(rows)
 
 
-class FakeJetStream:
-    def __init__(self) -> None:
-        self.deleted: list[tuple[str, int]] = []
-
-    async def delete_msg(self, stream: str, seq: int) -> bool:
-        self.deleted.append((stream, seq))
-        return True
-
-
 def reply(seq: int) -> str:
     return f"$JS.ACK.CHAT.history-push.1.{seq}.{seq}.1700000000000000000.0"
 
@@ -81,11 +72,10 @@ def delivery(nc: FakeNats, seq: int, text: str | None = "hi", *, data: bytes | N
                     reply=reply(seq), data=data)
 
 
-def committer(nc: FakeNats, store: FakeStore, js: FakeJetStream | None = None,
+def committer(nc: FakeNats, store: FakeStore,
               stopping: asyncio.Event | None = None) -> tuple[Committer, Troubles]:
     troubles = Troubles(logging.getLogger("test"))
-    c = Committer(store, js or FakeJetStream(), StreamSettings(),  # type: ignore[arg-type]
-                  troubles, stopping or asyncio.Event())
+    c = Committer(store, Acks(nc), troubles, stopping or asyncio.Event())  # type: ignore[arg-type]
     return c, troubles
 
 

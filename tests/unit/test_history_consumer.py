@@ -272,3 +272,55 @@ async def test_a_sender_waiting_for_each_message_is_never_made_to_linger() -> No
         assert consumer.batches == 100
     finally:
         await consumer.stop()
+
+
+class TrackingStore(FakeStore):
+    """Records how many inserts run at once and when each began and ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self.log: list[tuple[str, list[int]]] = []
+
+    async def insert(self, rows: Sequence[MessageRow]) -> int:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.log.append(("begin", [r.seq for r in rows]))
+        try:
+            return await super().insert(rows)
+        finally:
+            self.running -= 1
+            self.log.append(("end", [r.seq for r in rows]))
+
+
+async def test_two_batches_are_inserted_at_once_and_each_acked_after_its_own() -> None:
+    nc, store = FakeNats(), TrackingStore()
+    store.delay = 0.02
+    consumer = await started(nc, store, batch=50, linger=5.0)
+    try:
+        for seq in range(1, 401):
+            await consumer._on_msg(delivery(nc, seq))
+        await until(lambda: store.rows == 400)
+        await until(lambda: len(nc.sent(b"")) == 400)
+        assert store.most == consumer_module.WRITERS == 2
+        assert sorted(nc.sent(b"")) == sorted(reply(s) for s in range(1, 401))
+    finally:
+        await consumer.stop()
+
+
+async def test_a_batch_with_changes_waits_for_the_batches_before_it() -> None:
+    nc, store = FakeNats(), TrackingStore()
+    store.delay = 0.02
+    consumer = await started(nc, store, batch=10, linger=5.0)
+    edit = msgspec.json.encode(ChatRecord(room="lobby", msg_id="m5", sender=ANN, text="new",
+                                          kind="edit", ts="2025-06-01T12:00:00Z"))
+    try:
+        for seq in range(1, 31):
+            await consumer._on_msg(delivery(nc, seq, data=edit if seq == 25 else None))
+        await until(lambda: store.rows == 30)
+        began = [i for i, (what, seqs) in enumerate(store.log) if what == "begin" and 25 in seqs]
+        ended = [i for i, (what, seqs) in enumerate(store.log) if what == "end" and seqs[0] < 21]
+        assert len(began) == 1 and len(ended) == 2 and max(ended) < began[0], store.log
+    finally:
+        await consumer.stop()

@@ -7,7 +7,8 @@ store       history.messages in PostgreSQL: idempotent batch insert, pages
 consumer_setup the CHAT stream and the ``history-push`` durable: names, config, creation
 consumer    one stream → PostgreSQL: subscription, buffer, writer loop, checks, stop
 batching    when the writer takes a batch: the linger policy (sans-I/O)
-commit      insert, then ack each message (Msg.ack/nak/in_progress/term); row retry, term
+acks        deliveries by reply subject: the stream seq parser, a batch's acks in one write
+commit      decode, insert, then ack each message (one write per batch); row retry, term
 erasure     a deleted message's text erased from the stream after commit
 troubles    what is failing now, logged once per outage; readiness reads it
 freshness   read-your-writes: the room's last stream seq vs the ack floor

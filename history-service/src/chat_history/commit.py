@@ -1,13 +1,19 @@
 """A batch of deliveries into PostgreSQL, then its acks: never the other way round.
 
-Acks are explicit and per message, with nats-py's message API (``msg.ack()``,
-``nak()``, ``in_progress()``, ``term()``), sent only after the batch
-committed: AckAll would be unsafe with several instances, since one
-instance's ack would also cover lower sequences another instance holds
-uncommitted. Acks are publishes the client buffers and writes together, not
-waited for one by one. Unacked messages come back after ``ACK_WAIT`` (a
-crash) or at once (``nak``), and the insert is idempotent, so nothing is lost
-and nothing doubles.
+Acks are explicit, one per message, sent only after the batch committed:
+AckAll would be unsafe with several instances, since one instance's ack
+would also cover lower sequences another instance holds uncommitted (README
+"Consistency choices"). A batch's acks (or naks, progress, terms) leave
+together: :class:`.acks.Acks` writes one PUB per message into the client's
+buffer in one go and flushes once. Unacked messages come back after
+``ACK_WAIT`` (a crash) or at once (``nak``), and the insert is idempotent,
+so nothing is lost and nothing doubles.
+
+A batch is first prepared (:meth:`Committer.prepare`: decoded, bad payloads
+terminated), then committed (:meth:`Committer.commit`); the consumer
+prepares the next batch while the previous one is being inserted, and may
+have two inserts in flight (consumer.py: a batch with edits or deletes waits
+for the ones before it).
 
 Failures, none of them logged per message:
 
@@ -30,17 +36,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from chat_contract import subjects
 from chat_kit.logs import event
-from chat_kit.stream import StreamSettings
 
 from . import metrics
+from .acks import ACK, IN_PROGRESS, NAK, TERM, Acks
 from .records import BadRecord, MessageRow, row_from_payload
 from .store import MessageStore
 from .troubles import Troubles
@@ -53,15 +59,22 @@ _ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
 MAX_BACKOFF = 5.0
 
 Delivery = tuple[int, Msg]  # (stream sequence, the delivered message)
-Settle = Callable[[Msg], Awaitable[None]]
+
+
+@dataclass
+class Prepared:
+    """A batch decoded: its rows and their messages' reply subjects, in order."""
+
+    rows: list[MessageRow] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    changes: bool = False  # edits or deletes among the rows
 
 
 class Committer:
-    def __init__(self, store: MessageStore, js: JetStreamContext, layout: StreamSettings,
-                 troubles: Troubles, stopping: asyncio.Event) -> None:
+    def __init__(self, store: MessageStore, acks: Acks, troubles: Troubles,
+                 stopping: asyncio.Event) -> None:
         self._store = store
-        self._js = js
-        self._layout = layout
+        self._acks = acks
         self._troubles = troubles
         self._stopping = stopping  # set: give up retrying, hand batches back
         # Rows this instance inserted, payloads it terminated (tests, operators).
@@ -73,43 +86,54 @@ class Committer:
         self.on_changed: Callable[[], None] | None = None
 
     async def write(self, batch: list[Delivery]) -> bool:
-        """Decode, insert, ack, wake the eraser. False if it gave up (stopping with the
-        database away): then every message of the batch was handed back."""
-        rows: list[MessageRow] = []
-        kept: list[Msg] = []
+        """Prepare and commit ``batch``; see :meth:`commit`."""
+        return await self.commit(await self.prepare(batch))
+
+    async def prepare(self, batch: list[Delivery]) -> Prepared:
+        """Decode the batch; terminate what can never be stored."""
+        prepared = Prepared()
+        rows, replies = prepared.rows, prepared.replies
+        room_of = subjects.room_of_subject
         for seq, msg in batch:
             try:
-                rows.append(row_from_payload(subjects.room_of_subject(msg.subject), seq,
-                                             msg.data))
+                row = row_from_payload(room_of(msg.subject), seq, msg.data)
             except BadRecord as exc:
-                await self._reject(msg, seq, exc)
+                await self._reject(msg.reply, seq, exc, subject=msg.subject[:120])
                 continue
-            kept.append(msg)
-        if not await self._commit(rows, kept):
+            rows.append(row)
+            replies.append(msg.reply)
+        prepared.changes = any(row.kind != "message" for row in rows)
+        return prepared
+
+    async def commit(self, prepared: Prepared) -> bool:
+        """Insert, ack, wake the eraser. False if it gave up (stopping with the
+        database away): then every message of the batch was handed back."""
+        if not await self._commit(prepared.rows, prepared.replies):
             return False
-        if self.on_changed is not None and any(row.kind != "message" for row in rows):
+        if prepared.changes and self.on_changed is not None:
             self.on_changed()
         return True
 
-    async def hand_back(self, msgs: Iterable[Msg]) -> None:
-        """Redeliver these at once (to us or another instance) rather than after ACK_WAIT."""
-        await self._settle(msgs, Msg.nak)
+    async def hand_back(self, replies: list[str]) -> None:
+        """Redeliver these (by reply subject) at once, to us or another instance,
+        rather than after ACK_WAIT."""
+        await self._settle(replies, NAK)
 
-    async def _commit(self, rows: list[MessageRow], msgs: list[Msg]) -> bool:
+    async def _commit(self, rows: list[MessageRow], replies: list[str]) -> bool:
         """Insert, then ack. Returns once all are settled."""
-        pending = list(zip(rows, msgs, strict=True))
         one_by_one = False  # after a data error: find the row the database refuses
         delay = 0.1
-        while pending:
-            chunk = pending[:1] if one_by_one else pending
+        while rows:
+            n = 1 if one_by_one else len(rows)
+            chunk = rows[:n] if one_by_one else rows
             started = time.perf_counter()
             try:
-                inserted = await self._store.insert([row for row, _ in chunk])
+                inserted = await self._store.insert(chunk)
             except _ROW_ERRORS as exc:
-                if len(chunk) == 1:
-                    row, msg = chunk[0]
-                    await self._reject(msg, row.seq, BadRecord("rejected", repr(exc)[:200]))
-                    pending = pending[1:]
+                if n == 1:
+                    await self._reject(replies[0], rows[0].seq,
+                                       BadRecord("rejected", repr(exc)[:200]), room=rows[0].room)
+                    rows, replies = rows[1:], replies[1:]
                 else:
                     one_by_one = True
                 continue
@@ -117,37 +141,36 @@ class Committer:
                 metrics.DB_ERRORS.inc()
                 self._troubles.failing("db", "batch insert failed", exc)
                 if self._stopping.is_set():
-                    await self.hand_back(msg for _, msg in pending)
+                    await self._settle(replies, NAK)
                     return False
                 await self._pause(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
-                await self._settle((msg for _, msg in pending), Msg.in_progress)
+                await self._settle(replies, IN_PROGRESS)
                 continue
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
             metrics.STORED.inc(inserted)
             self.stored += inserted
-            await self._settle((msg for _, msg in chunk), Msg.ack)
-            pending = pending[len(chunk):]
+            await self._settle(replies[:n], ACK)
+            rows, replies = rows[n:], replies[n:]
             self._troubles.recovered("db")
             if self.on_stored is not None:
                 self.on_stored()
         return True
 
-    async def _reject(self, msg: Msg, seq: int, exc: BadRecord) -> None:
+    async def _reject(self, reply: str, seq: int, exc: BadRecord, **where: str) -> None:
         metrics.BAD_RECORDS.labels(exc.reason).inc()
         self.rejected += 1
         # Terminated messages are never redelivered, so this logs once per message.
         event(log, "unstorable stream message terminated", logging.WARNING,
-              subject=msg.subject[:120], seq=seq, reason=exc.reason, error=str(exc))
-        await self._settle((msg,), Msg.term)
+              seq=seq, reason=exc.reason, error=str(exc), **where)
+        await self._settle([reply], TERM)
 
-    async def _settle(self, msgs: Iterable[Msg], how: Settle) -> None:
+    async def _settle(self, replies: list[str], payload: bytes) -> None:
         # Publishes only (buffered by the client, written in one go by its flusher);
         # on a dead connection JetStream redelivers after ACK_WAIT and the idempotent
         # insert absorbs the repeat.
         try:
-            for msg in msgs:
-                await how(msg)
+            await self._acks.send(replies, payload)
         except Exception as exc:
             self._troubles.failing("nats", "ack failed", exc)
 

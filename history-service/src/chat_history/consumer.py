@@ -7,11 +7,19 @@ linger policy :mod:`.batching` (when to take a batch), and :mod:`.commit`
 :class:`HistoryConsumer` per chat stream (partition).
 
 Per message, the subscription callback only files the message in an
-in-memory buffer keyed by stream sequence (``msg.metadata.sequence.stream``);
+in-memory buffer keyed by stream sequence (read from the reply subject:
+:func:`.acks.stream_seq`);
 a redelivery replaces its earlier copy, so the buffer holds no more distinct
 messages than the server lets be unacked (and it is capped at that, for
 copies gone stale). Flow-control requests, and idle heartbeats naming a
 stalled one, are answered by whichever member of the deliver group gets them.
+
+The writer takes batches from the buffer, decodes each
+(:meth:`.commit.Committer.prepare`) and commits it in a task of its own, up
+to :data:`WRITERS` at once on the ingest pool: the next batch is decoded and
+its insert started while the previous one is still in PostgreSQL. A batch
+with edits or deletes first waits for every batch before it (an edit
+applies to its message's row, which an earlier batch may still be inserting).
 
 A periodic check re-creates the stream and consumer if they disappear (a
 push consumer that is gone is silent); NATS reconnects, and re-subscribing
@@ -31,14 +39,14 @@ from itertools import islice
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext
 
 from chat_kit.stream import StreamSettings
 
 from . import metrics
+from .acks import Acks, stream_seq
 from .batching import BatchPolicy
-from .commit import MAX_BACKOFF, Committer, Delivery
+from .commit import MAX_BACKOFF, Committer, Delivery, Prepared
 from .consumer_setup import (
     DELIVER_GROUP,
     MAX_ACK_PENDING,
@@ -55,6 +63,8 @@ log = logging.getLogger("chat_history.consumer")
 CHECK_INTERVAL = 5.0
 # On stop, time to keep storing what is buffered; the rest is handed back (nak).
 STOP_BUDGET = 3.0
+# Batches being inserted at once (each on its own ingest-pool connection).
+WRITERS = 2
 _STATUS = "Status"
 _CONSUMER_STALLED = "Nats-Consumer-Stalled"
 
@@ -78,11 +88,12 @@ class HistoryConsumer:
         self._stop = asyncio.Event()
         self._closing = False  # stop() began: no lingering, store what is there
         self._drained = False  # nothing more will be delivered: the writer may finish
+        self._gave_up = False  # a commit gave up (stopping, database away): hand all back
         self._stop_deadline = 0.0
         self._writer: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
         self._troubles = Troubles(log)
-        self._committer = Committer(store, self._js, self._stream, self._troubles, self._stop)
+        self._committer = Committer(store, Acks(nc), self._troubles, self._stop)
         # Batches this instance wrote (tests, operators).
         self.batches = 0
 
@@ -199,9 +210,8 @@ class HistoryConsumer:
 
     async def _on_msg(self, msg: Msg) -> None:
         """Subscription callback: file the message, nothing else (the writer does the work)."""
-        try:
-            seq = msg.metadata.sequence.stream
-        except (NotJSMessageError, ValueError):
+        seq = stream_seq(msg.reply)
+        if seq is None:
             await self._control(msg)
             return
         buf = self._buf
@@ -235,30 +245,67 @@ class HistoryConsumer:
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         policy = BatchPolicy(self._batch, self._linger, loop.time())
-        while True:
-            if not self._buf:
-                if self._drained:
+        inflight: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                inflight = self._settled(inflight)
+                if self._giving_up():
+                    # Stopping with the database away: hand everything back now.
+                    await self._hand_back_all()
                     return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if self._closing and loop.time() > self._stop_deadline:
-                await self._committer.hand_back(msg for _, msg in self._take(len(self._buf)))
-                return
-            delay = policy.delay(loop.time(), len(self._buf), self._closing)
-            if delay > 0:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), delay)
-            batch = self._take(policy.size)
-            policy.taken(loop.time(), len(batch))
-            metrics.BATCH_SIZE.observe(len(batch))
-            self.batches += 1
-            if not await self._committer.write(batch):
-                # Stopping with the database away: hand everything back now.
-                await self._committer.hand_back(msg for _, msg in self._take(len(self._buf)))
-                return
-            policy.written(len(self._buf))
+                if not self._buf:
+                    if self._drained:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if self._closing and loop.time() > self._stop_deadline:
+                    await self._hand_back_all()
+                    return
+                delay = policy.delay(loop.time(), len(self._buf), self._closing)
+                if delay > 0:
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), delay)
+                batch = self._take(policy.size)
+                policy.taken(loop.time(), len(batch))
+                metrics.BATCH_SIZE.observe(len(batch))
+                self.batches += 1
+                prepared = await self._committer.prepare(batch)
+                # A free writer; a batch with changes waits for all before it.
+                while inflight and (prepared.changes or len(inflight) >= WRITERS):
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    inflight = self._settled(inflight)
+                if self._giving_up():  # while we waited
+                    await self._committer.hand_back(prepared.replies)
+                    continue
+                inflight.add(asyncio.create_task(self._commit(prepared),
+                                                 name="history-commit"))
+                policy.written(len(self._buf))
+        finally:
+            # Each batch settles itself (acked, or handed back when it gives up).
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _commit(self, prepared: Prepared) -> bool:
+        ok = await self._committer.commit(prepared)
+        if not ok:
+            self._gave_up = True
+            self._wake.set()
+        return ok
+
+    def _giving_up(self) -> bool:
+        return self._gave_up
+
+    @staticmethod
+    def _settled(inflight: set[asyncio.Task[bool]]) -> set[asyncio.Task[bool]]:
+        """The tasks still running; a failed one's exception ends the writer."""
+        for task in [t for t in inflight if t.done()]:
+            task.result()
+        return {t for t in inflight if not t.done()}
+
+    async def _hand_back_all(self) -> None:
+        await self._committer.hand_back([msg.reply for _, msg in self._take(len(self._buf))])
 
     def _take(self, n: int) -> list[Delivery]:
         buf = self._buf
