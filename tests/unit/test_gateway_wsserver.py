@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
+from websockets.http11 import Request
 
 from chat_devstack.ports import free_port
 from chat_gateway.wsserver import SlimProtocol, _Flag, _Inbox
+from chat_kit.http import RAW_SEND, expose_raw_send
 
 
 async def test_inbox_hands_items_over_in_order_and_survives_a_cancelled_get() -> None:
@@ -43,25 +48,36 @@ async def test_flag_blocks_waiters_while_cleared() -> None:
     assert await asyncio.gather(*waiters) == [True, True]
 
 
-seen: list[SlimProtocol] = []
+seen: list[WebSocket] = []
 
 
-async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    seen.append(send.__self__)
-    assert (await receive())["type"] == "websocket.connect"
-    await send({"type": "websocket.accept"})
+async def echo(ws: WebSocket) -> None:
+    seen.append(ws)
+    await ws.accept()
     while True:
-        message = await receive()
+        message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
-        await send({"type": "websocket.send", "text": message["text"].upper()})
+        await ws.send_text(message["text"].upper())
+
+
+async def hello(ws: WebSocket) -> None:
+    await ws.accept()
+    await ws.send_text(f"hello {ws.path_params['name']}")
+    await ws.close()
+
+
+ROUTES = [WebSocketRoute("/ws", echo), WebSocketRoute("/hello/{name}", hello)]
 
 
 @contextlib.asynccontextmanager
 async def server() -> AsyncIterator[int]:
     port = free_port()
-    config = uvicorn.Config(echo, host="127.0.0.1", port=port, ws=SlimProtocol,  # type: ignore[arg-type]
-                            log_config=None, lifespan="off", ws_per_message_deflate=False)
+    SlimProtocol.serve_routes(lambda: ROUTES)
+    config = uvicorn.Config(expose_raw_send(Starlette(routes=ROUTES)), host="127.0.0.1",
+                            port=port, ws=SlimProtocol,  # type: ignore[arg-type]
+                            log_config=None, lifespan="off", ws_per_message_deflate=False,
+                            proxy_headers=True, forwarded_allow_ips="127.0.0.1")
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
     for _ in range(500):
@@ -77,16 +93,33 @@ async def server() -> AsyncIterator[int]:
 
 async def test_a_real_uvicorn_serves_websockets_with_it() -> None:
     seen.clear()
-    async with server() as port, connect(f"ws://127.0.0.1:{port}/ws?token=abc") as ws:
+    async with server() as port, connect(f"ws://127.0.0.1:{port}/ws?token=abc",
+                                         additional_headers={"X-Forwarded-For": "10.1.2.3"}
+                                         ) as ws:
         for text in ("hello", "again"):
             await ws.send(text)
             assert await ws.recv() == text.upper()
-        (proto,) = seen
-        # The handshake's request and response are dropped once answered.
+        (socket,) = seen
+        # Called directly (Starlette's router never saw it), with what the gateway
+        # reads: the raw send, the query, the client behind the trusted proxy.
+        assert "router" not in socket.scope and RAW_SEND in socket.scope
+        assert socket.query_params["token"] == "abc"
+        assert socket.client is not None and socket.client.host == "10.1.2.3"
+        proto = socket.scope[RAW_SEND].__self__
+        # The handshake's request and response are dropped once answered (the
+        # request emptied: websockets' parser keeps it).
         assert proto.request is None and proto.response is None
+        requests = [o for o in gc.get_objects() if isinstance(o, Request)
+                    and o.path.startswith("/ws") and o is not ws.request]
+        assert requests == []
         assert isinstance(proto.queue, _Inbox) and isinstance(proto.writable, _Flag)
         # The gateway's settings: no permessage-deflate offered back.
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
+async def test_other_routes_go_through_the_application() -> None:
+    async with server() as port, connect(f"ws://127.0.0.1:{port}/hello/bob") as ws:
+        assert await ws.recv() == "hello bob"
 
 
 def test_the_gateway_runs_it_without_deflate_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:

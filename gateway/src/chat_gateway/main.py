@@ -22,7 +22,10 @@ from .wsserver import SlimProtocol
 
 
 def server_options(app: App, settings: GatewaySettings) -> dict[str, object]:
-    ws: object = SlimProtocol if settings.ws_protocol == "slim" else settings.ws_protocol
+    ws: object = settings.ws_protocol
+    if ws == "slim":
+        ws = SlimProtocol
+        SlimProtocol.serve_routes(app.routes)  # /ws without Starlette's routing around it
     return {**app.server_options(), "ws": ws,
             "ws_per_message_deflate": settings.ws_deflate}
 
