@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import jwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -273,3 +274,100 @@ async def test_jwks_keys_that_are_never_used(key: SigningKey) -> None:
 def test_sync_verify_outside_an_event_loop(key: SigningKey) -> None:
     verifier = TokenVerifier(ISS, AUD, Jwks(key).fetch)
     rejected(verifier, sign(key, claims_for(key)), "unknown signing key")
+
+
+# --- the one-pass verifier against jwt.decode --------------------------------------
+
+
+def pyjwt_verdict(v: TokenVerifier, token: str) -> str:
+    """What the verifier answered when it called PyJWT (before issue 13): the
+    reference the one-pass verifier must agree with."""
+    from chat_contract.claims import REQUIRED_CLAIMS
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return "malformed token"
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in v.algorithms:
+        return "unsupported algorithm"
+    if not isinstance(kid, str):
+        return "token has no kid"
+    key = v._keys[kid]
+    if key.algorithm_name != alg:
+        return "algorithm does not match the key"
+    try:
+        payload = jwt.decode(token, key.key, algorithms=[alg], audience=v.audience,
+                             issuer=v.issuer, leeway=v.leeway,
+                             options={"require": list(REQUIRED_CLAIMS)})
+    except jwt.ExpiredSignatureError:
+        return "token expired"
+    except jwt.ImmatureSignatureError:
+        return "token not yet valid"
+    except jwt.InvalidSignatureError:
+        return "bad signature"
+    except jwt.InvalidIssuerError:
+        return "wrong issuer"
+    except jwt.InvalidAudienceError:
+        return "wrong audience"
+    except jwt.MissingRequiredClaimError as exc:
+        return f"missing claim {exc.claim}"
+    except (jwt.exceptions.InvalidSubjectError, jwt.exceptions.InvalidJTIError):
+        return "malformed claims"
+    except jwt.InvalidTokenError:
+        return "invalid token"
+    try:
+        claims = msgspec.convert(payload, AccessClaims)
+    except msgspec.ValidationError:
+        return "malformed claims"
+    return "malformed claims" if not claims.sub else "ok"
+
+
+def our_verdict(v: TokenVerifier, token: str) -> str:
+    try:
+        v.verify(token)
+    except ChatError as exc:
+        return exc.message
+    return "ok"
+
+
+def raw_token(key: SigningKey, header: dict[str, Any], claims: Any) -> str:
+    """Signed by ``key`` whatever the header and claims say."""
+    signing_input = f"{segment(header)}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(key.private.sign(signing_input.encode()))}"
+
+
+async def test_one_pass_verifier_agrees_with_pyjwt(key: SigningKey,
+                                                   verifier: TokenVerifier) -> None:
+    now = int(time.time())
+    good = claims_for(key, sid="s1")
+    head = {"alg": "EdDSA", "kid": key.kid, "typ": "JWT"}
+    claim_cases: list[Any] = [
+        good, [1, 2], "text", 42,
+        *({**good, c: None} for c in ("sub", "name", "iss", "aud", "iat", "exp", "jti")),
+        *({**good, c: v} for c in ("sub", "name", "jti", "iss", "sid")
+          for v in (7, "", ["x"], {"a": 1})),
+        {**good, "aud": ["other", AUD]}, {**good, "aud": ["other"]}, {**good, "aud": ""},
+        {**good, "aud": [AUD, 3]}, {**good, "aud": {"x": AUD}}, {**good, "aud": "other"},
+        {**good, "iss": "other"},
+        {**good, "exp": now - 31}, {**good, "exp": now - 29}, {**good, "exp": "soon"},
+        {**good, "exp": str(now + 100)}, {**good, "exp": 1e400}, {**good, "exp": now + 0.5},
+        {**good, "exp": True},
+        {**good, "iat": now + 31}, {**good, "iat": now + 29}, {**good, "iat": "x"},
+        {**good, "nbf": now + 31}, {**good, "nbf": now + 29}, {**good, "nbf": "x"},
+        {**good, "nbf": None},
+    ]
+    tokens = [raw_token(key, head, c) for c in claim_cases]
+    for h in ({**head, "kid": 5}, {**head, "crit": ["exp"]}, {"alg": "EdDSA"},
+              {"alg": "ES256", "kid": key.kid}, {"alg": "HS256", "kid": key.kid}, [1],
+              {**head, "extra": {"deep": [1, 2]}}):
+        tokens.append(raw_token(key, h, good))  # type: ignore[arg-type]
+    t = raw_token(key, head, good)
+    h, p, s = t.split(".")
+    other = raw_token(new_key(), head, good).split(".")[2]
+    tokens += [f"{h}.{p}.{other}", f"{h}.{p}", f"{h}.{p}.{s}.{s}", f"{h}.{p}!.{s}",
+               f"{h}.{p}.{s[:-1]}", f"{h}.{p[:-1]}.{s}", f"{h}x.{p}.{s}", f".{p}.{s}",
+               f"{h}..{s}", f"{h}.{p}.", "", "...", "a.b.c", f"{h}.{p}.{s}=",
+               f"{h}.{p}.{s[:-2]}" + "==" * 0]
+    for token in tokens:
+        assert our_verdict(verifier, token) == pyjwt_verdict(verifier, token), token
