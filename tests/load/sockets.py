@@ -42,7 +42,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fanout import Procs, Stack, register, run_benchmark, server_processes  # noqa: E402
+from fanout import (  # noqa: E402
+    Procs,
+    Stack,
+    cpu_seconds,
+    register,
+    run_benchmark,
+    server_processes,
+)
 from wsclient import WsClient  # noqa: E402
 
 
@@ -153,8 +160,13 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
     warm, _, _ = await open_sockets(stack, tokens[:args.warmup], args.concurrency)
     await asyncio.sleep(args.settle)
     before = rss(procs)
+    cpu0 = cpu_seconds(procs)
+    me = psutil.Process()
+    client0 = sum(me.cpu_times()[:2])
     clients, seconds, failures = await open_sockets(stack, tokens[args.warmup:],
                                                     args.concurrency, args.warmup)
+    cpu1 = cpu_seconds(procs)
+    client_cpu = sum(me.cpu_times()[:2]) - client0
     await asyncio.sleep(args.settle)
     after = rss(procs)
     alive = sum(1 for c in clients if not c.closed.done())
@@ -167,6 +179,11 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         "users": args.users or "one per socket (minted tokens)",
         "connect_seconds": round(seconds, 3),
         "connects_per_s": round(len(clients) / seconds, 1),
+        # CPU per connect (robust where the rate is not: the 2 cores are shared):
+        # every server process, and the generator's own.
+        "cpu_us_per_connect": {k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in sorted(cpu1)},
+        "cpu_us_per_connect_servers": round(sum(cpu1[k] - cpu0[k] for k in cpu1) / n * 1e6, 1),
+        "cpu_us_per_connect_generator": round(client_cpu / n * 1e6, 1),
         "rss_kib_per_socket": per_socket,
         # Each gateway holds half the sockets: its cost per socket it holds.
         "rss_kib_per_socket_in_gateway": round(gateways, 2),
