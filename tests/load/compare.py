@@ -334,7 +334,8 @@ def plot_percentiles(runs: Sequence[Run], title: str, path: Path) -> None:
                        color="black", s=8, zorder=3)
             ax.text(x, s[q], f"{s[q]:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(qs)), qs)
-    ax.set_ylabel("latency, send → receipt (ms)")
+    ax.set_yscale("log")  # one stalled run must not hide the rest
+    ax.set_ylabel("latency, send → receipt (ms), log scale")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
