@@ -101,6 +101,8 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         "deliveries_per_s": median(r["deliveries_per_s"] for r in runs),
         "offered_deliveries_per_s": median(r["offered_deliveries_per_s"] for r in runs),
         "client_cpu_s": median(r["client_cpu_s"] for r in runs),
+        "other_cores": median(r["other_cpu_s"] / r["window_s"] for r in runs
+                              if "other_cpu_s" in r and r["window_s"]),
         "window_s": median(r["window_s"] for r in runs),
     }
 
@@ -194,6 +196,8 @@ def compare_table(stack: dict[str, Any], base: dict[str, Any]) -> str:
                  f"{base['lost']} / {base['duplicated']} of {base['expected']:,}", ""))
     row("deliveries/s", stack["deliveries_per_s"], base["deliveries_per_s"], 0)
     row("load generator CPU s", stack["client_cpu_s"], base["client_cpu_s"], 2,
+        with_ratio=False)
+    row("other work on the box, cores", stack.get("other_cores"), base.get("other_cores"), 2,
         with_ratio=False)
     head = (f"| medians of {stack['runs']} / {base['runs']} runs | stack | baseline "
             "| stack / baseline |\n| --- | --- | --- | --- |\n")
@@ -352,7 +356,7 @@ def _one_line(r: Run) -> str:
     return (f"{r['target']:>8} {r['rate']:>6,.0f} sends/s: {r['deliveries_per_s']:>7,} deliv/s "
             f"(offered {r['offered_deliveries_per_s']:,}), p50 {lat['p50']} p99 {lat['p99']} ms, "
             f"{r['cpu_us_per_delivery']} µs/deliv, lost {r['lost']} dup {r['duplicated']}, "
-            f"client CPU {r['client_cpu_s']} s")
+            f"client CPU {r['client_cpu_s']} s, others {r.get('other_cpu_s', '?')} s")
 
 
 def run_arms(loads: Sequence[Any], pairs: int, order: Sequence[str],

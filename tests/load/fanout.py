@@ -149,6 +149,14 @@ def tree_cpu_seconds(root: psutil.Process) -> float:
     return total
 
 
+def box_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, all processes)."""
+    t = psutil.cpu_times()
+    # Linux counts guest time inside user time too; idle, iowait and steal are not work.
+    not_busy = ("idle", "iowait", "steal", "guest", "guest_nice")
+    return sum(t) - sum(getattr(t, f, 0.0) for f in not_busy)
+
+
 def check_alive(procs: Procs) -> None:
     """Fail loudly when a process that must be counted is gone."""
     for name, p in procs.items():
@@ -450,6 +458,7 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
     cpu0 = cpu_seconds(procs)
     me = psutil.Process()
     client0 = sum(me.cpu_times()[:2])
+    box0 = box_busy_seconds()
     t0 = time.monotonic()
     rec.measuring = True
     idx = 0
@@ -474,6 +483,7 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
     t1 = time.monotonic()
     cpu1 = cpu_seconds(procs)
     client_cpu = sum(me.cpu_times()[:2]) - client0
+    box_cpu = box_busy_seconds() - box0
     window_deliveries = rec.window_deliveries
     await asyncio.sleep(3.0)  # let in-flight deliveries land before counting losses
 
@@ -499,6 +509,9 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
         "cpu_s": {k: round(v, 2) for k, v in sorted(cpu.items())},
         # The load generator shares the 2 cores: its share explains queueing latency.
         "client_cpu_s": round(client_cpu, 2),
+        # Whatever else ran on the machine meanwhile (other people's work):
+        # busy CPU of the whole box less the target's and the generator's.
+        "other_cpu_s": round(max(0.0, box_cpu - total_cpu - client_cpu), 2),
         "window_s": round(window, 2),
         "cpu_us_per_delivery": round(total_cpu / max(1, window_deliveries) * 1e6, 1),
         "cpu_us_per_delivery_by_process": {
