@@ -33,7 +33,9 @@ import asyncio
 import base64
 import os
 import secrets
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +51,7 @@ from fanout import (  # noqa: E402
     register,
     run_benchmark,
     server_processes,
+    summarize_profile,
 )
 from wsclient import WsClient  # noqa: E402
 
@@ -160,6 +163,13 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
     warm, _, _ = await open_sockets(stack, tokens[:args.warmup], args.concurrency)
     await asyncio.sleep(args.settle)
     before = rss(procs)
+    profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for name in args.profile:
+        out = Path(tempfile.mkdtemp()) / f"{name}.txt"
+        argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
+                str(procs[name].pid), "-d", str(args.profile_seconds), "-f", "raw",
+                "-o", str(out), "-r", "200"]
+        profiles[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
     cpu0 = cpu_seconds(procs)
     me = psutil.Process()
     client0 = sum(me.cpu_times()[:2])
@@ -190,6 +200,9 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         "rss_mib_before": {k: round(v / 2**20, 1) for k, v in sorted(before.items())},
         "rss_mib_after": {k: round(v / 2**20, 1) for k, v in sorted(after.items())},
     }
+    for name, (proc, out) in profiles.items():
+        await asyncio.to_thread(proc.wait, 60)
+        result[f"profile_{name}"] = summarize_profile(out, top=40)
     for client in [*warm, *clients]:
         if client.transport is not None:
             client.transport.abort()
@@ -208,6 +221,10 @@ def main() -> None:
                     help="sockets opened (and kept) before the 'before' RSS")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds idle before each RSS reading")
+    ap.add_argument("--profile", action="append", default=[], metavar="PROCESS",
+                    help="sample this process (gateway-1, nats, ...) with py-spy while the "
+                         "sockets open (quote CPU figures from runs without it); repeatable")
+    ap.add_argument("--profile-seconds", type=int, default=4)
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
     env = {"CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",
