@@ -212,7 +212,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         await nc.drain()
 
         if args.steady:
-            await steady(args, js, env)
+            await steady(args, js, env, pg_proc, nats_proc)
         await client.drain()
     finally:
         pg.stop()
@@ -235,7 +235,9 @@ async def search_check(url: str, n: int) -> None:
     print(f"search: {word!r} matches {found} of {n} stored messages, as sent")
 
 
-async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, str]) -> None:
+async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, str],
+                 pg_proc: psutil.Process | None = None,
+                 nats_proc: psutil.Process | None = None) -> None:
     """The service as its own process at a fixed publish rate: CPU per message."""
     port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
@@ -258,12 +260,14 @@ async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, 
             sent = 0
             pending: set[asyncio.Future[PubAck]] = set()
             window: tuple[float, float, int] | None = None  # (t0, cpu0, sent0)
+            servers0 = (0.0, 0.0)
             start = loop.time()
             warmup = 2.0
             while (now := loop.time()) - start < warmup + args.seconds:
                 if window is None and now - start >= warmup:
                     t = ps.cpu_times()
                     window = (time.monotonic(), t.user + t.system, sent)
+                    servers0 = (cpu_of(pg_proc, True), cpu_of(nats_proc))
                 due = int((now - start) * args.rate)
                 for i in range(sent, due):
                     fut = asyncio.ensure_future(
@@ -273,6 +277,7 @@ async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, 
                 sent = max(sent, due)
                 await asyncio.sleep(tick)
             t = ps.cpu_times()
+            pg_cpu, nats_cpu = cpu_of(pg_proc, True) - servers0[0], cpu_of(nats_proc) - servers0[1]
             assert window is not None
             t0, cpu0, sent0 = window
             cpu, secs, msgs = t.user + t.system - cpu0, time.monotonic() - t0, sent - sent0
@@ -284,7 +289,9 @@ async def steady(args: argparse.Namespace, js: JetStreamContext, env: dict[str, 
         stored = _metric(metrics, "chat_history_batch_size_sum")
         print(f"steady: {msgs} msgs in {secs:.1f}s ({msgs / secs:,.0f}/s): history process "
               f"CPU {cpu:.2f}s = {cpu / msgs * 1e6:.1f} us/msg; "
-              f"{batches:.0f} batches, {stored / max(batches, 1):.0f} msgs/batch on average")
+              f"{batches:.0f} batches, {stored / max(batches, 1):.0f} msgs/batch on average; "
+              f"postgres {pg_cpu / msgs * 1e6:.1f} us/msg, nats {nats_cpu / msgs * 1e6:.1f} us/msg"
+              " (nats includes this process's publishes)")
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)

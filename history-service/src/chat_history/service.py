@@ -167,6 +167,8 @@ class HistoryComponent:
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
         if self._eraser is not None:
             await self._eraser.stop()
+        if self._store is not None:
+            await self._store.close()  # the insert connections it kept
         if self._pools is not None:
             for pool in self._pools.all():
                 try:

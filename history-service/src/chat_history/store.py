@@ -8,11 +8,20 @@ costs this process a fraction of what eight typed arrays cost asyncpg to
 encode element by element. ``ON CONFLICT`` without a target covers both keys:
 a redelivered (room, seq) and a msg_id already stored under another seq are
 skipped rather than failing the batch forever.
+
+Inserts keep their connections (up to :data:`KEPT_WRITERS`, the consumer's
+writers) instead of handing them back to the pool after every batch: a
+release runs asyncpg's reset (``RESET ALL``, ``UNLISTEN *``, … : one more
+round trip and statement per batch), and the insert leaves no session state
+to reset. A connection that saw any error goes back to the pool (reset, or
+dropped if broken); :meth:`MessageStore.close` returns the kept ones.
+asyncpg prepares ``_INSERT`` once per connection (its statement cache).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -21,6 +30,9 @@ import msgspec
 from chat_contract.events import Message
 
 from .records import MessageRow, PageRow, assemble_page
+
+# Connections inserts keep between batches (the consumer's WRITERS).
+KEPT_WRITERS = 2
 
 # Bounds for "no bound": every seq is > -1 and < 2**63 - 1 (bigint).
 _NO_AFTER = -1
@@ -144,6 +156,31 @@ class MessageStore:
         self._pool = pool
         # Bounds a hung server (network partition) so the caller can retry.
         self._timeout = timeout
+        self._kept: list[asyncpg.Connection] = []  # idle insert connections
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def _writer(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for one insert: a kept one, else one from the pool."""
+        conn = self._kept.pop() if self._kept else await self._pool.acquire(
+            timeout=self._timeout)
+        try:
+            yield conn
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        if self._closed or len(self._kept) >= KEPT_WRITERS or conn.is_closed():
+            await self._pool.release(conn)
+        else:
+            self._kept.append(conn)
+
+    async def close(self) -> None:
+        """Hand the kept insert connections back to the pool (before it closes)."""
+        self._closed = True
+        kept, self._kept = self._kept, []
+        for conn in kept:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
     async def insert(self, rows: Sequence[MessageRow]) -> int:
         """Store ``rows`` atomically and apply their edits and deletes; return how
@@ -152,7 +189,7 @@ class MessageStore:
             return 0
         changes = sorted((r for r in rows if r.kind != "message"), key=lambda r: r.seq)
         batch = _encode_rows([_stored_form(r) for r in rows] if changes else rows).decode()
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        async with self._writer() as conn:
             if not changes:  # the common case: one statement, its own transaction
                 status: str = await conn.execute(_INSERT, batch, timeout=self._timeout)
             else:
