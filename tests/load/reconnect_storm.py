@@ -36,14 +36,23 @@ import asyncio
 import random
 import secrets
 import statistics
+import subprocess
 import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fanout import Stack, run_benchmark  # noqa: E402
+from fanout import (  # noqa: E402
+    Stack,
+    cpu_seconds,
+    run_benchmark,
+    server_processes,
+    summarize_profile,
+)
 from sockets import mint_tokens, open_ws  # noqa: E402
 from wsclient import WsClient  # noqa: E402
 
@@ -63,6 +72,9 @@ class Event(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(Event).decode
+
+
+JOIN_ERRORS: Counter[str] = Counter()
 
 
 class Member:
@@ -101,6 +113,7 @@ class Member:
         if event.id != "j" or self.joined is None or self.joined.done():
             return
         if event.type == "error":
+            JOIN_ERRORS[event.code] += 1
             self.joined.set_exception(RuntimeError(f"join refused: {event.code}"))
             return
         if self.first_seq is None:
@@ -192,8 +205,8 @@ async def send_loop(senders: list[Sender], rate: float, stop: asyncio.Event) -> 
     return sent
 
 
-async def run(args: argparse.Namespace, stack: Stack, _nats: int | None,
-              _pg: int | None) -> dict[str, object]:
+async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
+              pg_pid: int | None) -> dict[str, object]:
     from chat_devstack.caddy import Caddy
     from chat_devstack.ports import free_port, wait_http_ok
 
@@ -225,6 +238,18 @@ async def run(args: argparse.Namespace, stack: Stack, _nats: int | None,
         await asyncio.sleep(args.warm)
 
         # --- the drop -----------------------------------------------------------------
+        procs = server_processes(stack, nats_pid, pg_pid)
+        if args.drop == "gateway":
+            del procs["gateway-1"]
+        cpu0 = cpu_seconds(procs)
+        JOIN_ERRORS.clear()
+        profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        for name in args.profile:
+            out = Path(tempfile.mkdtemp()) / f"{name}.txt"
+            argv = [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
+                    str(procs[name].pid), "-d", str(args.profile_seconds), "-f", "raw",
+                    "-o", str(out), "-r", "100"]
+            profiles[name] = (subprocess.Popen(argv, stdout=subprocess.DEVNULL), out)  # noqa: ASYNC220
         if args.drop == "gateway":
             await stack.akill("gateway-1")
             t0 = loop.time()
@@ -242,6 +267,9 @@ async def run(args: argparse.Namespace, stack: Stack, _nats: int | None,
         await connect_all(dropped, "127.0.0.1", caddy.lb_port, args.reconnect_concurrency,
                           15.0, t0 + args.give_up)
         recovered = [m.recovered_at - t0 for m in dropped if m.recovered_at is not None]
+        storm_s = loop.time() - t0
+        cpu1 = cpu_seconds(procs)
+        join_errors = dict(JOIN_ERRORS)
         await asyncio.sleep(args.after)
         stop.set()
         sent = await sending
@@ -275,6 +303,11 @@ async def run(args: argparse.Namespace, stack: Stack, _nats: int | None,
                             "p50": round(q[49], 2), "p90": round(q[89], 2),
                             "p99": round(q[98], 2)},
             "reconnect_attempts": sum(m.attempts for m in dropped),
+            # CPU seconds per server process from the drop until the last rejoin
+            # (Caddy not included): which one the storm waits for.
+            "storm_cpu_s": {k: round(cpu1[k] - cpu0[k], 2) for k in sorted(cpu1)},
+            "storm_window_s": round(storm_s, 2),
+            "storm_join_errors": join_errors,
             "sent": sent, "acked": sum(len(a) for a in acked.values()),
             "send_errors": sum(s.errors for s in senders),
             "expected_deliveries": sum(len({q for q in acked[m.room] if q > (m.first_seq or 0)})
@@ -282,6 +315,9 @@ async def run(args: argparse.Namespace, stack: Stack, _nats: int | None,
             "lost": lost, "members_with_loss": lost_members, "duplicated": dup,
             "missed_truncated": sum(m.truncated for m in members),
         }
+        for name, (proc, out) in profiles.items():
+            await asyncio.to_thread(proc.wait, 60)
+            result[f"profile_{name}"] = summarize_profile(out)
         for m in members:
             if m.client is not None and m.client.transport is not None:
                 m.client.transport.abort()
@@ -309,6 +345,10 @@ def main() -> None:
                     help="seconds of traffic after every member recovered")
     ap.add_argument("--give-up", type=float, default=60.0,
                     help="seconds after the drop to stop retrying")
+    ap.add_argument("--profile", action="append", default=[], metavar="PROCESS",
+                    help="sample this process (gateway-2, history, ...) with py-spy from the "
+                         "drop on; repeatable")
+    ap.add_argument("--profile-seconds", type=int, default=15)
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
     env = {"CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",

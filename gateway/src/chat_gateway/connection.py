@@ -70,6 +70,7 @@ class _Flusher:
 
 
 _flusher = _Flusher()
+_NONE: frozenset[str] = frozenset()
 
 
 class Connection:
@@ -90,7 +91,8 @@ class Connection:
         self.rooms: set[str] = set() if rooms is None else rooms
         # User ids whose events this socket is not delivered (the user's blocks):
         # set at each join from the access reply, replaced by BlocksNotice.
-        self.blocked: set[str] = set()
+        # Never changed in place: most sockets share the one empty set.
+        self.blocked: frozenset[str] = _NONE
         # BlocksNotices applied: a fetched (older) set must not undo one.
         self.blocks_seen = 0
         self.closed = False
@@ -110,14 +112,14 @@ class Connection:
 
     def blocks_notice(self, blocked: list[str]) -> None:
         """The user's blocked set changed (a BlocksNotice): newest, always applies."""
-        self.blocked = set(blocked)
+        self.blocked = frozenset(blocked) if blocked else _NONE
         self.blocks_seen += 1
 
     def blocks_fetched(self, blocked: list[str], seen: int) -> None:
         """A blocked set asked for when ``blocks_seen`` was ``seen`` (a join's access
         reply, a refresh): applies unless a notice arrived meanwhile."""
         if self.blocks_seen == seen:
-            self.blocked = set(blocked)
+            self.blocked = frozenset(blocked) if blocked else _NONE
 
     def write_frame(self, frame: bytes) -> bool:
         """Write one pre-built frame now; False if the socket is gone or closed as slow."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,13 +31,18 @@ FetchBlocks = Callable[[User], Awaitable[BlocksReply]]
 IsRevoked = Callable[[str | None, str], bool]
 
 
+# An index entry: one socket (most users and login sessions have one here:
+# no set per socket, issue 13), or a set of them.
+Held = Connection | set[Connection]
+
+
 class Sockets:
     def __init__(self) -> None:
         self.all: set[Connection] = set()
         # user id → that user's sockets here: where a BlocksNotice applies.
-        self.by_user: dict[str, set[Connection]] = {}
+        self.by_user: dict[str, Held] = {}
         # login session (the token's sid) → its sockets here: what a logout closes.
-        self.by_sid: dict[str, set[Connection]] = {}
+        self.by_sid: dict[str, Held] = {}
         self.is_revoked: IsRevoked | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -46,9 +51,9 @@ class Sockets:
 
     def add(self, conn: Connection) -> None:
         self.all.add(conn)
-        self.by_user.setdefault(conn.user.id, set()).add(conn)
+        _add(self.by_user, conn.user.id, conn)
         if conn.sid is not None:
-            self.by_sid.setdefault(conn.sid, set()).add(conn)
+            _add(self.by_sid, conn.sid, conn)
         # Revoked between its token's check and now: closed all the same.
         if self.is_revoked is not None and self.is_revoked(conn.sid, conn.user.id):
             self._revoke([conn])
@@ -62,12 +67,12 @@ class Sockets:
     # --- revocation (revocation.Listener) ---------------------------------------------
 
     def session_revoked(self, sid: str) -> None:
-        self._revoke(self.by_sid.get(sid, ()))
+        self._revoke(held(self.by_sid, sid))
 
     def user_revoked(self, user_id: str) -> None:
         # The user's sessions are revoked one by one too; this is for sockets
         # whose token carried no session.
-        self._revoke([c for c in self.by_user.get(user_id, ()) if c.sid is None])
+        self._revoke([c for c in held(self.by_user, user_id) if c.sid is None])
 
     def reloaded(self) -> None:
         """The whole list was read again (start, NATS reconnect): check every socket."""
@@ -99,15 +104,14 @@ class Sockets:
         except msgspec.DecodeError:
             metrics.WS_DROPPED.labels("bad_blocks_event").inc()
             return
-        for conn in self.by_user.get(notice.user, ()):
+        for conn in held(self.by_user, notice.user):
             conn.blocks_notice(notice.blocked)
 
     async def refresh_blocks(self, fetch: FetchBlocks) -> bool:
         """Local users' blocked sets, as BlocksNotices lost meanwhile left them.
         False if history-service could not answer (retry later)."""
-        for conns in list(self.by_user.values()):
-            if not conns:
-                continue
+        for entry in list(self.by_user.values()):
+            conns = held_in(entry)
             first = next(iter(conns))
             seen = {conn: conn.blocks_seen for conn in conns}
             try:
@@ -126,9 +130,37 @@ class Sockets:
         event(log, "sockets closed", count=len(conns), code=code)
 
 
-def _discard(index: dict[str, set[Connection]], key: str, conn: Connection) -> None:
-    mine = index.get(key)
-    if mine is not None:
-        mine.discard(conn)
-        if not mine:
+def held_in(entry: Held) -> Collection[Connection]:
+    return (entry,) if isinstance(entry, Connection) else entry
+
+
+def held(index: dict[str, Held], key: str) -> Collection[Connection]:
+    """The sockets under ``key`` (none: empty)."""
+    entry = index.get(key)
+    return () if entry is None else held_in(entry)
+
+
+def _add(index: dict[str, Held], key: str, conn: Connection) -> None:
+    entry = index.get(key)
+    if entry is None:
+        index[key] = conn
+    elif isinstance(entry, Connection):
+        if entry is not conn:
+            index[key] = {entry, conn}
+    else:
+        entry.add(conn)
+
+
+def _discard(index: dict[str, Held], key: str, conn: Connection) -> None:
+    entry = index.get(key)
+    if entry is None:
+        return
+    if isinstance(entry, Connection):
+        if entry is conn:
             del index[key]
+        return
+    entry.discard(conn)
+    if len(entry) == 1:
+        index[key] = next(iter(entry))
+    elif not entry:
+        del index[key]
