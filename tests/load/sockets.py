@@ -91,7 +91,8 @@ async def tokens_for(stack: Stack, n: int, users: int, prefix: str) -> list[str]
 
 
 async def open_sockets(stack: Stack, tokens: list[str], concurrency: int,
-                       first: int = 0) -> tuple[list[WsClient], float, int]:
+                       first: int = 0, deflate: bool = False
+                       ) -> tuple[list[WsClient], float, int]:
     """Open one socket per token (gateway by index), ``concurrency`` at a time,
     each done once ``welcome`` arrived; (clients, seconds, failures)."""
     clients: list[WsClient] = []
@@ -110,7 +111,8 @@ async def open_sockets(stack: Stack, tokens: list[str], concurrency: int,
                     fut.set_result(None)
 
             try:
-                client = await open_ws("127.0.0.1", ports[i % 2], f"/ws?token={token}", on_text)
+                client = await open_ws("127.0.0.1", ports[i % 2], f"/ws?token={token}", on_text,
+                                       deflate=deflate)
             except Exception:
                 failures += 1
                 continue
@@ -134,16 +136,20 @@ def _ignore(_: bytes) -> None:
 
 
 async def open_ws(host: str, port: int, path: str, on_text: Callable[[bytes], None],
-                  timeout: float = 10.0) -> WsClient:
+                  timeout: float = 10.0, deflate: bool = False) -> WsClient:
     """WsClient.connect, but a connect that fails or times out leaves no socket
-    behind (its transport aborted), and a late answer is ignored."""
+    behind (its transport aborted), and a late answer is ignored. ``deflate``:
+    offer permessage-deflate as browsers do (the gateway's frames are never
+    compressed, so this client reads them either way)."""
     loop = asyncio.get_running_loop()
     transport, proto = await asyncio.wait_for(
         loop.create_connection(lambda: WsClient(on_text), host, port), timeout)
     key = base64.b64encode(os.urandom(16)).decode()
+    extensions = ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                  if deflate else "")
     transport.write(
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{extensions}"
         "Sec-WebSocket-Version: 13\r\n\r\n".encode())
     try:
         await asyncio.wait_for(asyncio.shield(proto.handshake), timeout)
@@ -160,7 +166,8 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
     procs = server_processes(stack, nats_pid, pg_pid)
     tokens = await tokens_for(stack, args.warmup + args.sockets, args.users,
                               f"s{secrets.token_hex(2)}_")
-    warm, _, _ = await open_sockets(stack, tokens[:args.warmup], args.concurrency)
+    warm, _, _ = await open_sockets(stack, tokens[:args.warmup], args.concurrency,
+                                    deflate=args.deflate)
     await asyncio.sleep(args.settle)
     before = rss(procs)
     profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -174,7 +181,8 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
     me = psutil.Process()
     client0 = sum(me.cpu_times()[:2])
     clients, seconds, failures = await open_sockets(stack, tokens[args.warmup:],
-                                                    args.concurrency, args.warmup)
+                                                    args.concurrency, args.warmup,
+                                                    deflate=args.deflate)
     cpu1 = cpu_seconds(procs)
     client_cpu = sum(me.cpu_times()[:2]) - client0
     await asyncio.sleep(args.settle)
@@ -187,6 +195,7 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         "sockets": args.sockets, "opened": len(clients), "failed": failures,
         "still_open_after_settle": alive, "concurrency": args.concurrency,
         "users": args.users or "one per socket (minted tokens)",
+        "deflate_offered": args.deflate,
         "connect_seconds": round(seconds, 3),
         "connects_per_s": round(len(clients) / seconds, 1),
         # CPU per connect (robust where the rate is not: the 2 cores are shared):
@@ -225,6 +234,8 @@ def main() -> None:
                     help="sample this process (gateway-1, nats, ...) with py-spy while the "
                          "sockets open (quote CPU figures from runs without it); repeatable")
     ap.add_argument("--profile-seconds", type=int, default=4)
+    ap.add_argument("--deflate", action="store_true",
+                    help="offer permessage-deflate in the upgrade, as browsers do")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
     env = {"CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER": "100000",
