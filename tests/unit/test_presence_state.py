@@ -42,3 +42,28 @@ def test_members_sorted_and_keys_split() -> None:
     assert split_live_key("room.u_1") is None and split_live_key("a..b") is None
     assert split_announced_key("room.u_1") == ("room", "u_1")
     assert split_announced_key("room.u_1.s") is None
+
+
+def test_online_anywhere_counts_rooms_not_sessions() -> None:
+    st = PresenceState()
+    assert not st.online(ANN.id)
+    st.put_live("r1", ANN, "s1")
+    st.put_live("r1", ANN, "s2")  # a second tab in the same room
+    st.put_live("r2", ANN, "s1")  # the same connection in another room
+    st.put_live("r2", ANN, "s1")  # a refresh
+    assert st.online(ANN.id) and st.users == {ANN.id: 2}
+    assert not st.online(BOB.id)
+    st.drop_live("r1", ANN.id, "s1")
+    assert st.users == {ANN.id: 2}  # s2 still holds r1
+    st.drop_live("r1", ANN.id, "s2")
+    assert st.online(ANN.id) and st.users == {ANN.id: 1}
+    st.drop_live("r2", ANN.id, "unknown")  # an unknown session changes nothing
+    assert st.online(ANN.id)
+    st.drop_live("r2", ANN.id, "s1")
+    st.drop_live("r2", ANN.id, "s1")  # twice (a delete and an expiry marker)
+    assert not st.online(ANN.id) and st.users == {}
+    # Across users: each counted on its own.
+    st.put_live("r", ANN, "a")
+    st.put_live("r", BOB, "b")
+    st.drop_live("r", BOB.id, "b")
+    assert st.online(ANN.id) and not st.online(BOB.id)

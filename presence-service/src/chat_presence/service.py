@@ -34,8 +34,15 @@ from nats.micro.service import Service
 from prometheus_client import Counter, Gauge
 from starlette.routing import BaseRoute
 
-from chat_contract import rpc, subjects
-from chat_contract.bus import MembersReply, MembersRequest, PresenceEntry, PresenceNotice
+from chat_contract import limits, rpc, subjects
+from chat_contract.bus import (
+    MembersReply,
+    MembersRequest,
+    OnlineReply,
+    OnlineRequest,
+    PresenceEntry,
+    PresenceNotice,
+)
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_kit import bus
@@ -145,6 +152,7 @@ class PresenceService:
         self._tasks += [asyncio.create_task(self._lead()), asyncio.create_task(self._reconcile())]
         self._svc = await bus.start_service(rt.nc, SERVICE, "1.0.0", dict([
             bus.serves(SERVICE, rpc.PRESENCE_MEMBERS, self.members),
+            bus.serves(SERVICE, rpc.PRESENCE_ONLINE, self.online),
         ]))
         event(log, "presence ready", instance=self.instance, ttl=s.ttl,
               entries=self.state.live_entries(), announced=len(self.state.announced))
@@ -179,6 +187,15 @@ class PresenceService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._advanced.wait(), left)
         return MembersReply(members=self.state.members(req.room))
+
+    async def online(self, req: OnlineRequest) -> OnlineReply:
+        """Which of the asked users are present anywhere (notification-service's
+        "offline" is the rest). What this instance has folded in so far."""
+        if len(req.users) > limits.USERS_LOOKUP_MAX:
+            raise ChatError(ErrorCode.BAD_REQUEST,
+                            f"at most {limits.USERS_LOOKUP_MAX} users at once")
+        state = self.state
+        return OnlineReply(online=[u for u in dict.fromkeys(req.users) if state.online(u)])
 
     # --- watchers -----------------------------------------------------------
 

@@ -41,12 +41,15 @@ def announced_key(pair: Pair) -> str:
 
 
 class PresenceState:
-    __slots__ = ("sessions", "rooms", "announced", "tombstones", "_live")
+    __slots__ = ("sessions", "rooms", "users", "announced", "tombstones", "_live")
 
     def __init__(self) -> None:
         # (room, user) → its live sessions; room → present users.
         self.sessions: dict[Pair, set[str]] = {}
         self.rooms: dict[str, dict[str, User]] = {}
+        # user → the number of rooms the user is present in (on any gateway):
+        # "online anywhere" for notification-service, O(1) per asked user.
+        self.users: dict[str, int] = {}
         # (room, user) → (KV revision of the announcement, the user announced).
         self.announced: dict[Pair, tuple[int, User]] = {}
         # (room, user) → revision of its announcement's delete marker: the
@@ -62,7 +65,10 @@ class PresenceState:
 
     def put_live(self, room: str, user: User, session: str) -> Pair:
         pair = (room, user.id)
-        sessions = self.sessions.setdefault(pair, set())
+        sessions = self.sessions.get(pair)
+        if sessions is None:
+            sessions = self.sessions[pair] = set()
+            self.users[user.id] = self.users.get(user.id, 0) + 1
         if session not in sessions:
             sessions.add(session)
             self._live += 1
@@ -77,6 +83,11 @@ class PresenceState:
             self._live -= 1
             if not sessions:
                 del self.sessions[pair]
+                left = self.users.get(user_id, 0) - 1
+                if left > 0:
+                    self.users[user_id] = left
+                else:
+                    self.users.pop(user_id, None)
                 users = self.rooms.get(room)
                 if users is not None:
                     users.pop(user_id, None)
@@ -93,6 +104,10 @@ class PresenceState:
         if not users:
             return []
         return sorted(users.values(), key=lambda u: (u.name.lower(), u.id))
+
+    def online(self, user_id: str) -> bool:
+        """Present in some room, through any connection on any gateway."""
+        return user_id in self.users
 
     def live_entries(self) -> int:
         return self._live

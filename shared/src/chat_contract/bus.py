@@ -44,6 +44,9 @@ class ChatRecord(_Payload):
     kind: RecordKind = "message"
     text: str | None = None
     reply_to: str | None = None
+    # Users mentioned by the message (``@name`` of members, resolved by the
+    # gateway at send time): notification-service notifies them while offline.
+    mentions: list[str] = []
     v: int = VERSION
 
 
@@ -432,6 +435,21 @@ class MembersReply(_Payload):
     v: int = VERSION
 
 
+class OnlineRequest(_Payload):
+    """Which of ``users`` (ids, at most ``limits.USERS_LOOKUP_MAX``) are present
+    anywhere: a live presence entry in any room on any gateway."""
+
+    users: list[str]
+    v: int = VERSION
+
+
+class OnlineReply(_Payload):
+    """The asked users that are present (the rest count as offline)."""
+
+    online: list[str]
+    v: int = VERSION
+
+
 class PresenceEntry(_Payload):
     """Value of one live key ``<room>.<user>.<session>`` in the PRESENCE bucket.
 
@@ -469,6 +487,31 @@ class TypingNotice(_Payload, tag_field="op", tag="typing"):
 
 
 RoomSignal = PresenceNotice | TypingNotice
+
+
+# --- notification-service -----------------------------------------------------
+
+NotifyLevel = Literal["all", "mentions", "none"]
+
+
+class NotifyLevelRequest(_Payload):
+    """``PUT /v1/rooms/{id}/notify``: set the caller's offline notification
+    level in ``room``; ``level`` None reads it. Members only (else ``not_found``)."""
+
+    caller: User
+    room: str
+    level: NotifyLevel | None = None
+    v: int = VERSION
+
+
+class NotifyLevelReply(_Payload):
+    """The caller's level in ``room`` now; ``default``: never set (DMs ``all``,
+    other rooms ``mentions``)."""
+
+    room: str
+    level: NotifyLevel
+    default: bool = False
+    v: int = VERSION
 
 
 def encode(payload: msgspec.Struct) -> bytes:

@@ -35,6 +35,10 @@ from .bus import (
     MemberChange,
     MembersReply,
     MembersRequest,
+    NotifyLevelReply,
+    NotifyLevelRequest,
+    OnlineReply,
+    OnlineRequest,
     PasswordChange,
     ReadReply,
     ReadRequest,
@@ -94,13 +98,17 @@ ROOMS_SEARCH = Rpc("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, SearchR
 
 # presence-service
 PRESENCE_MEMBERS = Rpc("members", subjects.PRESENCE_MEMBERS, MembersRequest, MembersReply)
+PRESENCE_ONLINE = Rpc("online", subjects.PRESENCE_ONLINE, OnlineRequest, OnlineReply)
+
+# notification-service
+NOTIFY_LEVEL = Rpc("level", subjects.NOTIFY_LEVEL, NotifyLevelRequest, NotifyLevelReply)
 
 ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     AUTH_REGISTER, AUTH_LOGIN, AUTH_REFRESH, AUTH_LOGOUT, AUTH_JWKS, AUTH_USERS,
     AUTH_PASSWORD, AUTH_DISABLE,
     HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
-    ROOMS_SEARCH, PRESENCE_MEMBERS,
+    ROOMS_SEARCH, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
 )  # type: ignore[assignment]
 
 # Which micro service (also its queue group) answers a subject, by prefix.
@@ -109,11 +117,12 @@ _SERVICE_BY_PREFIX = {
     "svc.history.": "history",
     "svc.rooms.": "history",  # the room model lives beside the messages
     "svc.presence.": "presence",
+    "svc.notify.": "notify",
 }
 
 
 def service_of(rpc: Rpc[Req, Rep]) -> str:
-    """The micro service that answers ``rpc`` (``auth``, ``history``, ``presence``)."""
+    """The micro service that answers ``rpc`` (``auth``, ``history``, ``presence``, ``notify``)."""
     for prefix, service in _SERVICE_BY_PREFIX.items():
         if rpc.subject.startswith(prefix):
             return service

@@ -28,6 +28,9 @@ AUTH_LOGOUT = "svc.auth.logout"
 AUTH_JWKS = "svc.auth.jwks"
 HISTORY_MESSAGES = "svc.history.messages"
 PRESENCE_MEMBERS = "svc.presence.members"
+PRESENCE_ONLINE = "svc.presence.online"
+# notification-service (notify-service/README.md): a user's level per room.
+NOTIFY_LEVEL = "svc.notify.level"
 AUTH_USERS = "svc.auth.users"
 # A password change and the admin's disable/enable (both end every session of the user).
 AUTH_PASSWORD = "svc.auth.password"
@@ -69,6 +72,11 @@ SESSION_LIST_PREFIX = "sessions.list"
 SESSION_HELD_PREFIX = "sessions.held"
 SESSION_KICK_PREFIX = "sessions.kick"
 
+# notification-service's dead letters: webhooks that failed for good, one
+# subject per recipient (``notify.dead.<user id>``), kept in this stream.
+NOTIFY_DEAD_STREAM = "NOTIFY_DEAD"
+NOTIFY_DEAD_PREFIX = "notify.dead"
+
 # The revocation denylist (auth-service writes, gateways watch): keys
 # ``sid.<session id>`` (that login's tokens are refused) and ``user.<user id>``
 # (value: Unix seconds; the user's tokens issued before it are refused).
@@ -97,6 +105,10 @@ def state_subject(room: str) -> str:
 
 def blocks_subject(user_id: str) -> str:
     return f"{BLOCKS_PREFIX}.{user_id}.blocks"
+
+
+def notify_dead_subject(user_id: str) -> str:
+    return f"{NOTIFY_DEAD_PREFIX}.{user_id}"
 
 
 def presence_subject(room: str) -> str:
