@@ -206,20 +206,22 @@ def compare_table(stack: dict[str, Any], base: dict[str, Any]) -> str:
 
 def sweep_table(summaries: dict[str, dict[float, dict[str, Any]]]) -> str:
     head = ("| sends/s | arm | deliveries/s (offered) | p50 ms | p99 ms | lost / dup "
-            "| CPU µs per delivery | clean |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+            "| CPU µs per delivery | other work on the box, cores | clean |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     lines = []
     rates = sorted({rate for arm in summaries.values() for rate in arm})
     for rate in rates:
         for arm in ARMS:
             s = summaries.get(arm, {}).get(rate)
             if s is None:
-                lines.append(f"| {rate:,.0f} | {arm} | (not run) | | | | | |")
+                lines.append(f"| {rate:,.0f} | {arm} | (not run) | | | | | | |")
                 continue
             lines.append(
                 f"| {rate:,.0f} | {arm} | {_num(s['deliveries_per_s'], 0)} "
                 f"({_num(s['offered_deliveries_per_s'], 0)}) | {_num(s['p50'], 2)} "
                 f"| {_num(s['p99'], 2)} | {s['lost']} / {s['duplicated']} "
-                f"| {_num(s['cpu_us'])} | {'yes' if is_clean(s) else 'no'} |")
+                f"| {_num(s['cpu_us'])} | {_num(s.get('other_cores'), 2)} "
+                f"| {'yes' if is_clean(s) else 'no'} |")
     best = {arm: highest_clean(summaries.get(arm, {})) for arm in ARMS}
     tail = []
     for arm in ARMS:
