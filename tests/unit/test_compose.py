@@ -37,9 +37,11 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 CADDYFILE = ROOT / "deploy" / "lb" / "Caddyfile"
 # Packages every deployable image installs besides its own member.
 COMMON_MEMBERS = ("shared", "services")
-DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service")
+DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service",
+               "notify-service")
 EXPECTED_SERVICES = {
-    "nats", "postgres", "auth", "history", "presence", "gateway-1", "gateway-2", "lb", "prometheus",
+    "nats", "postgres", "auth", "history", "presence", "notify", "gateway-1", "gateway-2", "lb",
+    "prometheus",
 }
 # Variables outside CHAT_* that a chat container may get, and who reads them.
 FOREIGN_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn: trusted X-Forwarded-For sources"}
@@ -562,7 +564,7 @@ def test_caddyfile_validates(tmp_path: Path) -> None:
 
 # --- NATS credentials ----------------------------------------------------------
 
-ROLE_OF = {"auth": "auth", "history": "history", "presence": "presence",
+ROLE_OF = {"auth": "auth", "history": "history", "presence": "presence", "notify": "notify",
            "gateway-1": "gateway", "gateway-2": "gateway"}
 
 

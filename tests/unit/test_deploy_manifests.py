@@ -27,7 +27,8 @@ K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 COMMON_MEMBERS = ("shared", "services")
-DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service")
+DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service",
+               "notify-service")
 # Variables outside CHAT_* that a chat container may get, and who reads them.
 FOREIGN_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn: trusted X-Forwarded-For sources"}
 NOT_APPLIED = {"secrets.example.yaml"}  # documentation, never in kustomization.yaml
@@ -270,13 +271,14 @@ def test_secrets_are_mounted_not_written(
     secret = volumes[mount["name"]]["secret"]
     paths = {i["path"]: i["key"] for i in secret["items"]}
     assert paths[key_file.name] in secrets[secret["secretName"]]["stringData"]
-    # Only auth holds the signing key; the other Secret any pod mounts is its
-    # own NATS password (test_each_deployment_logs_in_to_nats_as_its_role).
+    # Only auth holds the signing key, only notify the webhook's HMAC key; the
+    # other Secret any pod mounts is its own NATS password
+    # (test_each_deployment_logs_in_to_nats_as_its_role).
+    own = {"chat-auth": secret["secretName"], "chat-notify": "chat-notify-webhook"}
     for name, deployment in deployments.items():
         for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
             if "secret" in volume:
-                allowed = {"chat-nats-credentials"} | (
-                    {secret["secretName"]} if name == "chat-auth" else set())
+                allowed = {"chat-nats-credentials"} | ({own[name]} if name in own else set())
                 assert volume["secret"]["secretName"] in allowed, f"{name} mounts a secret"
 
 
@@ -406,7 +408,7 @@ def test_grafana_provisioning_matches_compose() -> None:
 # --- NATS credentials ----------------------------------------------------------
 
 NATS_ROLE_OF = {"chat-gateway": "gateway", "chat-auth": "auth", "chat-history": "history",
-                "chat-presence": "presence"}
+                "chat-presence": "presence", "chat-notify": "notify"}
 NATS_SECRET = "chat-nats-credentials"
 
 

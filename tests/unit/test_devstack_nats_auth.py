@@ -12,8 +12,9 @@ from chat_devstack.nats_auth import ROLES, NatsCredentials
 
 def test_credentials_are_private_and_kept(tmp_path: Path) -> None:
     first = NatsCredentials.load_or_create(tmp_path / "nats-auth")
-    assert set(first.passwords) == {"gateway", "auth", "history", "presence", "admin"}
-    assert len(set(first.passwords.values())) == 5
+    assert set(first.passwords) == {"gateway", "auth", "history", "presence", "notify",
+                                    "admin"}
+    assert len(set(first.passwords.values())) == 6
     assert stat.S_IMODE((tmp_path / "nats-auth").stat().st_mode) == 0o700
     for role in first.passwords:
         assert stat.S_IMODE(first.password_file(role).stat().st_mode) == 0o600
@@ -54,3 +55,44 @@ def test_role_table_uses_the_contract_names() -> None:
                                           subjects.PRESENCE_ANNOUNCED_BUCKET,
                                           subjects.PRESENCE_LEADER_BUCKET)
     assert (nats_auth.HISTORY_DURABLE, nats_auth.HISTORY_DELIVER) == (DURABLE, DELIVER_SUBJECT)
+
+
+def test_notify_role_is_least_privilege() -> None:
+    from chat_devstack.nats_auth import notify_role
+    from chat_notify import consumer
+
+    assert (nats_auth_names() ==
+            (consumer.DURABLE, consumer.DELIVER_SUBJECT, subjects.NOTIFY_DEAD_STREAM))
+    notify = ROLES["notify"]
+    # Answers its own service only, with its own inbox.
+    assert notify.allow_responses and "svc.notify.>" in notify.subscribe
+    assert [s for s in notify.subscribe if s.startswith("svc.")] == ["svc.notify.>"]
+    assert [s for s in notify.subscribe if s.startswith("_INBOX")] == ["_INBOX.notify.>"]
+    # Asks exactly the four endpoints it uses.
+    asks = {s for s in notify.publish if s.startswith("svc.")}
+    assert asks == {"svc.rooms.get", "svc.rooms.blocks", "svc.auth.users",
+                    "svc.presence.online"}
+    # Never writes chat events, never manages the chat stream (only its own durable).
+    assert "chat.>" in notify.publish_deny
+    assert not any(s.startswith("chat.") for s in notify.publish)
+    chat_api = [s for s in notify.publish if ".CHAT" in s]
+    assert chat_api and all(s.startswith("$JS.API.STREAM.INFO.CHAT")
+                            or consumer.DURABLE in s for s in chat_api), chat_api
+    assert not any("DELETE" in s or "PURGE" in s or "UPDATE" in s for s in notify.publish)
+    # Its dead letters: created when missing, appended to on notify.dead.<user>.
+    assert {f"$JS.API.STREAM.CREATE.{subjects.NOTIFY_DEAD_STREAM}",
+            f"{subjects.NOTIFY_DEAD_PREFIX}.*"} <= set(notify.publish)
+    # Partitioned: one durable and deliver subject per partition stream.
+    three = notify_role(3)
+    for p in range(3):
+        assert f"{consumer.DELIVER_SUBJECT}.CHAT_{p}" in three.subscribe
+        assert f"$JS.ACK.CHAT_{p}.{consumer.DURABLE}.>" in three.publish
+    # The gateway may ask for a level, nothing else of the service.
+    gateway = ROLES["gateway"]
+    assert "svc.notify.level" in gateway.publish
+
+
+def nats_auth_names() -> tuple[str, str, str]:
+    from chat_devstack import nats_auth
+
+    return nats_auth.NOTIFY_DURABLE, nats_auth.NOTIFY_DELIVER, nats_auth.NOTIFY_DEAD

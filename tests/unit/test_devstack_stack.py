@@ -14,7 +14,7 @@ from chat_devstack.stack import StackConfig, build_specs, service_env
 
 
 def _bin_dir(tmp_path: Path) -> Path:
-    for name in ("chat-auth", "chat-history", "chat-presence", "chat-gateway"):
+    for name in ("chat-auth", "chat-history", "chat-presence", "chat-notify", "chat-gateway"):
         path = tmp_path / name
         path.write_text("#!/bin/sh\n")
         path.chmod(0o755)
@@ -28,6 +28,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert (config.nats_port, config.nats_monitor_port, config.pg_port) == (4222, 8222, 5432)
     assert (config.lb_port, config.gateways, config.gateway_ports()) == (8080, 2, [8081, 8082])
     assert (config.auth_port, config.history_port, config.presence_port) == (8091, 8092, 8093)
+    assert config.notify_port == 8094
     assert config.url == "http://127.0.0.1:8080"
     assert config.database_url == "postgresql://postgres@127.0.0.1:5432/chat"
     assert config.nats_url == "nats://127.0.0.1:4222"
@@ -74,7 +75,8 @@ def test_specs_order_env_and_signals(tmp_path: Path) -> None:
     specs = build_specs(config, base_env={"PATH": "/usr/bin", "CHAT_LOG_FORMAT": "console"})
     by_name = {s.name: s for s in specs}
     assert [s.name for s in specs] == [
-        "nats", "postgres", "auth", "history", "presence", "gateway-1", "gateway-2", "lb",
+        "nats", "postgres", "auth", "history", "presence", "notify", "gateway-1", "gateway-2",
+        "lb",
     ]  # fmt: skip
 
     nats_argv = list(by_name["nats"].argv)
@@ -103,6 +105,30 @@ def test_specs_order_env_and_signals(tmp_path: Path) -> None:
     assert "CHAT_GATEWAY_PORT" not in (by_name["history"].env or {})
 
     assert by_name["lb"].ready_url == "http://127.0.0.1:8080/readyz"
+
+
+def test_notify_gets_a_webhook_only_when_configured(tmp_path: Path) -> None:
+    from chat_devstack.stack import ensure_webhook_secret
+
+    config = StackConfig(run_dir=tmp_path / "run", bin_dir=_bin_dir(tmp_path))
+    notify = next(s for s in build_specs(config, base_env={}) if s.name == "notify")
+    assert notify.env is not None and notify.ready_url == "http://127.0.0.1:8094/readyz"
+    assert not notify.env.get("CHAT_NOTIFY_WEBHOOK_URL")  # off: runs, sends nothing
+    assert "CHAT_NOTIFY_WEBHOOK_SECRET_FILE" not in notify.env
+    url = {"CHAT_NOTIFY_WEBHOOK_URL": "http://127.0.0.1:9999/hook"}
+    notify = next(s for s in build_specs(config, base_env=url) if s.name == "notify")
+    assert notify.env is not None
+    assert notify.env["CHAT_NOTIFY_WEBHOOK_URL"] == url["CHAT_NOTIFY_WEBHOOK_URL"]
+    assert notify.env["CHAT_NOTIFY_WEBHOOK_SECRET_FILE"] == str(config.webhook_secret_file)
+    # A key of one's own wins over the generated one.
+    mine = {**url, "CHAT_NOTIFY_WEBHOOK_SECRET_FILE": "/etc/mine"}
+    notify = next(s for s in build_specs(config, base_env=mine) if s.name == "notify")
+    assert notify.env is not None and notify.env["CHAT_NOTIFY_WEBHOOK_SECRET_FILE"] == "/etc/mine"
+    # The generated key: private, made once, kept.
+    path = ensure_webhook_secret(config.webhook_secret_file)
+    first = path.read_text()
+    assert len(first.strip()) == 64 and (path.stat().st_mode & 0o777) == 0o600
+    assert ensure_webhook_secret(path).read_text() == first
 
 
 def test_log_format_defaults_to_json() -> None:
@@ -155,7 +181,7 @@ def test_every_process_logs_in_as_its_role(tmp_path: Path) -> None:
     specs = {s.name: s for s in build_specs(config, base_env=inherited)}
     auth_dir = tmp_path / "run" / "nats-auth"
     for name, role in (("auth", "auth"), ("history", "history"), ("presence", "presence"),
-                       ("gateway-1", "gateway"), ("gateway-2", "gateway")):
+                       ("notify", "notify"), ("gateway-1", "gateway"), ("gateway-2", "gateway")):
         env = specs[name].env
         assert env is not None
         assert env["CHAT_NATS_USER"] == env["CHAT_NATS_ROLE"] == role

@@ -16,6 +16,7 @@ DEPLOYABLES = {
     "auth-service": "chat_auth",
     "history-service": "chat_history",
     "presence-service": "chat_presence",
+    "notify-service": "chat_notify",
 }
 IO_MODULES = {"asyncio", "socket", "nats", "asyncpg", "starlette", "uvicorn", "httpx", "os",
               "subprocess", "prometheus_client", "logging"}

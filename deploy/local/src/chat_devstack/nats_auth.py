@@ -1,7 +1,7 @@
 """NATS users per role: the permission table, the ``authorization`` block, local secrets.
 
-One NATS user per role — ``gateway``, ``auth``, ``history``, ``presence`` and
-``admin`` (operators, ``chat-admin``, tests) — each allowed to publish and
+One NATS user per role — ``gateway``, ``auth``, ``history``, ``presence``,
+``notify`` and ``admin`` (operators, ``chat-admin``, tests) — each allowed to publish and
 subscribe exactly what its code uses (deploy/README.md "NATS credentials and
 permissions" says why, line by line). There is no anonymous user: a client
 without credentials is refused.
@@ -69,6 +69,29 @@ def _chat_owner(stream: str) -> list[str]:
     ]
 HISTORY_DURABLE = "history-push"  # history-service's push consumer
 HISTORY_DELIVER = "chat.deliver.history"  # where JetStream pushes that consumer
+NOTIFY_DURABLE = "notify-push"  # notify-service's push consumer (chat_notify.consumer)
+NOTIFY_DELIVER = "chat.deliver.notify"
+NOTIFY_DEAD = "NOTIFY_DEAD"  # its dead-letter stream, on notify.dead.<user>
+
+
+def _notify_deliver(stream: str) -> str:
+    """notify-service's deliver subject on ``stream`` (chat_notify.consumer)."""
+    return NOTIFY_DELIVER if stream == CHAT else f"{NOTIFY_DELIVER}.{stream}"
+
+
+def _chat_follower(stream: str, durable: str) -> list[str]:
+    """A service with a durable push consumer of its own on one chat stream:
+    look the stream up, create/update and check the consumer, ack, answer
+    flow control. Never creates the stream nor reads it otherwise."""
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",  # acks, naks, progress, terms
+        f"$JS.FC.{stream}.{durable}.>",  # flow-control replies
+    ]
 PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
 REVOKED_BUCKET = "CHAT_REVOKED"  # the revocation denylist: auth writes, gateways watch
 AUTH_DIR = "nats-auth"
@@ -159,6 +182,7 @@ def gateway_role(partitions: int = 1) -> Role:
             "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
             "svc.auth.jwks", "svc.auth.password",
             "svc.history.messages", "svc.presence.members", "svc.rooms.*",
+            "svc.notify.level",  # PUT /v1/rooms/{id}/notify
             "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
             "$JS.API.INFO",
             # Is the stream there (never creates it); gap repair by sequence; a
@@ -222,6 +246,28 @@ PRESENCE = Role(
     allow_responses=True,
 )
 
+def notify_role(partitions: int = 1) -> Role:
+    return Role(
+        "notify",
+        "webhooks for DMs and mentions to offline users (its own durable on the chat "
+        "streams), answers svc.notify.*",
+        publish=(
+            # Room members (DMs), names, block lists, who is online anywhere.
+            "svc.rooms.get", "svc.rooms.blocks", "svc.auth.users", "svc.presence.online",
+            "$JS.API.INFO",
+            *(subject for stream in chat_streams(partitions)
+              for subject in _chat_follower(stream, NOTIFY_DURABLE)),
+            # The dead-letter stream: created when missing, appended to.
+            f"$JS.API.STREAM.CREATE.{NOTIFY_DEAD}", f"$JS.API.STREAM.INFO.{NOTIFY_DEAD}",
+            "notify.dead.*",
+        ),
+        publish_deny=("chat.>",),  # never a chat event, whatever is added above
+        subscribe=(*(_notify_deliver(stream) for stream in chat_streams(partitions)),
+                   "svc.notify.>", *_micro("notify"), _inbox("notify")),
+        allow_responses=True,
+    )
+
+
 ADMIN = Role(
     "admin",
     "operators: chat-admin (stream apply), the nats CLI, tests; everything",
@@ -232,14 +278,15 @@ ADMIN = Role(
 def roles(partitions: int = 1) -> dict[str, Role]:
     """The role table for a deployment with ``partitions`` chat streams."""
     return {role.name: role for role in (gateway_role(partitions), AUTH,
-                                         history_role(partitions), PRESENCE, ADMIN)}
+                                         history_role(partitions), PRESENCE,
+                                         notify_role(partitions), ADMIN)}
 
 
 ROLES: dict[str, Role] = roles()
 GATEWAY, HISTORY = ROLES["gateway"], ROLES["history"]
 # Which role each stack process runs as.
 PROCESS_ROLES = {"auth": "auth", "history": "history", "presence": "presence",
-                 "gateway": "gateway"}
+                 "notify": "notify", "gateway": "gateway"}
 # The variables chat_kit.nats_auth reads credentials from (one kind at a time).
 CREDENTIAL_VARIABLES = ("CHAT_NATS_USER", "CHAT_NATS_PASSWORD", "CHAT_NATS_PASSWORD_FILE",
                         "CHAT_NATS_CREDS", "CHAT_NATS_NKEY_SEED_FILE", "CHAT_NATS_ROLE")

@@ -1,7 +1,7 @@
 """The whole local stack as an ordered list of supervised processes.
 
 Start order (each ready before the next): nats (or nats-1..N), postgres,
-auth, history, presence, gateway-1..N, lb. A cluster's nodes start together:
+auth, history, presence, notify, gateway-1..N, lb. A cluster's nodes start together:
 only the last one waits, until every node's ``/healthz`` (JetStream meta
 leader elected) answers. Settings come from the environment:
 
@@ -20,15 +20,22 @@ variable                    default  meaning
 ``CHAT_AUTH_PORT``          8091     auth-service HTTP port
 ``CHAT_HISTORY_PORT``       8092     history-service HTTP port
 ``CHAT_PRESENCE_PORT``      8093     presence-service HTTP port
+``CHAT_NOTIFY_PORT``        8094     notify-service HTTP port
 ``CHAT_BIN_DIR``            venv     where the ``chat-*`` console scripts are looked up
 ==========================  =======  ==================================================
 
 Every port binds 127.0.0.1 only. Children inherit our environment plus
 ``CHAT_NATS_URL`` (every node), ``CHAT_STREAM_REPLICAS`` (3 on a cluster,
 unless set), ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``, ``CHAT_HISTORY_PORT``,
-``CHAT_PRESENCE_PORT`` and ``CHAT_LOG_FORMAT=json`` (unless already set);
-auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``; gateway-n gets
-``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+``CHAT_PRESENCE_PORT``, ``CHAT_NOTIFY_PORT`` and ``CHAT_LOG_FORMAT=json``
+(unless already set); auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``;
+gateway-n gets ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+
+notify-service sends webhooks only when ``CHAT_NOTIFY_WEBHOOK_URL`` is set
+in our environment (passed through); its HMAC key is then
+``CHAT_NOTIFY_WEBHOOK_SECRET`` / ``_FILE`` if given, else a random key
+``prepare`` keeps in ``<run dir>/notify/webhook-secret`` (0600) for the
+receiver to read. Without the URL it runs and sends nothing.
 
 NATS has no anonymous user: every node's config carries the
 ``authorization`` block of :mod:`.nats_auth` (one user per role), whose
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +68,7 @@ SERVICES = (  # (process name, console script, port attribute)
     ("auth", "chat-auth", "auth_port"),
     ("history", "chat-history", "history_port"),
     ("presence", "chat-presence", "presence_port"),
+    ("notify", "chat-notify", "notify_port"),
 )
 GATEWAY_SCRIPT = "chat-gateway"
 STATE_FILE = "stack.json"
@@ -92,6 +101,7 @@ class StackConfig:
     auth_port: int = 8091
     history_port: int = 8092
     presence_port: int = 8093
+    notify_port: int = 8094
     bin_dir: Path = field(default_factory=venv_bin_dir)
 
     @classmethod
@@ -113,6 +123,7 @@ class StackConfig:
             auth_port=_int_env(env, "CHAT_AUTH_PORT", d.auth_port),
             history_port=_int_env(env, "CHAT_HISTORY_PORT", d.history_port),
             presence_port=_int_env(env, "CHAT_PRESENCE_PORT", d.presence_port),
+            notify_port=_int_env(env, "CHAT_NOTIFY_PORT", d.notify_port),
             bin_dir=Path(env.get("CHAT_BIN_DIR") or d.bin_dir),
         )
         config.validate()
@@ -180,6 +191,7 @@ class StackConfig:
             "CHAT_AUTH_PORT": self.auth_port,
             "CHAT_HISTORY_PORT": self.history_port,
             "CHAT_PRESENCE_PORT": self.presence_port,
+            "CHAT_NOTIFY_PORT": self.notify_port,
         })
         for n, port in enumerate(self.gateway_ports(), start=1):
             ports[f"CHAT_GATEWAY_BASE_PORT (gateway-{n})"] = port
@@ -221,6 +233,11 @@ class StackConfig:
         return self.run_dir / "auth" / "signing-key.pem"
 
     @property
+    def webhook_secret_file(self) -> Path:
+        """notify-service's HMAC key, made when a webhook URL is set without one."""
+        return self.run_dir / "notify" / "webhook-secret"
+
+    @property
     def nats_auth_dir(self) -> Path:
         """Each NATS role's password file (``<role>.password``)."""
         return self.run_dir / nats_auth.AUTH_DIR
@@ -242,6 +259,7 @@ def service_env(config: StackConfig, base: Mapping[str, str] | None = None) -> d
         CHAT_AUTH_PORT=str(config.auth_port),
         CHAT_HISTORY_PORT=str(config.history_port),
         CHAT_PRESENCE_PORT=str(config.presence_port),
+        CHAT_NOTIFY_PORT=str(config.notify_port),
         # Unbuffered, so log lines reach the supervisor (and the terminal) as they happen.
         PYTHONUNBUFFERED="1",
     )
@@ -287,6 +305,8 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
         service = role_env(config, env, nats_auth.PROCESS_ROLES[name])
         if name == "auth":
             service["CHAT_AUTH_SIGNING_KEY_FILE"] = str(config.signing_key_file)
+        if name == "notify" and _webhook_needs_secret(service):
+            service["CHAT_NOTIFY_WEBHOOK_SECRET_FILE"] = str(config.webhook_secret_file)
         specs.append(
             ProcSpec(
                 name, [_script(config, script)], env=service, ready_url=f"{http}:{port}/readyz"
@@ -314,6 +334,24 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
         )
     )
     return specs
+
+
+def _webhook_needs_secret(env: Mapping[str, str]) -> bool:
+    """A webhook URL is set and no HMAC key for it: we make one (``prepare``)."""
+    return bool(env.get("CHAT_NOTIFY_WEBHOOK_URL", "").strip()) and not (
+        env.get("CHAT_NOTIFY_WEBHOOK_SECRET") or env.get("CHAT_NOTIFY_WEBHOOK_SECRET_FILE"))
+
+
+def ensure_webhook_secret(path: Path) -> Path:
+    """A random HMAC key in ``path`` (dir 0700, file 0600), made once and kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def _nats_specs(config: StackConfig) -> list[ProcSpec]:
@@ -347,6 +385,8 @@ def prepare(config: StackConfig) -> None:
     auth_dir.mkdir(exist_ok=True)
     auth_dir.chmod(0o700)  # holds the private signing key
     postgres.prepare(run / "pg")
+    if _webhook_needs_secret(os.environ):
+        ensure_webhook_secret(config.webhook_secret_file)
     caddy.write_caddyfile(run / "caddy", config.lb_port, config.gateway_ports())
 
 
