@@ -1,14 +1,15 @@
 """The whole stack as real subprocesses for end-to-end tests.
 
-auth, history and presence services plus N gateways, each started from its
-console script against the test's NATS and PostgreSQL, each on a free port,
-each waited for on ``/readyz``. Processes can be stopped, killed and started
+auth, history and presence services plus N gateways (and notify-service
+when asked: ``notify_env``), each started from its console script against
+the test's NATS and PostgreSQL, each on a free port, each waited for on
+``/readyz``. Processes can be stopped, killed and started
 again by name to test crashes and restarts.
 
 NATS is locked down as in production: :func:`authorized_nats` starts a server
 with the role users of chat_devstack.nats_auth and remembers its
 credentials by URL, and a :class:`Stack` on that URL logs each process in as
-its role (auth, history, presence, gateway), so every end-to-end test also
+its role (auth, history, presence, notify, gateway), so every end-to-end test also
 exercises the permissions. Tests that talk to NATS themselves connect as
 ``admin`` (``Stack.nats_login()``). :func:`permission_violations` reads the
 refusals from a server's log.
@@ -103,6 +104,9 @@ class Stack:
     log_dir: Path
     gateways: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
+    # notify-service runs only when given (its own variables: the webhook URL
+    # and secret); other modules' stacks stay as they were.
+    notify_env: dict[str, str] | None = None
     services: dict[str, Service] = field(default_factory=dict)
     # Role users of the server (None: it takes anonymous clients); found by
     # URL when the server came from authorized_nats.
@@ -142,6 +146,8 @@ class Stack:
         self._add("auth", "chat-auth", "CHAT_AUTH_PORT", CHAT_AUTH_SIGNING_KEY_FILE=str(key))
         self._add("history", "chat-history", "CHAT_HISTORY_PORT")
         self._add("presence", "chat-presence", "CHAT_PRESENCE_PORT")
+        if self.notify_env is not None:
+            self._add("notify", "chat-notify", "CHAT_NOTIFY_PORT", **self.notify_env)
         for i in range(1, self.gateways + 1):
             self._add(f"gateway-{i}", "chat-gateway", "CHAT_GATEWAY_PORT",
                       CHAT_GATEWAY_NODE_ID=f"gw-{i}")

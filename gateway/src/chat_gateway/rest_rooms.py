@@ -1,5 +1,5 @@
 """REST routes of the room model (docs/protocol.md §5): rooms, members, DMs,
-blocks, read pointers, history and search.
+blocks, read pointers, history, search and offline notification levels.
 
 Each route checks what it can without a round trip (token, ids, types,
 ranges → ``bad_request``, bounds from :mod:`chat_contract.limits`), then asks
@@ -23,6 +23,7 @@ from chat_contract.bus import (
     DmRequest,
     HistoryRequest,
     MemberChange,
+    NotifyLevelRequest,
     ReadRequest,
     RoomCreate,
     RoomListRequest,
@@ -59,6 +60,10 @@ class _UserBody(msgspec.Struct):
 
 class _ReadBody(msgspec.Struct):
     seq: Seq
+
+
+class _LevelBody(msgspec.Struct):
+    level: Literal["all", "mentions", "none"]
 
 
 async def _me(ctx: RestContext, request: Request) -> User:
@@ -187,6 +192,20 @@ async def room_messages(ctx: RestContext, request: Request) -> Response:
     return json_response({"messages": reply.messages, "has_more": reply.has_more})
 
 
+async def notify_level(ctx: RestContext, request: Request) -> Response:
+    """``PUT`` sets, ``GET`` reads the caller's offline notification level in
+    the room (notification-service decides; members only, else 404)."""
+    caller = await _me(ctx, request)
+    room = _room_param(request)
+    level = None
+    if request.method == "PUT":
+        body: _LevelBody = await read_body(request, _LevelBody)
+        level = body.level
+    reply = await ctx.services.request(rpc.NOTIFY_LEVEL, NotifyLevelRequest(
+        caller=caller, room=room, level=level))
+    return json_response({"room": reply.room, "level": reply.level, "default": reply.default})
+
+
 # --- direct messages, blocks, search ----------------------------------------
 
 
@@ -242,6 +261,8 @@ def routes(ctx: RestContext) -> list[Route]:
         route(ctx, "/v1/rooms/{room}/archive", archive, "POST"),
         route(ctx, "/v1/rooms/{room}/read", mark_read, "POST"),
         route(ctx, "/v1/rooms/{room}/messages", room_messages, "GET"),
+        route(ctx, "/v1/rooms/{room}/notify", notify_level, "PUT"),
+        route(ctx, "/v1/rooms/{room}/notify", notify_level, "GET"),
         route(ctx, "/v1/dm", open_dm, "POST"),
         route(ctx, "/v1/search", search, "GET"),
         route(ctx, "/v1/blocks/{user}", block, "PUT"),
