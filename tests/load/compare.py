@@ -270,6 +270,7 @@ def plot_cpu(bars: Sequence[tuple[str, dict[str, float | None]]], title: str,
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     for i, total in enumerate(bottoms):
         ax.text(i, total, f"{total:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, max(bottoms, default=1.0) * 1.1 or 1.0)
     ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
     ax.set_ylabel("server CPU µs per delivery (median)")
     ax.set_title(title, fontsize=10)
@@ -406,7 +407,8 @@ def _order(args: argparse.Namespace) -> list[str]:
 
 
 def report(args: argparse.Namespace, runs: list[Run]) -> str:
-    shape = f"{args.rooms} rooms × {args.members} members"
+    shape = (f"{args.rooms} room{'s' if args.rooms != 1 else ''} × "
+             f"{args.members} members")
     plots = args.plots
     tag = f"{args.rooms}x{args.members}"
     out = []
