@@ -18,6 +18,7 @@ from chat_gateway.session import (
     LeaveRoom,
     MarkRead,
     Members,
+    ReactTo,
     Rules,
     SendMessage,
     Session,
@@ -303,6 +304,58 @@ def test_a_msg_id_longer_than_any_is_not_found() -> None:
                    "msg_id": "m" * (limits.MSG_ID_MAX + 1)})
     [err] = frames_out(session)
     assert err["code"] == "not_found" and session.calls_to_make() == []
+
+
+def test_react_is_a_call_with_its_checked_fields() -> None:
+    session = open_session(joined={"r"})
+    send(session, {"type": "react", "id": "1", "room": "r", "msg_id": "m", "emoji": "👍🏽",
+                   "on": True})
+    send(session, {"type": "react", "room": "r", "msg_id": "m", "emoji": "👍🏽", "on": False})
+    first, second = session.calls_to_make()
+    assert isinstance(first, ReactTo) and (first.id, first.msg_id, first.emoji, first.on) == (
+        "1", "m", "👍🏽", True)
+    assert isinstance(second, ReactTo) and second.on is False and second.id is None
+    assert frames_out(session) == []
+
+
+def test_react_refusals_need_no_round_trip() -> None:
+    session = open_session(joined={"r", "a"}, archived={"a"})
+    refused = [
+        ({"room": "x", "msg_id": "m", "emoji": "👍", "on": True}, "forbidden"),  # not joined
+        ({"room": "r", "msg_id": "m", "emoji": "ok", "on": True}, "bad_request"),
+        ({"room": "r", "msg_id": "m", "emoji": "👍👍", "on": True}, "bad_request"),
+        ({"room": "r", "msg_id": "m", "emoji": "👍"}, "bad_request"),  # no on
+        ({"room": "r", "msg_id": "m", "emoji": "👍", "on": "yes"}, "bad_request"),
+        ({"room": "r", "emoji": "👍", "on": True}, "bad_request"),  # no msg_id
+        ({"room": "r", "msg_id": "m" * (limits.MSG_ID_MAX + 1), "emoji": "👍", "on": True},
+         "not_found"),
+        ({"room": "a", "msg_id": "m", "emoji": "👍", "on": True}, "forbidden"),  # archived
+    ]
+    for i, (fields, _) in enumerate(refused):
+        send(session, {"type": "react", "id": str(i), **fields}, now=T0 + 20 * i)
+    out = frames_out(session)
+    assert [(f["id"], f["code"]) for f in out] == [
+        (str(i), code) for i, (_, code) in enumerate(refused)]
+    assert session.calls_to_make() == []
+
+
+def test_reactions_share_the_send_bucket() -> None:
+    session = open_session(joined={"r"})  # burst 2
+    for i in range(3):
+        send(session, {"type": "react", "id": str(i), "room": "r", "msg_id": "m",
+                       "emoji": "👍", "on": True})
+    assert len(session.calls_to_make()) == 2
+    assert [f["code"] for f in frames_out(session)] == ["rate_limited"]
+
+
+def test_send_carries_its_thread() -> None:
+    session = open_session(joined={"r"})
+    send(session, {"type": "send", "room": "r", "text": "re", "thread": "m_root"})
+    send(session, {"type": "send", "id": "2", "room": "r", "text": "re",
+                   "thread": "m" * (limits.MSG_ID_MAX + 1)})
+    [call] = session.calls_to_make()
+    assert isinstance(call, SendMessage) and call.thread == "m_root"
+    assert [f["code"] for f in frames_out(session)] == ["bad_request"]
 
 
 def test_edit_carries_the_checked_text() -> None:

@@ -27,10 +27,13 @@ from chat_contract.bus import (
     ChangeRequest,
     ChatRecord,
     HistoryRequest,
+    ReactRequest,
     ReadRequest,
+    ResolveRequest,
 )
 from chat_contract.errors import ChatError, ErrorCode
-from chat_contract.events import User, encode
+from chat_contract.events import Message, User, encode
+from chat_contract.mentions import mention_names
 
 from . import session as s
 from .clock import now_rfc3339
@@ -90,6 +93,8 @@ class Handlers:
                 answer({})
             case s.ChangeMessage():
                 answer(await self.change(conn, call))
+            case s.ReactTo():
+                answer(await self.react(conn, call))
             case s.MarkRead():
                 await self.bus.request(rpc.ROOMS_READ, ReadRequest(
                     caller=conn.user, room=call.room, seq=call.seq))
@@ -100,6 +105,10 @@ class Handlers:
     async def send(self, conn: Connection, call: s.SendMessage) -> dict[str, Any]:
         record = ChatRecord(room=call.room, msg_id=new_msg_id(), sender=conn.user,
                             ts=now_rfc3339(), text=call.text, reply_to=call.reply_to)
+        # A thread or an "@" costs one request (root checked, names resolved
+        # among the members); a plain send pays one substring test.
+        if call.thread is not None or "@" in call.text:
+            await self._resolve(conn, call, record)
         # Dedupe only what a client may retry: its client_msg_id, scoped by user so
         # one user's ids never collide with another's. A fresh msg_id needs none.
         headers = ({subjects.HDR_MSG_ID: f"{conn.user.id}:{call.client_msg_id}"}
@@ -118,6 +127,32 @@ class Handlers:
                                 "client_msg_id already used for another message")
         return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
 
+    async def _resolve(self, conn: Connection, call: s.SendMessage, record: ChatRecord) -> None:
+        """Fill ``record``'s ``thread`` (the root, checked) and ``mentions``
+        (members named by ``@name``) from history-service."""
+        names = mention_names(call.text)
+        if call.thread is None and not names:
+            return
+        reply = await self.bus.request(rpc.ROOMS_RESOLVE, ResolveRequest(
+            caller=conn.user, room=call.room, thread=call.thread, names=names))
+        record.thread = reply.thread
+        record.mentions = reply.mentions
+
+    async def react(self, conn: Connection, call: s.ReactTo) -> dict[str, Any]:
+        """``react``: history-service decides (a member; a message of the room, not
+        deleted; the distinct-emoji cap) and says whether anything changes; a
+        change is a new event of the room carrying the message's ``msg_id``."""
+        grant = await self.bus.request(rpc.ROOMS_REACT, ReactRequest(
+            caller=conn.user, room=call.room, msg_id=call.msg_id, emoji=call.emoji,
+            on=call.on))
+        if not grant.publish:  # already so: nothing to tell anyone
+            return {"seq": grant.seq}
+        record = ChatRecord(room=call.room, msg_id=call.msg_id, sender=conn.user,
+                            ts=now_rfc3339(), kind="react" if call.on else "unreact",
+                            text=call.emoji)
+        ack = await self.bus.publish(subjects.room_subject(call.room), encode(record))
+        return {"seq": ack.seq}
+
     async def change(self, conn: Connection, call: s.ChangeMessage) -> dict[str, Any]:
         """``edit``/``delete``: history-service decides (own message; the owner may
         delete any), then the change is a new event of the room carrying ``msg_id``."""
@@ -125,7 +160,7 @@ class Handlers:
             caller=conn.user, room=call.room, msg_id=call.msg_id, action=call.action))
         record = ChatRecord(room=call.room, msg_id=call.msg_id, sender=grant.sender,
                             ts=grant.ts, kind=call.action, text=call.text,
-                            reply_to=grant.reply_to)
+                            reply_to=grant.reply_to, thread=grant.thread)
         ack = await self.bus.publish(subjects.room_subject(call.room), encode(record))
         return {"seq": ack.seq}
 
@@ -186,7 +221,7 @@ async def stored_original(bus: Requests, room: str, seq: int) -> dict[str, Any]:
     """A duplicate send's original, from history-service: the stream no longer has it."""
     reply = await bus.request(rpc.HISTORY_MESSAGES, HistoryRequest(
         room=room, after=seq - 1, before=seq + 1, limit=1, min_seq=seq))
-    found = [m for m in reply.messages if m.seq == seq]
+    found = [m for m in reply.messages if m.seq == seq and isinstance(m, Message)]
     if not found or found[0].deleted:
         raise ChatError(ErrorCode.CONFLICT, "that message was deleted")
     return {"msg_id": found[0].msg_id, "seq": seq, "ts": found[0].ts}

@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.subscription import Subscription
 
 from chat_contract import subjects
-from chat_contract.events import Message, System, encode
+from chat_contract.events import RoomEvent, System, author_of, encode
 from chat_kit import metrics
 from chat_kit.stream import StreamSettings
 
@@ -62,7 +62,7 @@ class LocalRoom:
         self.presence_sub: Subscription | None = None
         self.last_seq = -1  # unknown until the first event or the first join's lookup
         # (seq, prev_seq, frame, event) of the latest events, for joins completing now
-        self.recent: deque[tuple[int, int, bytes, Message]] = deque(maxlen=RECENT_EVENTS)
+        self.recent: deque[tuple[int, int, bytes, RoomEvent]] = deque(maxlen=RECENT_EVENTS)
         self.ready = asyncio.Event()  # subscribed (or failed to): joins may go on
         self.pending = 0  # joins under way (kept by rooms.RoomHub.join alone)
         self.archived = False  # read-only: from a join's access reply or an ArchiveNotice
@@ -92,7 +92,7 @@ class LocalRoom:
 
     # --- fan-out ----------------------------------------------------------------------
 
-    def relay(self, msg: Message) -> None:
+    def relay(self, msg: RoomEvent) -> None:
         """Write one event to every member above its floor; it is now the room's last."""
         seq = msg.seq
         frame = text_frame(encode(msg))
@@ -166,9 +166,10 @@ class LocalRoom:
         self.tell_joined(encode(System(room=self.name, text=text, ts=now_rfc3339())))
 
 
-def _write(chains: Chains[Connection], conn: Connection, msg: Message, frame: bytes) -> int:
-    """Deliver one event to a member that blocks someone or owes a ``prev_seq``."""
-    if conn.blocked and msg.sender.id in conn.blocked:
+def _write(chains: Chains[Connection], conn: Connection, msg: RoomEvent, frame: bytes) -> int:
+    """Deliver one event to a member that blocks someone or owes a ``prev_seq``
+    (a message is about its sender, a reaction about its user)."""
+    if conn.blocked and author_of(msg) in conn.blocked:
         chains.skip(conn, msg.prev_seq)
         return 0
     owed = chains.prev_for(conn, msg.prev_seq)

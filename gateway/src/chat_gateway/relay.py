@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 
 from chat_contract import limits, subjects
 from chat_contract.bus import ChatRecord, HistoryReply, HistoryRequest
-from chat_contract.events import Message
+from chat_contract.events import Message, ReactionEvent, RoomEvent
 from chat_kit import metrics
 from chat_kit.logs import event
 from chat_kit.natsclient import header_value
@@ -51,13 +51,22 @@ _SEQUENCE = subjects.HDR_SEQUENCE.encode()
 _LAST_SEQUENCE = subjects.HDR_LAST_SEQUENCE.encode()
 
 
-def live_event(room: str, record: ChatRecord, seq: int, prev_seq: int) -> Message:
+def live_event(room: str, record: ChatRecord, seq: int, prev_seq: int) -> RoomEvent:
     """The client event of a stored record, in ``room`` (the subject's, not the payload's)."""
     kind = record.kind
+    if kind == "message":
+        return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
+                       sender=record.sender, ts=record.ts, text=record.text,
+                       reply_to=record.reply_to, thread=record.thread,
+                       mentions=record.mentions or None)
+    if kind == "react" or kind == "unreact":
+        return ReactionEvent(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
+                             user=record.sender, emoji=record.text or "", on=kind == "react",
+                             ts=record.ts)
     return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
                    sender=record.sender, ts=record.ts,
                    text=None if kind == "delete" else record.text, reply_to=record.reply_to,
-                   edited=kind == "edit", deleted=kind == "delete")
+                   edited=kind == "edit", deleted=kind == "delete", thread=record.thread)
 
 
 class Relay:
@@ -118,7 +127,7 @@ class Relay:
             room.last_seq = seq
             return
         room.relay(live_event(room.name, record, seq, prev))
-        if record.kind == "message":  # edits and deletes carry the original's ts
+        if record.kind == "message":  # changes carry the original's ts (reactions: count none)
             metrics.DELIVERY_LATENCY.observe(_age(record.ts))
 
     async def last_seq(self, room: LocalRoom) -> int:

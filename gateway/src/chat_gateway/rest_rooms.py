@@ -192,6 +192,21 @@ async def room_messages(ctx: RestContext, request: Request) -> Response:
     return json_response({"messages": reply.messages, "has_more": reply.has_more})
 
 
+async def thread_messages(ctx: RestContext, request: Request) -> Response:
+    """A thread's replies, paged like the room's messages (history-service
+    answers ``not_found`` for a root that is no message of the room)."""
+    caller = await _me(ctx, request)
+    room = _room_param(request)
+    root: str = request.path_params["msg_id"]
+    if not root or len(root) > limits.MSG_ID_MAX:
+        raise ChatError(ErrorCode.NOT_FOUND, "unknown message")
+    limit = _bounded(request, "limit", DEFAULT_PAGE, limits.PAGE_MIN, limits.PAGE_MAX)
+    reply = await ctx.services.request(rpc.HISTORY_MESSAGES, HistoryRequest(
+        room=room, user=caller.id, before=int_param(request, "before", None),
+        after=int_param(request, "after", None), limit=limit, thread=root))
+    return json_response({"messages": reply.messages, "has_more": reply.has_more})
+
+
 async def notify_level(ctx: RestContext, request: Request) -> Response:
     """``PUT`` sets, ``GET`` reads the caller's offline notification level in
     the room (notification-service decides; members only, else 404)."""
@@ -263,6 +278,7 @@ def routes(ctx: RestContext) -> list[Route]:
         route(ctx, "/v1/rooms/{room}/messages", room_messages, "GET"),
         route(ctx, "/v1/rooms/{room}/notify", notify_level, "PUT"),
         route(ctx, "/v1/rooms/{room}/notify", notify_level, "GET"),
+        route(ctx, "/v1/rooms/{room}/threads/{msg_id}", thread_messages, "GET"),
         route(ctx, "/v1/dm", open_dm, "POST"),
         route(ctx, "/v1/search", search, "GET"),
         route(ctx, "/v1/blocks/{user}", block, "PUT"),

@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from chat_contract import subjects
 from chat_contract.bus import MemberNotice, ReadNotice, RoomState, RoomView
 from chat_contract.errors import ChatError, ErrorCode
-from chat_contract.events import Message, ReadEvent, System, User, encode
+from chat_contract.events import ReadEvent, RoomEvent, System, User, encode
 from chat_kit import bus, metrics
 from chat_kit.logs import event
 from chat_kit.natsclient import Client
@@ -69,7 +69,7 @@ class Admission:
     last_seq: int
     # The floor: the last sequence the ack returns (last_seq, or the end of missed).
     floor: int
-    missed: list[Message] = field(default_factory=list)
+    missed: list[RoomEvent] = field(default_factory=list)
     truncated: bool = False  # missed stopped at its cap: the client pages history
     since: int | None = None
     archived: bool = False

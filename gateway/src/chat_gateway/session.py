@@ -14,7 +14,8 @@ verifier) and writes what it returns. So every per-socket rule is here:
   lapses unrefreshed closes with 4401;
 - decoding (``bad_request``), and the checks each frame allows without a
   round trip: joined rooms, text size (``too_large``), archived rooms
-  (read-only), the ``send`` bucket (``rate_limited``), the ``join``/``leave``
+  (read-only), the ``send`` bucket (``rate_limited``: sends, edits, deletes and
+  reactions alike), the ``join``/``leave``
   bucket (``rate_limited``: each costs an access check, subscriptions and a
   presence write), ``msg_id`` length, at most ``max_rooms`` joined rooms;
 - answers: the ack of every request id, errors with the request id, a
@@ -102,6 +103,7 @@ class SendMessage(Call):
     text: str  # trimmed and checked
     reply_to: str | None
     client_msg_id: str | None
+    thread: str | None = None  # a thread root: history-service checks it
 
 
 @dataclass(slots=True)
@@ -110,6 +112,14 @@ class ChangeMessage(Call):
     msg_id: str
     action: Literal["edit", "delete"]
     text: str | None  # an edit's new text, checked
+
+
+@dataclass(slots=True)
+class ReactTo(Call):
+    room: str
+    msg_id: str
+    emoji: str  # one emoji sequence (checked by decode_frame)
+    on: bool
 
 
 @dataclass(slots=True)
@@ -316,7 +326,8 @@ class Session:
                 self._take_token(now)
                 calls.append(SendMessage(id=frame.id, room=frame.room, text=text,
                                          reply_to=frame.reply_to,
-                                         client_msg_id=frame.client_msg_id))
+                                         client_msg_id=frame.client_msg_id,
+                                         thread=frame.thread))
             case frames.Join():
                 self._take_join_token(now)
                 joined = self.joined
@@ -346,6 +357,8 @@ class Session:
                 self._change(frame.id, frame.room, frame.msg_id, "edit", frame.text, now)
             case frames.Delete():
                 self._change(frame.id, frame.room, frame.msg_id, "delete", None, now)
+            case frames.React():
+                self._react(frame, now)
             case frames.Read():
                 self._require_joined(frame.room)
                 assert frame.seq is not None  # decode_frame refuses a read without seq
@@ -363,6 +376,19 @@ class Session:
         self._take_token(now)
         self._calls.append(ChangeMessage(id=request_id, room=room, msg_id=msg_id, action=action,
                                          text=text))
+
+    def _react(self, frame: frames.React, now: float) -> None:
+        """A reaction is written like a message: joined, writable, the send bucket."""
+        room = frame.room
+        self._require_joined(room)
+        if len(frame.msg_id) > limits.MSG_ID_MAX:  # names no message (as for edits)
+            raise ChatError(ErrorCode.NOT_FOUND,
+                            f"no message {frame.msg_id[:limits.MSG_ID_MAX]}… in {room}")
+        self._require_writable(room)
+        self._take_token(now)
+        assert frame.on is not None  # decode_frame refuses a react without on
+        self._calls.append(ReactTo(id=frame.id, room=room, msg_id=frame.msg_id,
+                                   emoji=frame.emoji, on=frame.on))
 
     def _require_joined(self, room: str) -> None:
         if room not in self.joined:

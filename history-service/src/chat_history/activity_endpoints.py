@@ -44,7 +44,7 @@ class ActivityEndpoints:
         self._refusals = RefusalLog(log)
 
     async def change(self, req: ChangeRequest) -> ChangeGrant:
-        """Grant an edit or delete: the original's sender, ts and reply_to."""
+        """Grant an edit or delete: the original's sender, ts, reply_to and thread."""
         caller = req.caller
         rules.check_room_id(req.room)
         if not rules.is_possible_msg_id(req.msg_id):
@@ -59,7 +59,8 @@ class ActivityEndpoints:
         if original is None or original.deleted:
             raise not_found("unknown message")
         rules.check_may_change(s, caller.id, req.action, original.sender.id)
-        return ChangeGrant(sender=original.sender, ts=original.ts, reply_to=original.reply_to)
+        return ChangeGrant(sender=original.sender, ts=original.ts, reply_to=original.reply_to,
+                           thread=original.thread)
 
     async def read(self, req: ReadRequest) -> ReadReply:
         """Move the caller's read pointer forward to ``seq``, clamped to the

@@ -19,12 +19,13 @@ from nats.js import JetStreamContext
 
 from chat_contract.bus import HistoryReply, HistoryRequest
 from chat_contract.errors import ChatError, ErrorCode
-from chat_contract.limits import SEQ_MAX
+from chat_contract.limits import MSG_ID_MAX, SEQ_MAX
 from chat_contract.rooms import is_valid_room_id
 from chat_kit.db import DB_UNAVAILABLE
 
 from . import metrics
 from .config import MAX_LIMIT
+from .extras_store import ExtrasStore
 from .freshness import CommitTrackers, last_room_seq
 from .store import MessageStore
 
@@ -58,10 +59,13 @@ ReadAccess = Callable[[str, str], Awaitable[list[str]]]
 
 class HistoryApi:
     def __init__(self, js: JetStreamContext, store: MessageStore, trackers: CommitTrackers,
-                 catchup_timeout: float, access: ReadAccess | None = None) -> None:
+                 catchup_timeout: float, access: ReadAccess | None = None,
+                 extras: ExtrasStore | None = None) -> None:
         self._js = js
         self._access = access
         self._store = store
+        # Reactions and thread info on a reader's items, thread pages (None: neither).
+        self._extras = extras
         self._trackers = trackers
         self._catchup_timeout = catchup_timeout
         # chat_kit runs each request in its own task; counted so stop can wait for them.
@@ -90,9 +94,23 @@ class HistoryApi:
         if req.user is not None and self._access is not None:
             hidden = await self._access(req.room, req.user)
         await self._catch_up(req)
+        extras = self._extras
         try:
-            messages, has_more = await self._store.page(
-                req.room, before=req.before, after=req.after, limit=req.limit, exclude=hidden)
+            if req.thread is not None:
+                if extras is None or not 1 <= len(req.thread) <= MSG_ID_MAX or (
+                        await extras.message(req.room, req.thread)) is None:
+                    raise ChatError(ErrorCode.NOT_FOUND, "unknown message")
+                messages, has_more = await extras.thread_page(
+                    req.room, req.thread, before=req.before, after=req.after,
+                    limit=req.limit, hidden=hidden)
+            else:
+                messages, has_more = await self._store.page(
+                    req.room, before=req.before, after=req.after, limit=req.limit,
+                    exclude=hidden)
+            # A reader's items show reactions and thread info as that reader
+            # sees them; a trusted read (gap repair: live events) shows neither.
+            if req.user is not None and extras is not None:
+                messages = await extras.decorate(req.room, messages, req.user, hidden)
         except (*DB_UNAVAILABLE, asyncpg.QueryCanceledError):
             # The consumer logs the outage once; each request only counts it
             # (a statement over CHAT_HISTORY_DB_TIMEOUT is cancelled: the same).

@@ -41,6 +41,8 @@ class HistorySettings:
     room_creates_per_window: int = 10
     room_create_window: float = 60.0
     rooms_owned_max: int = 100
+    # Reactions (README "Reactions, threads, mentions"): distinct emoji on one message.
+    reactions_per_message: int = 20
 
     @classmethod
     def from_env(cls) -> HistorySettings:
@@ -75,4 +77,5 @@ class HistorySettings:
             room_creates_per_window=env_int("CHAT_HISTORY_ROOM_CREATE_RATE", 10, minimum=0),
             room_create_window=env_float("CHAT_HISTORY_ROOM_CREATE_WINDOW", 60.0, minimum=1.0),
             rooms_owned_max=env_int("CHAT_HISTORY_ROOMS_OWNED_MAX", 100, minimum=0),
+            reactions_per_message=env_int("CHAT_HISTORY_REACTIONS_PER_MESSAGE", 20, minimum=1),
         )

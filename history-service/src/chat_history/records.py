@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 import msgspec
 
 from chat_contract.bus import ChatRecord, RecordKind
-from chat_contract.events import Message, User
-from chat_contract.limits import MSG_ID_MAX
+from chat_contract.emoji import is_emoji
+from chat_contract.events import Message, ReactionEvent, RoomEvent, User
+from chat_contract.limits import MENTIONS_MAX, MSG_ID_MAX
 from chat_contract.rooms import is_valid_room_id
 
 _record_decoder = msgspec.json.Decoder(ChatRecord)
@@ -47,17 +48,25 @@ class MessageRow(_Row, frozen=True):
     A msgspec struct: cheap to build, and a batch of them encodes to the JSON
     array the store inserts in one statement. For an ``edit`` row ``text`` is
     the new text, applied to the message's row (the edit row itself is stored
-    without it); a ``delete`` has none.
+    without it); a ``delete`` has none; a ``react``/``unreact`` row keeps its
+    emoji as ``text`` (migration 0006). ``thread``: a reply's root;
+    ``mentions``: user ids, None when there are none.
     """
 
     kind: RecordKind = "message"
+    thread: str | None = None
+    mentions: list[str] | None = None
 
 
 class PageRow(_Row, frozen=True):
-    """One history item as read: an event row showing its message's latest state."""
+    """One history item as read: an event row showing its message's latest state
+    (a reaction row: its own emoji as ``text``)."""
 
     edited: bool = False
     deleted: bool = False
+    kind: RecordKind = "message"
+    thread: str | None = None
+    mentions: list[str] | None = None
 
 
 def parse_ts(raw: str) -> datetime:
@@ -92,10 +101,16 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
     # the way in only: rows already stored load whatever their length.
     if len(record.msg_id) > MSG_ID_MAX:
         raise BadRecord("too_long", f"msg_id of {len(record.msg_id)} characters")
-    strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to)
+    strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to,
+               record.thread, *record.mentions)
     # PostgreSQL text cannot hold NUL; such a row would fail its whole batch forever.
     if any(s is not None and "\x00" in s for s in strings):
         raise BadRecord("nul", "NUL character in a text field")
+    if record.kind in ("react", "unreact") and not is_emoji(record.text or ""):
+        raise BadRecord("bad_emoji", f"reaction {str(record.text)[:40]!r} is not one emoji")
+    if (record.thread is not None and len(record.thread) > MSG_ID_MAX) or (
+            len(record.mentions) > MENTIONS_MAX):
+        raise BadRecord("too_long", "thread id or mentions beyond their bounds")
     return MessageRow(
         room=room,
         seq=seq,
@@ -106,10 +121,17 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
         reply_to=record.reply_to,
         ts=parse_ts(record.ts),
         kind=record.kind,
+        thread=record.thread,
+        mentions=record.mentions or None,
     )
 
 
-def to_message(row: PageRow, prev_seq: int) -> Message:
+def to_message(row: PageRow, prev_seq: int) -> RoomEvent:
+    """The history item of a row: a ``reaction`` event, or a ``message`` event."""
+    if row.kind == "react" or row.kind == "unreact":
+        return ReactionEvent(room=row.room, msg_id=row.msg_id, seq=row.seq, prev_seq=prev_seq,
+                             user=User(id=row.sender_id, name=row.sender_name),
+                             emoji=row.text or "", on=row.kind == "react", ts=format_ts(row.ts))
     return Message(
         room=row.room,
         msg_id=row.msg_id,
@@ -121,12 +143,14 @@ def to_message(row: PageRow, prev_seq: int) -> Message:
         reply_to=row.reply_to,
         edited=row.edited,
         deleted=row.deleted,
+        thread=row.thread,
+        mentions=None if row.deleted else row.mentions or None,
     )
 
 
 def assemble_page(
     rows: Sequence[PageRow], *, limit: int, descending: bool, floor_seq: int
-) -> tuple[list[Message], bool]:
+) -> tuple[list[RoomEvent], bool]:
     """Turn up to ``limit + 1`` rows of one query into (page, has_more).
 
     ``rows`` are in the query's order: newest first when ``descending`` (the
@@ -143,7 +167,7 @@ def assemble_page(
     else:
         page = list(rows[:limit])
         prev = floor_seq
-    messages: list[Message] = []
+    messages: list[RoomEvent] = []
     for row in page:
         messages.append(to_message(row, prev))
         prev = row.seq

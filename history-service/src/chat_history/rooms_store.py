@@ -78,7 +78,11 @@ SELECT {_ROOM}, {_COUNT}, coalesce(l.seq, 0) AS last_seq,
        coalesce(lp.seq, 0) AS lm_prev_seq,
        (SELECT count(*) FROM history.messages u
         WHERE u.room = r.id AND u.kind = 'message' AND u.seq > m.read_seq AND NOT u.deleted
-          AND u.sender_id <> $1 AND {_NOT_BLOCKED.format(alias="u")}) AS unread
+          AND u.sender_id <> $1 AND {_NOT_BLOCKED.format(alias="u")}) AS unread,
+       (SELECT count(*) FROM history.messages n
+        WHERE n.room = r.id AND n.kind = 'message' AND n.mentions IS NOT NULL
+          AND n.mentions @> ARRAY[$1::text] AND n.seq > m.read_seq AND NOT n.deleted
+          AND n.sender_id <> $1 AND {_NOT_BLOCKED.format(alias="n")}) AS mentions
 FROM history.members m
 JOIN history.rooms r ON r.id = m.room
 {_LAST}
@@ -150,12 +154,13 @@ class RoomRow:
 
     def view(self, *, member_count: int | None = None,
              members: list[MemberView] | None = None, unread: int | None = None,
-             last_seq: int | None = None, last_message: Message | None = None) -> RoomView:
+             last_seq: int | None = None, last_message: Message | None = None,
+             mentions: int | None = None) -> RoomView:
         return RoomView(id=self.id, name=self.name, visibility=self.visibility,
                         owner=self.owner, created_at=format_ts(self.created_at),
                         password=self.password_hash is not None, archived=self.archived,
                         dm=self.dm, member_count=member_count, members=members, unread=unread,
-                        last_seq=last_seq, last_message=last_message)
+                        mentions=mentions, last_seq=last_seq, last_message=last_message)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ class Original:
     ts: str
     reply_to: str | None
     deleted: bool
+    thread: str | None = None
 
 
 def _room(r: asyncpg.Record) -> RoomRow:
@@ -270,11 +276,13 @@ class RoomsStore:
                                timeout=self._timeout)
 
     async def list_mine(self, user: str, limit: int) -> list[RoomView]:
-        """The user's rooms, most recently active first, with unread/last_seq/last_message."""
+        """The user's rooms, most recently active first, with unread, mentions,
+        last_seq and last_message."""
         async with self._pool.acquire(timeout=self._timeout) as conn:
             rows = await conn.fetch(_MINE, user, limit, timeout=self._timeout)
         return [_room(r).view(member_count=r["member_count"], unread=r["unread"],
-                              last_seq=r["last_seq"], last_message=_last_message(r))
+                              mentions=r["mentions"], last_seq=r["last_seq"],
+                              last_message=_last_message(r))
                 for r in rows]
 
     async def list_public(self, limit: int, after: tuple[datetime, str] | None = None
@@ -416,13 +424,14 @@ class RoomsStore:
     async def original(self, room: str, msg_id: str) -> Original | None:
         async with self._pool.acquire(timeout=self._timeout) as conn:
             r = await conn.fetchrow(
-                "SELECT sender_id, sender_name, ts, reply_to, deleted FROM history.messages"
+                "SELECT sender_id, sender_name, ts, reply_to, deleted, thread FROM history.messages"
                 " WHERE msg_id = $2 AND kind = 'message' AND room = $1", room, msg_id,
                 timeout=self._timeout)
         if r is None:
             return None
         return Original(sender=User(id=r["sender_id"], name=r["sender_name"]),
-                        ts=format_ts(r["ts"]), reply_to=r["reply_to"], deleted=r["deleted"])
+                        ts=format_ts(r["ts"]), reply_to=r["reply_to"], deleted=r["deleted"],
+                        thread=r["thread"])
 
     async def last_seq(self, room: str) -> int:
         """The room's newest stored seq (0 if none)."""

@@ -35,6 +35,8 @@ from .capacity import Pools, UserLimiter
 from .config import HistorySettings
 from .consumer import HistoryConsumer
 from .erasure import StreamEraser
+from .extras_endpoints import ExtrasEndpoints
+from .extras_store import ExtrasStore
 from .freshness import CommitTrackers
 from .room_endpoints import RoomEndpoints
 from .rooms_context import RoomsContext, db_guard
@@ -132,9 +134,13 @@ class HistoryComponent:
         blocks = BlockEndpoints(rooms_ctx)
         activity = ActivityEndpoints(rooms_ctx, UserLimiter(
             s.search_per_user, s.searches_per_window, s.search_window, "searches"))
+        # Reactions, threads and mentions (README "Reactions, threads, mentions").
+        extras_store = ExtrasStore(pools.interactive)
+        extras = ExtrasEndpoints(rooms_ctx, extras_store, s.reactions_per_message)
         # History pages are interactive reads: their own store on that pool.
         self._api = HistoryApi(js, MessageStore(pools.interactive), self._trackers,
-                               s.catchup_timeout, access=rooms.read_access)
+                               s.catchup_timeout, access=rooms.read_access,
+                               extras=extras_store)
         rooms_ctx.fresh = self._api.ensure_fresh
         rooms_ctx.stream_last = self._api.stream_last
         g = db_guard  # a database outage answers unavailable
@@ -152,6 +158,8 @@ class HistoryComponent:
             serves(SERVICE, rpc.ROOMS_CHANGE, g(activity.change)),
             serves(SERVICE, rpc.ROOMS_READ, g(activity.read)),
             serves(SERVICE, rpc.ROOMS_SEARCH, g(activity.search)),
+            serves(SERVICE, rpc.ROOMS_REACT, g(extras.react)),
+            serves(SERVICE, rpc.ROOMS_RESOLVE, g(extras.resolve)),
         ]))
 
     async def stop(self) -> None:

@@ -27,9 +27,10 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from chat_contract.events import Message
+from chat_contract.events import RoomEvent
 
-from .records import MessageRow, PageRow, assemble_page
+from .extras_store import DROP_REACTIONS, apply_reactions, page_row
+from .records import MessageRow, assemble_page
 
 # Connections inserts keep between batches (the consumer's WRITERS).
 KEPT_WRITERS = 2
@@ -38,7 +39,8 @@ KEPT_WRITERS = 2
 _NO_AFTER = -1
 _NO_BEFORE = 2**63 - 1
 
-_COLUMNS = "room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind"
+_COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind, thread,"
+            " mentions")
 
 # ts arrives as RFC 3339 with its offset (MessageRow.ts is aware), so the
 # session time zone plays no part.
@@ -46,7 +48,7 @@ _INSERT = f"""
 INSERT INTO history.messages ({_COLUMNS})
 SELECT {_COLUMNS} FROM json_to_recordset($1::json) AS r(
     room text, seq bigint, msg_id text, sender_id text, sender_name text,
-    text text, reply_to text, ts timestamptz, kind text)
+    text text, reply_to text, ts timestamptz, kind text, thread text, mentions text[])
 ON CONFLICT DO NOTHING
 """
 _encode_rows = msgspec.json.Encoder().encode
@@ -65,24 +67,27 @@ WHERE kind = 'message' AND msg_id = $1 AND room = $2 AND NOT deleted
 
 # Every event row, shown with its message's latest state: a message row is
 # its own state; a change row looks up its message's row (by the partial
-# unique index on msg_id). The page is cut first (LIMIT inside), so the
-# lookups cost one index probe per change row on the page, whatever the
-# room's size. Senders in $5 are left out (the reader's blocked users).
+# unique index on msg_id); a reaction row is its own (its emoji as text).
+# The page is cut first (LIMIT inside), so the lookups cost one index probe
+# per change row on the page, whatever the room's size. Senders in $5 are
+# left out (the reader's blocked users: their messages and their reactions).
 _ITEM = """
 SELECT e.room, e.seq, e.msg_id, e.sender_id, e.sender_name,
-       CASE WHEN e.kind = 'message' THEN e.text ELSE m.text END AS text,
+       CASE WHEN e.kind IN ('edit', 'delete') THEN m.text ELSE e.text END AS text,
        coalesce(m.reply_to, e.reply_to) AS reply_to, e.ts,
        CASE WHEN e.kind = 'message' THEN e.edited ELSE coalesce(m.edited, false) END AS edited,
        CASE WHEN e.kind = 'message' THEN e.deleted
-            ELSE coalesce(m.deleted, e.kind = 'delete') END AS deleted
+            ELSE coalesce(m.deleted, e.kind = 'delete') END AS deleted,
+       e.kind, coalesce(m.thread, e.thread) AS thread,
+       CASE WHEN e.kind = 'message' THEN e.mentions ELSE m.mentions END AS mentions
 FROM ({events}) e
 LEFT JOIN LATERAL (
-    SELECT text, reply_to, edited, deleted FROM history.messages
+    SELECT text, reply_to, edited, deleted, thread, mentions FROM history.messages
     WHERE kind = 'message' AND msg_id = e.msg_id AND room = e.room
-) m ON e.kind <> 'message'
+) m ON e.kind IN ('edit', 'delete')
 """
 _EVENT_COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind,"
-                  " edited, deleted")
+                  " edited, deleted, thread, mentions")
 
 # Newest page or `before` alone: the limit+1 highest seqs below the bound.
 _PAGE_DESC = _ITEM.format(events=f"""
@@ -130,24 +135,12 @@ ON CONFLICT (room, msg_id) DO UPDATE SET queued_at = clock_timestamp()
 """
 
 
-def _row(record: asyncpg.Record) -> PageRow:
-    return PageRow(
-        room=record["room"],
-        seq=record["seq"],
-        msg_id=record["msg_id"],
-        sender_id=record["sender_id"],
-        sender_name=record["sender_name"],
-        text=record["text"],
-        reply_to=record["reply_to"],
-        ts=record["ts"],
-        edited=record["edited"],
-        deleted=record["deleted"],
-    )
+_row = page_row
 
 
 def _stored_form(row: MessageRow) -> MessageRow:
-    """The row as inserted: change events keep no text (it lives in the message's row)."""
-    return row if row.kind == "message" or row.text is None else msgspec.structs.replace(
+    """The row as inserted: an edit keeps no text (it lives in the message's row)."""
+    return row if row.kind != "edit" or row.text is None else msgspec.structs.replace(
         row, text=None)
 
 
@@ -187,11 +180,17 @@ class MessageStore:
         many rows were new (duplicates are skipped)."""
         if not rows:
             return 0
-        changes = sorted((r for r in rows if r.kind != "message"), key=lambda r: r.seq)
+        changes = sorted((r for r in rows if r.kind == "edit" or r.kind == "delete"),
+                         key=lambda r: r.seq)
+        reacts = not changes and any(r.kind != "message" for r in rows)
         batch = _encode_rows([_stored_form(r) for r in rows] if changes else rows).decode()
         async with self._writer() as conn:
-            if not changes:  # the common case: one statement, its own transaction
+            if not changes and not reacts:  # the common case: one statement, its own transaction
                 status: str = await conn.execute(_INSERT, batch, timeout=self._timeout)
+            elif not changes:  # reactions, no edit or delete: no erasure to queue
+                async with conn.transaction():
+                    status = await conn.execute(_INSERT, batch, timeout=self._timeout)
+                    await apply_reactions(conn, rows, self._timeout)
             else:
                 async with conn.transaction():
                     status = await conn.execute(_INSERT, batch, timeout=self._timeout)
@@ -206,13 +205,17 @@ class MessageStore:
                         else:
                             await conn.execute(_DELETE, change.msg_id, change.room, change.seq,
                                                timeout=self._timeout)
+                            await conn.execute(DROP_REACTIONS, change.msg_id, change.room,
+                                               timeout=self._timeout)
+                    # After the deletes: a reaction to a message deleted is not kept.
+                    await apply_reactions(conn, rows, self._timeout)
         # Status is "INSERT 0 <rows inserted>".
         return int(status.rsplit(" ", 1)[-1])
 
     async def page(
         self, room: str, *, before: int | None, after: int | None, limit: int,
         exclude: Sequence[str] = (),
-    ) -> tuple[list[Message], bool]:
+    ) -> tuple[list[RoomEvent], bool]:
         """One history page, ascending by seq, and whether more lie beyond it.
 
         - neither bound: the newest ``limit``; ``has_more`` = older ones exist;

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from . import limits
-from .events import Message, User
+from .events import Message, ReactionEvent, RoomEvent, User
 
 VERSION = 1
 
@@ -22,7 +22,7 @@ class _Payload(msgspec.Struct):
     """Base of every bus payload; each subclass ends with ``v`` (the version)."""
 
 
-RecordKind = Literal["message", "edit", "delete"]
+RecordKind = Literal["message", "edit", "delete", "react", "unreact"]
 
 
 class ChatRecord(_Payload):
@@ -30,11 +30,16 @@ class ChatRecord(_Payload):
 
     - ``message``: a new message; ``msg_id`` is new, ``sender``/``ts`` its author and time;
     - ``edit``: ``msg_id`` is the edited message's, ``text`` its new text;
-    - ``delete``: ``msg_id`` is the deleted message's; no text.
+    - ``delete``: ``msg_id`` is the deleted message's; no text;
+    - ``react``/``unreact``: ``sender`` put/took back the emoji ``text`` on the
+      message ``msg_id`` at ``ts`` (a ``reaction`` event, ``on`` true/false).
 
-    Edits and deletes carry the *original* message's ``sender``, ``ts`` and
-    ``reply_to`` (an event shows the message in its new state), so a block
-    filters them like the message itself. Each has its own stream sequence.
+    Edits and deletes carry the *original* message's ``sender``, ``ts``,
+    ``reply_to`` and ``thread`` (an event shows the message in its new
+    state), so a block filters them like the message itself; a reaction's
+    ``sender`` is the reacting user, so a block filters that user's
+    reactions. Each has its own stream sequence. ``thread``: the root's
+    ``msg_id`` on a thread's replies.
     """
 
     room: str
@@ -47,11 +52,16 @@ class ChatRecord(_Payload):
     # Users mentioned by the message (``@name`` of members, resolved by the
     # gateway at send time): notification-service notifies them while offline.
     mentions: list[str] = []
+    thread: str | None = None
     v: int = VERSION
 
 
-def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> Message:
+def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> RoomEvent:
     kind = record.kind
+    if kind == "react" or kind == "unreact":
+        return ReactionEvent(room=record.room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
+                             user=record.sender, emoji=record.text or "", on=kind == "react",
+                             ts=record.ts)
     return Message(
         room=record.room,
         msg_id=record.msg_id,
@@ -63,6 +73,8 @@ def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> Message:
         reply_to=record.reply_to,
         edited=kind == "edit",
         deleted=kind == "delete",
+        thread=record.thread,
+        mentions=record.mentions or None,
     )
 
 
@@ -147,11 +159,16 @@ class HistoryRequest(_Payload):
     # Stream sequence the reply must reflect: the service waits until it has
     # stored at least this far, so a read right after a send sees the send.
     min_seq: int = 0
+    # A thread's replies only (GET /v1/rooms/{id}/threads/{msg_id}): the root's msg_id.
+    thread: str | None = None
     v: int = VERSION
 
 
 class HistoryReply(_Payload):
-    messages: list[Message]
+    """Events in seq order: messages (with ``reactions``/``thread_info`` as the
+    reader sees them) and reactions, so a page's chain is the live one."""
+
+    messages: list[RoomEvent]
     has_more: bool
     v: int = VERSION
 
@@ -214,6 +231,8 @@ class RoomView(msgspec.Struct, omit_defaults=True):
     member_count: int | None = None
     members: list[MemberView] | None = None
     unread: int | None = None
+    # The caller's room list only: unread messages that mention the caller.
+    mentions: int | None = None
     last_seq: int | None = None
     last_message: Message | None = None
 
@@ -336,6 +355,51 @@ class ChangeGrant(_Payload):
     sender: User
     ts: str
     reply_to: str | None = None
+    thread: str | None = None
+    v: int = VERSION
+
+
+class ReactRequest(_Payload):
+    """May ``caller`` put (``on``) or take back ``emoji`` on ``msg_id`` in ``room``?
+    Needs a member, a message of the room that is not deleted, and (putting a
+    new emoji) fewer distinct emoji on it than the service's cap."""
+
+    caller: User
+    room: str
+    msg_id: str
+    emoji: str
+    on: bool
+    v: int = VERSION
+
+
+class ReactGrant(_Payload):
+    """``publish``: the change is new, publish a react/unreact record. Not
+    ``publish``: the state already is as asked (a repeated ``on``, an ``off``
+    of nothing); ``seq`` is then the event that set it (0: none ever)."""
+
+    publish: bool
+    seq: int = 0
+    v: int = VERSION
+
+
+class ResolveRequest(_Payload):
+    """A ``send`` with a ``thread`` and/or ``@names``: check the thread root (a
+    message of ``room``, not deleted) and look the names up among the room's
+    members (case-insensitively, at most ``limits.MENTIONS_MAX``)."""
+
+    caller: User
+    room: str
+    thread: str | None = None
+    names: list[str] = []
+    v: int = VERSION
+
+
+class ResolveReply(_Payload):
+    """``thread``: the root to store (a reply's own root when ``thread`` named
+    a reply); ``mentions``: the ids of the members named."""
+
+    thread: str | None = None
+    mentions: list[str] = []
     v: int = VERSION
 
 

@@ -26,6 +26,22 @@ class Welcome(_Event, tag="welcome"):
     heartbeat: int
 
 
+class ReactionCount(msgspec.Struct):
+    """One emoji on a message, in history: how many reacted with it, and
+    whether the reader (``me``) did."""
+
+    emoji: str
+    count: int
+    me: bool
+
+
+class ThreadInfo(msgspec.Struct):
+    """A thread root, in history: its replies and the newest one's ``seq``."""
+
+    count: int
+    last_seq: int
+
+
 class Message(_Event, tag="message"):
     room: str
     msg_id: str
@@ -37,6 +53,34 @@ class Message(_Event, tag="message"):
     reply_to: str | None = None
     edited: bool = False
     deleted: bool = False
+    thread: str | None = None  # the root's msg_id, on a thread's replies
+    mentions: list[str] | None = None  # user ids, resolved at send time
+    # History only (docs/protocol.md §11): the message's state as the reader sees it.
+    reactions: list[ReactionCount] | None = None
+    thread_info: ThreadInfo | None = None
+
+
+class ReactionEvent(_Event, tag="reaction"):
+    """``user`` put (``on``) or took back an ``emoji`` on message ``msg_id``:
+    a room event with its own ``seq`` in the chain, like an edit."""
+
+    room: str
+    msg_id: str
+    seq: int
+    prev_seq: int
+    user: User
+    emoji: str
+    on: bool
+    ts: str
+
+
+# What a room's sequence chain is made of: history pages and `missed` list both.
+RoomEvent = Message | ReactionEvent
+
+
+def author_of(event: RoomEvent) -> str:
+    """The user an event is about (a block hides it): a message's sender, a reaction's user."""
+    return event.sender.id if isinstance(event, Message) else event.user.id
 
 
 class PresenceEvent(_Event, tag="presence"):
@@ -74,7 +118,8 @@ class Pong(_Event, tag="pong"):
     pass
 
 
-ServerEvent = Welcome | Message | PresenceEvent | TypingEvent | ReadEvent | System | Error | Pong
+ServerEvent = (Welcome | Message | ReactionEvent | PresenceEvent | TypingEvent | ReadEvent
+               | System | Error | Pong)
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode

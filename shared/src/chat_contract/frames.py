@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from . import limits
+from .emoji import check_emoji
 from .errors import ChatError, ErrorCode
 from .rooms import RoomId
 
@@ -51,6 +52,8 @@ class Send(_Frame, tag="send"):
     text: str = ""
     reply_to: MsgId | None = None
     client_msg_id: ClientMsgId | None = None
+    # The root message of the thread this message answers (history-service checks it).
+    thread: MsgId | None = None
 
 
 class Edit(_Frame, tag="edit"):
@@ -62,6 +65,13 @@ class Edit(_Frame, tag="edit"):
 class Delete(_Frame, tag="delete"):
     room: RoomId = ""
     msg_id: str = ""
+
+
+class React(_Frame, tag="react"):
+    room: RoomId = ""
+    msg_id: str = ""
+    emoji: str = ""  # one emoji sequence: checked in decode_frame (chat_contract.emoji)
+    on: bool | None = None  # required: checked in decode_frame
 
 
 class Typing(_Frame, tag="typing"):
@@ -89,11 +99,12 @@ class Ping(_Frame, tag="ping"):
     pass
 
 
-ClientFrame = Auth | Join | Leave | Send | Edit | Delete | Typing | Read | History | Presence | Ping
+ClientFrame = (Auth | Join | Leave | Send | Edit | Delete | React | Typing | Read | History
+               | Presence | Ping)
 
 # Frames that name a room must name one: "" is the default only so that a
 # missing field and a bad one give the same bad_request.
-_ROOM_FRAMES = (Join, Leave, Send, Edit, Delete, Typing, Read, History, Presence)
+_ROOM_FRAMES = (Join, Leave, Send, Edit, Delete, React, Typing, Read, History, Presence)
 
 _decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 
@@ -117,12 +128,17 @@ def decode_frame(data: bytes | str) -> ClientFrame:
         raise ChatError(ErrorCode.BAD_REQUEST, "JSON nested too deeply") from None
     if isinstance(frame, _ROOM_FRAMES) and not frame.room:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing room")
-    if isinstance(frame, (Edit, Delete)) and not frame.msg_id:
+    if isinstance(frame, (Edit, Delete, React)) and not frame.msg_id:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing msg_id")
+    if isinstance(frame, React):
+        if frame.on is None:
+            raise ChatError(ErrorCode.BAD_REQUEST, "missing on")
+        check_emoji(frame.emoji)
     if isinstance(frame, Read) and frame.seq is None:
         raise ChatError(ErrorCode.BAD_REQUEST, "missing seq")
     if isinstance(frame, Send) and any(
-            v is not None and "\x00" in v for v in (frame.reply_to, frame.client_msg_id)):
+            v is not None and "\x00" in v
+            for v in (frame.reply_to, frame.client_msg_id, frame.thread)):
         raise ChatError(ErrorCode.BAD_REQUEST, "NUL character in an id")
     return frame
 

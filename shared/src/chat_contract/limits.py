@@ -33,6 +33,10 @@ SEQ_MAX = 2**63 - 1
 PAGE_MIN, PAGE_MAX = 1, 100
 # What a `join` with `since` returns at most as `missed` (the rest: page history).
 MISSED_MAX = 500
+# A `react` frame's emoji: code points of one emoji sequence (chat_contract.emoji).
+EMOJI_MAX_CHARS = 32
+# Distinct `@name`s of one message that are looked up (the rest are not mentions).
+MENTIONS_MAX = 20
 
 # --- rooms ----------------------------------------------------------------------------
 ROOM_NAME_MAX = 100

@@ -40,10 +40,14 @@ from .bus import (
     OnlineReply,
     OnlineRequest,
     PasswordChange,
+    ReactGrant,
+    ReactRequest,
     ReadReply,
     ReadRequest,
     RefreshRequest,
     RegisterReply,
+    ResolveReply,
+    ResolveRequest,
     RoomCreate,
     RoomListRequest,
     RoomRef,
@@ -95,6 +99,8 @@ ROOMS_BLOCKS = Rpc("rooms_blocks", subjects.ROOMS_BLOCKS, BlocksRequest, BlocksR
 ROOMS_CHANGE = Rpc("rooms_change", subjects.ROOMS_CHANGE, ChangeRequest, ChangeGrant)
 ROOMS_READ = Rpc("rooms_read", subjects.ROOMS_READ, ReadRequest, ReadReply)
 ROOMS_SEARCH = Rpc("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, SearchReply)
+ROOMS_REACT = Rpc("rooms_react", subjects.ROOMS_REACT, ReactRequest, ReactGrant)
+ROOMS_RESOLVE = Rpc("rooms_resolve", subjects.ROOMS_RESOLVE, ResolveRequest, ResolveReply)
 
 # presence-service
 PRESENCE_MEMBERS = Rpc("members", subjects.PRESENCE_MEMBERS, MembersRequest, MembersReply)
@@ -108,7 +114,7 @@ ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     AUTH_PASSWORD, AUTH_DISABLE,
     HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
-    ROOMS_SEARCH, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
+    ROOMS_SEARCH, ROOMS_REACT, ROOMS_RESOLVE, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
 )  # type: ignore[assignment]
 
 # Which micro service (also its queue group) answers a subject, by prefix.

@@ -48,6 +48,9 @@ ROOMS_BLOCKS = "svc.rooms.blocks"
 ROOMS_CHANGE = "svc.rooms.change"
 ROOMS_READ = "svc.rooms.read"
 ROOMS_SEARCH = "svc.rooms.search"
+# A reaction's grant, and a send's thread root and @names (issue 14).
+ROOMS_REACT = "svc.rooms.react"
+ROOMS_RESOLVE = "svc.rooms.resolve"
 # A user's blocked set after a change (BlocksNotice); gateways subscribe to users.*.blocks.
 BLOCKS_PREFIX = "users"
 BLOCKS_WILDCARD = "users.*.blocks"
