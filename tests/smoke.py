@@ -4,7 +4,8 @@ Registers two users, logs in, opens one socket each — reconnecting until the
 two land on different gateways — joins a room, sees each other present, and
 chats both ways. Then the room model over REST and WebSocket, still through
 the load balancer: a private room with a password, an invite, an edit, a
-read pointer and unread counts, search, a DM, an archive.
+read pointer and unread counts, a reaction, a thread reply with a mention,
+search, a DM, an archive.
 
     .venv/bin/python tests/smoke.py [http://127.0.0.1:8080]
 """
@@ -117,6 +118,7 @@ async def rooms(http: httpx.AsyncClient, a: ClientConnection, b: ClientConnectio
     await until(b, "ack")
     seen = await until(a, "read")
     print(f"alice saw bob read up to {seen['seq']}")
+    await extras(a, b, room, sent["msg_id"], tag, call, alice)
     found = None
     for _ in range(30):  # search may lag writes by up to 2 s
         hits = await call("GET", "/v1/search", bob, 200, params={"q": f"fixed {tag}"})
@@ -136,6 +138,32 @@ async def rooms(http: httpx.AsyncClient, a: ClientConnection, b: ClientConnectio
     late = await until(b, "error")
     print(f"bob's send after the archive: {late['code']}")
     assert late["code"] == "forbidden"
+
+
+async def extras(a: ClientConnection, b: ClientConnection, room: str, msg_id: str, tag: str,
+                 call: Any, alice: str) -> None:
+    """Issue 14: a reaction, a thread reply and a mention, across the two gateways."""
+    await b.send(json.dumps({"type": "react", "id": "x", "room": room, "msg_id": msg_id,
+                             "emoji": "👍", "on": True}, ensure_ascii=False))
+    await until(b, "ack")
+    reaction = await until(a, "reaction")
+    print(f"alice saw {reaction['user']['name']} react {reaction['emoji']} "  # type: ignore[index]
+          f"seq={reaction['seq']} prev_seq={reaction['prev_seq']}")
+    await b.send(json.dumps({"type": "send", "id": "t", "room": room, "thread": msg_id,
+                             "text": f"in the thread, @alice_{tag}"}))
+    await until(b, "ack")
+    reply = await until(a, "message")
+    me = (await call("GET", "/v1/me", alice, 200))["user"]["id"]
+    assert reply["thread"] == msg_id and reply["mentions"] == [me], reply
+    print(f"alice got a thread reply mentioning her: {reply['text']!r}")
+    thread = await call("GET", f"/v1/rooms/{room}/threads/{msg_id}", alice, 200)
+    assert [m["msg_id"] for m in thread["messages"]] == [reply["msg_id"]], thread
+    listed = {r["id"]: r for r in (await call("GET", "/v1/rooms", alice, 200))["rooms"]}
+    print(f"alice's unread mentions in {room}: {listed[room]['mentions']}")
+    assert listed[room]["mentions"] == 1
+    page = await call("GET", f"/v1/rooms/{room}/messages", alice, 200)
+    root = next(m for m in page["messages"] if m["msg_id"] == msg_id)
+    print(f"history: reactions {root['reactions']}, thread_info {root['thread_info']}")
 
 
 if __name__ == "__main__":
