@@ -12,9 +12,10 @@ the test scripted, and the tests verify signatures and timestamps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,14 @@ from chat_contract.bus import (
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
+from chat_devstack.nats import NatsServer
 from chat_devstack.ports import free_port
 from chat_history.config import HistorySettings
 from chat_history.service import HistoryComponent
 from chat_kit import bus
 from chat_kit.runtime import Runtime
 from chat_kit.settings import CommonSettings
+from chat_kit.stream import StreamSettings, partition_of, subject_mapping
 from chat_notify.config import NotifySettings
 from chat_notify.payload import DeadLetter
 from chat_notify.service import NotifyComponent
@@ -180,9 +183,22 @@ class World:
         assert self.receiver.for_message(msg_id) == []
 
 
-@pytest.fixture(scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> AsyncIterator[World]:
-    tmp: Path = tmp_path_factory.mktemp("notify")
+@contextlib.contextmanager
+def nats_with_partitions(store: Path, partitions: int) -> Iterator[str]:
+    """A NATS server with the partition mapping (chat_kit.stream.subject_mapping)."""
+    server = NatsServer(free_port(), store.resolve(), mappings=subject_mapping(partitions))
+    server.spawn()
+    server.wait_ready()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_world(tmp: Path, pg_url: str, partitions: int = 1) -> AsyncIterator[World]:
+    """auth, history, presence and notify on one NATS server and a new database,
+    notify's webhook pointed at a fresh receiver."""
     db_name = "notify_" + uuid.uuid4().hex[:10]
     conn = await asyncpg.connect(pg_url)
     await conn.execute(f'CREATE DATABASE "{db_name}"')
@@ -196,7 +212,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> AsyncI
         host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"))
     server_task = asyncio.create_task(server.serve())
     await eventually(lambda: server.started, what="the receiver listening")
-    with nats_server(tmp / "nats") as url:
+    layout = StreamSettings(partitions=partitions)
+    servers = (nats_server(tmp / "nats") if partitions == 1
+               else nats_with_partitions(tmp / "nats", partitions))
+    with servers as url:
         common = CommonSettings(nats_url=url, log_level="INFO", log_format="text",
                                 request_timeout=TIMEOUT, stream_replicas=1, host="127.0.0.1")
         components: list[tuple[Any, Runtime]] = []
@@ -207,13 +226,13 @@ async def world(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> AsyncI
             register_rate=0))
         history = HistoryComponent(HistorySettings(
             common=common, port=0, database_url=db_url, batch=500, linger=0.05,
-            catchup_timeout=TIMEOUT))
+            catchup_timeout=TIMEOUT), stream=layout)
         presence = PresenceService(PresenceSettings(common=common, port=0, ttl=30, lease=1,
                                                     members_wait=1.0))
         notify = NotifyComponent(NotifySettings(
             common=common, database_url=db_url, webhook_url=receiver.url,
             webhook_secret=SECRET, webhook_timeout=scaled(2.0), max_attempts=MAX_ATTEMPTS,
-            backoff_base=0.05, backoff_cap=0.2, cache_ttl=0.0))
+            backoff_base=0.05, backoff_cap=0.2, cache_ttl=0.0), stream=layout)
         nc = await nats.connect(url)
         try:
             for name, component in (("auth", auth), ("history", history),
@@ -231,6 +250,12 @@ async def world(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> AsyncI
             await nc.drain()
     server.should_exit = True
     await server_task
+
+
+@pytest.fixture(scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> AsyncIterator[World]:
+    async with running_world(tmp_path_factory.mktemp("notify"), pg_url) as w:
+        yield w
 
 
 @pytest.fixture(autouse=True)
@@ -412,3 +437,35 @@ async def test_blockers_are_not_notified(world: World) -> None:
     blocked = await world.send(room, ann, "@bob", mentions=[bob.id])
     await world.quiet(blocked)
 
+
+
+async def test_every_partition_is_consumed(tmp_path: Path, pg_url: str) -> None:
+    """CHAT_STREAM_PARTITIONS=2: one durable per partition stream, rooms on both notify."""
+    async with running_world(tmp_path, pg_url, partitions=2) as w:
+        assert [c.name for c in w.notify.consumers] == ["CHAT_0", "CHAT_1"]
+        ann, bob = await people(w, "ann", "bob")
+        rooms: dict[int, str] = {}
+        while len(rooms) < 2:
+            room = "g-" + uuid.uuid4().hex[:10]
+            rooms.setdefault(partition_of(room, 2), room)
+        sent = []
+        for room in rooms.values():
+            for user in (ann, bob):
+                await bus.request(w.nc, rpc.ROOMS_ACCESS, AccessRequest(caller=user, room=room),
+                                  TIMEOUT)
+            sent.append(await w.send(room, ann, "@bob", mentions=[bob.id]))
+        for msg_id in sent:
+            hits = await eventually(lambda m=msg_id: w.receiver.for_message(m),
+                                    what=f"the webhook of {msg_id}")
+            assert hits[0].signed() and hits[0].json()["user"]["id"] == bob.id
+        assert sorted(c.handled > 0 for c in w.notify.consumers) == [True, True]
+
+
+async def test_online_query_is_bounded(world: World) -> None:
+    with pytest.raises(ChatError) as refused:
+        await bus.request(world.nc, rpc.PRESENCE_ONLINE,
+                          OnlineRequest(users=[f"u_{i}" for i in range(101)]), TIMEOUT)
+    assert refused.value.code == ErrorCode.BAD_REQUEST
+    reply = await bus.request(world.nc, rpc.PRESENCE_ONLINE,
+                              OnlineRequest(users=["u_nobody", "u_nobody"]), TIMEOUT)
+    assert reply.online == []
