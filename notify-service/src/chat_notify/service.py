@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from nats.micro.service import Service
@@ -63,7 +64,7 @@ class NotifyComponent:
         directory = Directory(rt.nc, timeout, s.cache_ttl)
         if s.enabled:
             dead = DeadLetters(rt.nc, rt.nc.jetstream(timeout=timeout), s)
-            await dead.ensure()
+            await _retrying(dead.ensure, rt.stopping, "dead-letter stream setup failed")
             self._webhook = Webhook(s, dead)
             event(log, "webhook enabled", url=_redacted(s.webhook_url),
                   max_attempts=s.max_attempts)
@@ -104,6 +105,22 @@ class NotifyComponent:
 
     def routes(self) -> list[BaseRoute]:
         return []  # /healthz, /readyz and /metrics come from chat_kit
+
+
+async def _retrying(step: Callable[[], Awaitable[None]], stopping: asyncio.Event,
+                    what: str) -> None:
+    """``step`` until it succeeds (JetStream still electing, NATS away), or we stop."""
+    delay = 0.1
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:
+            if stopping.is_set():
+                raise
+            event(log, what, logging.WARNING, error=repr(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _redacted(url: str) -> str:
