@@ -393,3 +393,65 @@ async def test_password_room_dm_block_and_archive(stack: Stack, browser: Browser
     await bob_page.screenshot(path=str(SHOTS / "archived-bob.png"))
     await alice_page.context.close()
     await bob_page.context.close()
+
+
+async def test_reactions_threads_and_mentions(stack: Stack, browser: Browser) -> None:
+    """Issue 14 on the page, across the two gateways: a mention is highlighted
+    (and counted in the room list), reactions show and toggle, a thread opens
+    beside the room and its replies reach the other browser."""
+    alice_page = await _open(browser, stack.gateway(1).url + "/")
+    bob_page = await _open(browser, stack.gateway(2).url + "/")
+    alice, bob, room = unique("alice"), unique("bob"), unique("rx")
+    await _register(alice_page, alice)
+    await _register(bob_page, bob)
+    await _join(alice_page, room)
+    await _join(bob_page, room)
+
+    # A mention of bob: highlighted on his page, the @name marked.
+    await _say(alice_page, f"lunch, @{bob}?")
+    mention = bob_page.locator("#messages li.mention", has_text="lunch")
+    await expect(mention).to_have_count(1)
+    await expect(mention.locator("mark.me")).to_have_text(f"@{bob}")
+    await expect(alice_page.locator("#messages li.mention")).to_have_count(0)
+
+    # bob reacts from the picker; alice sees it, adds hers by clicking the chip.
+    await _hover_click(bob_page, "lunch", ".reactBtn")
+    await bob_page.locator("#rxPicker button", has_text="👍").click()
+    chip = alice_page.locator("#messages li", has_text="lunch").locator(".rx")
+    await expect(chip).to_have_text("👍 1")
+    await chip.click()
+    await expect(chip).to_have_text("👍 2")
+    await expect(chip).to_have_class("rx mine")
+    bob_chip = bob_page.locator("#messages li", has_text="lunch").locator(".rx")
+    await expect(bob_chip).to_have_text("👍 2")
+    await bob_chip.click()  # bob takes his back
+    await expect(chip).to_have_text("👍 1")
+
+    # bob answers in a thread beside the room; the reply stays out of the room's log.
+    await _hover_click(bob_page, "lunch", ".threadBtn")
+    await expect(bob_page.locator("#threadPanel")).to_be_visible()
+    await bob_page.fill("#threadText", "yes, at noon")
+    await bob_page.click("#threadForm button")
+    await expect(bob_page.locator("#threadMsgs li", has_text="yes, at noon")).to_have_count(1)
+    link = alice_page.locator("#messages li", has_text="lunch").locator(".threadLink")
+    await expect(link).to_have_text("1 reply")
+    await expect(alice_page.locator("#messages li", has_text="yes, at noon")).to_have_count(0)
+    await link.click()
+    await expect(alice_page.locator("#threadMsgs li.root", has_text="lunch")).to_have_count(1)
+    await expect(alice_page.locator("#threadMsgs li", has_text="yes, at noon")).to_have_count(1)
+    await alice_page.fill("#threadText", f"great @{bob}")
+    await alice_page.click("#threadForm button")
+    await expect(bob_page.locator("#threadMsgs li.mention", has_text="great")).to_have_count(1)
+    await expect(alice_page.locator("#messages li", has_text="lunch").locator(".threadLink")
+                 ).to_have_text("2 replies")
+
+    # A reload rebuilds it all from history: the reaction events and the thread's replies.
+    await bob_page.reload()
+    await expect(bob_page.locator("#messages li", has_text="lunch").locator(".rx")
+                 ).to_have_text("👍 1")
+    await expect(bob_page.locator("#messages li", has_text="lunch").locator(".threadLink")
+                 ).to_have_text("2 replies")
+    await alice_page.screenshot(path=str(SHOTS / "reactions-thread-alice.png"))
+    await bob_page.screenshot(path=str(SHOTS / "reactions-thread-bob.png"))
+    await alice_page.context.close()
+    await bob_page.context.close()
