@@ -239,6 +239,56 @@ async def test_presence_cannot_publish_chat_events(chat_stream: Login, login: Co
     await presence.refused('subscription to "_INBOX.gateway.>"')
 
 
+async def test_notify_follows_the_stream_but_cannot_touch_it(chat_stream: Login,
+                                                               login: Connect) -> None:
+    from chat_kit.settings import CommonSettings
+    from chat_notify.config import NotifySettings
+    from chat_notify.consumer import DELIVER_GROUP, consumer_config, deliver_subject
+    from chat_notify.webhook import dead_stream_config
+
+    notify, admin = await login("notify"), await login("admin")
+    js = notify.nc.jetstream(timeout=scaled(2))
+    # What it needs: its own durable on CHAT, its deliver subject, acks; the
+    # dead-letter stream and its subjects; the four endpoints it asks.
+    await js.add_consumer(CHAT, consumer_config(CHAT, 10))
+    await js.consumer_info(CHAT, consumer_config(CHAT, 10).durable_name or "")
+    pushed: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_push(msg: Msg) -> None:
+        if msg.reply and msg.reply.startswith("$JS.ACK."):
+            await pushed.put(msg)
+
+    await notify.nc.subscribe(deliver_subject(CHAT), queue=DELIVER_GROUP, cb=on_push)
+    await notify.nc.flush()
+    await admin.nc.jetstream(timeout=scaled(2)).publish("chat.room.lobby", b'{"x":1}')
+    msg = await asyncio.wait_for(pushed.get(), 5)
+    await msg.ack()
+    common = CommonSettings(nats_url="", log_level="INFO", log_format="text",
+                            request_timeout=2.0, stream_replicas=1, host="127.0.0.1")
+    await js.add_stream(dead_stream_config(NotifySettings(common=common)))
+    await js.publish(subjects.notify_dead_subject("u_1"), b"{}")
+    for subject in ("svc.rooms.get", "svc.rooms.blocks", "svc.auth.users",
+                    "svc.presence.online"):
+        await notify.nc.publish(subject, b"{}")
+    await notify.nc.flush()
+    assert notify.violations() == []
+    # What it may not: chat events, the stream's management or contents, other
+    # durables, other services' requests and subjects, other roles' replies.
+    before = await _messages(admin)
+    await notify.nc.publish("chat.room.lobby", b'{"text":"forged"}')
+    await notify.refused('publish to "chat.room.lobby"')
+    assert await _messages(admin) == before
+    for forbidden in (f"$JS.API.STREAM.CREATE.{CHAT}", f"$JS.API.STREAM.PURGE.{CHAT}",
+                      f"$JS.API.STREAM.DELETE.{CHAT}", f"$JS.API.STREAM.MSG.DELETE.{CHAT}",
+                      f"$JS.API.DIRECT.GET.{CHAT}", f"$JS.API.CONSUMER.CREATE.{CHAT}.other",
+                      "svc.auth.login", "svc.rooms.create", "presence.lobby"):
+        await notify.nc.publish(forbidden, b"{}")
+        await notify.refused(f'publish to "{forbidden}"')
+    for forbidden in ("svc.auth.>", "_INBOX.gateway.>", "chat.live.*", "chat.deliver.history"):
+        await notify.nc.subscribe(forbidden)
+        await notify.refused(f'subscription to "{forbidden}"')
+
+
 # --- auth and history -------------------------------------------------------------
 
 
