@@ -74,9 +74,11 @@ SCRIPTS = {
     "chat-auth": "CHAT_AUTH_PORT",
     "chat-history": "CHAT_HISTORY_PORT",
     "chat-presence": "CHAT_PRESENCE_PORT",
+    "chat-notify": "CHAT_NOTIFY_PORT",
     "chat-gateway": "CHAT_GATEWAY_PORT",
 }
-ALL = ["nats", "postgres", "auth", "history", "presence", "gateway-1", "gateway-2", "lb"]
+ALL = ["nats", "postgres", "auth", "history", "presence", "notify", "gateway-1", "gateway-2",
+       "lb"]
 
 
 def _distinct_free_ports(count: int) -> list[int]:
@@ -109,8 +111,8 @@ def stack_env() -> Iterator[dict[str, str]]:
         )
         path.chmod(0o755)
     base = _gateway_base()
-    others = [p for p in _distinct_free_ports(9) if p not in (base, base + 1)]
-    nats, monitor, pg, lb, auth, history, presence = others[:7]
+    others = [p for p in _distinct_free_ports(10) if p not in (base, base + 1)]
+    nats, monitor, pg, lb, auth, history, presence, notify = others[:8]
     env = dict(
         os.environ,
         CHAT_RUN_DIR=str(root / "run"),
@@ -124,6 +126,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         CHAT_AUTH_PORT=str(auth),
         CHAT_HISTORY_PORT=str(history),
         CHAT_PRESENCE_PORT=str(presence),
+        CHAT_NOTIFY_PORT=str(notify),
         NO_COLOR="1",
     )
     env.pop("CHAT_LOG_FORMAT", None)
