@@ -55,6 +55,10 @@ def live_event(room: str, record: ChatRecord, seq: int, prev_seq: int) -> RoomEv
     """The client event of a stored record, in ``room`` (the subject's, not the payload's)."""
     kind = record.kind
     if kind == "message":
+        if record.thread is None and not record.mentions:  # most messages: the fewest fields
+            return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
+                           sender=record.sender, ts=record.ts, text=record.text,
+                           reply_to=record.reply_to)
         return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
                        sender=record.sender, ts=record.ts, text=record.text,
                        reply_to=record.reply_to, thread=record.thread,
