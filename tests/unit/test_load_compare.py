@@ -81,3 +81,12 @@ def test_sweep_table_names_each_arms_highest_clean_rate() -> None:
     assert "highest clean rate, stack: 1,000 sends/s = 10,000 deliveries/s" in text
     assert "highest clean rate, baseline: 2,000 sends/s = 20,000 deliveries/s" in text
     assert "stack / baseline: 0.50×" in text
+
+
+def test_saturated_is_loss_or_throughput_not_latency() -> None:
+    def saturated(**kw: Any) -> bool:
+        return compare.saturated(compare.summarize([run("stack", **kw)]))
+
+    assert not saturated(p99=900.0)
+    assert saturated(lost=1)
+    assert saturated(achieved=28_000)
