@@ -8,7 +8,7 @@ from typing import Any
 
 from chat_contract.bus import SessionEntry
 from chat_contract.events import User
-from chat_gateway.usercap import SessionRegistry, over_cap
+from chat_gateway.usercap import ASK_BATCH, SessionRegistry, over_cap
 
 
 def _entry(session: str, opened: int) -> SessionEntry:
@@ -80,6 +80,7 @@ class Conn:
 
 
 async def _settle() -> None:
+    await asyncio.sleep(ASK_BATCH * 2)  # the batched questions go out
     for _ in range(50):
         await asyncio.sleep(0)
 
