@@ -212,6 +212,7 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
     for name, (proc, out) in profiles.items():
         await asyncio.to_thread(proc.wait, 60)
         result[f"profile_{name}"] = summarize_profile(out, top=40)
+        result[f"profile_{name}_raw"] = str(out)
     for client in [*warm, *clients]:
         if client.transport is not None:
             client.transport.abort()
