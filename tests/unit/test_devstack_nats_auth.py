@@ -96,3 +96,23 @@ def nats_auth_names() -> tuple[str, str, str]:
     from chat_devstack import nats_auth
 
     return nats_auth.NOTIFY_DURABLE, nats_auth.NOTIFY_DELIVER, nats_auth.NOTIFY_DEAD
+
+
+def test_attachments_bucket_rights() -> None:
+    from chat_devstack import nats_auth
+
+    gateway, history = ROLES["gateway"], ROLES["history"]
+    bucket, stream = subjects.ATTACHMENTS_BUCKET, subjects.ATTACHMENTS_STREAM
+    assert nats_auth.ATTACHMENTS_BUCKET == bucket
+    # history-service creates the bucket (when missing) and removes objects.
+    assert {f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.PURGE.{stream}"} <= set(
+        history.publish)
+    assert "svc.attachments.>" in history.subscribe
+    # Gateways store and read objects, ask svc.attachments.*, never manage the bucket.
+    assert {f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"$JS.API.DIRECT.GET.{stream}",
+            "svc.attachments.*"} <= set(gateway.publish)
+    assert not any(f"{verb}.{stream}" in s for s in gateway.publish
+                   for verb in ("CREATE", "DELETE", "UPDATE"))
+    # Nobody else touches it.
+    for name in ("auth", "presence", "notify"):
+        assert not any(bucket in s for s in ROLES[name].publish + ROLES[name].subscribe)

@@ -40,7 +40,7 @@ from chat_kit import stream
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
 
-from . import rest, rest_rooms
+from . import attachments, rest, rest_rooms
 from .config import GatewaySettings
 from .endpoint import Endpoint
 from .handlers import Handlers, JoinOptions
@@ -131,8 +131,12 @@ class App:
         async def index(_: Request) -> Response:
             return FileResponse(STATIC / "index.html")
 
+        files = attachments.Attachments(ctx, js, attachments.UploadLimits(
+            max_bytes=s.attachment_max_bytes, thumb_px=s.attachment_thumb_px,
+            max_pixels=s.attachment_max_pixels))
         self._routes = [WebSocketRoute("/ws", endpoint.serve), Route("/", index, methods=["GET"]),
-                        *rest.routes(ctx), *rest_rooms.routes(ctx)]
+                        *rest.routes(ctx), *rest_rooms.routes(ctx),
+                        *attachments.routes(ctx, files)]
         # Rare traffic (a block or unblock), so one subscription for all users.
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self.sockets.on_blocks)
         self._tasks.append(asyncio.create_task(

@@ -66,6 +66,11 @@ class GatewaySettings:
     # permessage-deflate off unless asked for.
     ws_protocol: str = "slim"
     ws_deflate: bool = False
+    # Attachments (README "Attachments"): the largest upload, the thumbnail's
+    # box, the most pixels an image may have (decompression bombs).
+    attachment_max_bytes: int = 10 << 20
+    attachment_thumb_px: int = 320
+    attachment_max_pixels: int = 50_000_000
     # Which stream holds a room (CHAT_STREAM_PARTITIONS; gateways only read streams).
     stream: StreamSettings = field(default_factory=StreamSettings)
 
@@ -106,4 +111,8 @@ class GatewaySettings:
             reconcile_interval=env_float("CHAT_GATEWAY_RECONCILE_INTERVAL", 30.0, minimum=0.1),
             ws_protocol=_ws_protocol(env_str("CHAT_GATEWAY_WS_PROTOCOL", "slim")),
             ws_deflate=env_bool("CHAT_GATEWAY_WS_DEFLATE", False),
+            attachment_max_bytes=env_int("CHAT_ATTACHMENT_MAX_BYTES", 10 << 20, minimum=1),
+            attachment_thumb_px=env_int("CHAT_ATTACHMENT_THUMB_PX", 320, minimum=16),
+            attachment_max_pixels=env_int("CHAT_ATTACHMENT_MAX_PIXELS", 50_000_000,
+                                          minimum=1),
         )

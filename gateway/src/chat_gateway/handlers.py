@@ -26,6 +26,7 @@ from chat_contract.bus import (
     AccessRequest,
     ChangeRequest,
     ChatRecord,
+    ClaimRequest,
     HistoryRequest,
     ReactRequest,
     ReadRequest,
@@ -111,8 +112,10 @@ class Handlers:
             await self._resolve(conn, call, record)
         # Dedupe only what a client may retry: its client_msg_id, scoped by user so
         # one user's ids never collide with another's. A fresh msg_id needs none.
-        headers = ({subjects.HDR_MSG_ID: f"{conn.user.id}:{call.client_msg_id}"}
-                   if call.client_msg_id else None)
+        dedupe = f"{conn.user.id}:{call.client_msg_id}" if call.client_msg_id else None
+        headers = {subjects.HDR_MSG_ID: dedupe} if dedupe is not None else None
+        if call.attachments:  # a plain send pays this one test
+            await self._claim(conn, call, record, dedupe)
         ack = await self.bus.publish(subjects.room_subject(call.room), encode(record), headers)
         if ack.duplicate:
             # The same client_msg_id within the window: answer with the original.
@@ -126,6 +129,19 @@ class Handlers:
                 raise ChatError(ErrorCode.CONFLICT,
                                 "client_msg_id already used for another message")
         return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
+
+    async def _claim(self, conn: Connection, call: s.SendMessage, record: ChatRecord,
+                     dedupe: str | None) -> None:
+        """Attach the caller's uploads to the message (history-service checks
+        owner, room, not yet attached). A retry of the same ``client_msg_id``
+        is granted the same uploads under the first attempt's ``msg_id``, so
+        the stream's dedupe answers it with the original."""
+        assert call.attachments
+        claim = await self.bus.request(rpc.ATTACHMENTS_CLAIM, ClaimRequest(
+            caller=conn.user, room=call.room, ids=call.attachments, msg_id=record.msg_id,
+            key=dedupe or record.msg_id))
+        record.msg_id = claim.msg_id
+        record.attachments = claim.attachments
 
     async def _resolve(self, conn: Connection, call: s.SendMessage, record: ChatRecord) -> None:
         """Fill ``record``'s ``thread`` (the root, checked) and ``mentions``

@@ -55,14 +55,16 @@ def live_event(room: str, record: ChatRecord, seq: int, prev_seq: int) -> RoomEv
     """The client event of a stored record, in ``room`` (the subject's, not the payload's)."""
     kind = record.kind
     if kind == "message":
-        if record.thread is None and not record.mentions:  # most messages: the fewest fields
+        if record.thread is None and not record.mentions and not record.attachments:
+            # most messages: the fewest fields
             return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
                            sender=record.sender, ts=record.ts, text=record.text,
                            reply_to=record.reply_to)
         return Message(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
                        sender=record.sender, ts=record.ts, text=record.text,
                        reply_to=record.reply_to, thread=record.thread,
-                       mentions=record.mentions or None)
+                       mentions=record.mentions or None,
+                       attachments=record.attachments or None)
     if kind == "react" or kind == "unreact":
         return ReactionEvent(room=room, msg_id=record.msg_id, seq=seq, prev_seq=prev_seq,
                              user=record.sender, emoji=record.text or "", on=kind == "react",

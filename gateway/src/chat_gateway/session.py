@@ -104,6 +104,7 @@ class SendMessage(Call):
     reply_to: str | None
     client_msg_id: str | None
     thread: str | None = None  # a thread root: history-service checks it
+    attachments: list[str] | None = None  # upload ids: history-service claims them
 
 
 @dataclass(slots=True)
@@ -321,13 +322,14 @@ class Session:
         match frame:
             case frames.Send():
                 self._require_joined(frame.room)
-                text = frames.check_text(frame.text)
+                text = frames.check_text(frame.text, may_be_empty=bool(frame.attachments))
                 self._require_writable(frame.room)
                 self._take_token(now)
                 calls.append(SendMessage(id=frame.id, room=frame.room, text=text,
                                          reply_to=frame.reply_to,
                                          client_msg_id=frame.client_msg_id,
-                                         thread=frame.thread))
+                                         thread=frame.thread,
+                                         attachments=frame.attachments or None))
             case frames.Join():
                 self._take_join_token(now)
                 joined = self.joined

@@ -43,6 +43,11 @@ class HistorySettings:
     rooms_owned_max: int = 100
     # Reactions (README "Reactions, threads, mentions"): distinct emoji on one message.
     reactions_per_message: int = 20
+    # Attachments (README "Attachments"): bytes of uploads one user may hold,
+    # how long an upload may stay unattached, how often expired ones are swept.
+    attachment_quota: int = 100 << 20
+    attachment_ttl: float = 86400.0
+    attachment_sweep: float = 300.0
 
     @classmethod
     def from_env(cls) -> HistorySettings:
@@ -78,4 +83,7 @@ class HistorySettings:
             room_create_window=env_float("CHAT_HISTORY_ROOM_CREATE_WINDOW", 60.0, minimum=1.0),
             rooms_owned_max=env_int("CHAT_HISTORY_ROOMS_OWNED_MAX", 100, minimum=0),
             reactions_per_message=env_int("CHAT_HISTORY_REACTIONS_PER_MESSAGE", 20, minimum=1),
+            attachment_quota=env_int("CHAT_ATTACHMENT_QUOTA_BYTES", 100 << 20, minimum=0),
+            attachment_ttl=env_float("CHAT_ATTACHMENT_UNATTACHED_TTL", 86400.0, minimum=1.0),
+            attachment_sweep=env_float("CHAT_HISTORY_ATTACHMENT_SWEEP", 300.0, minimum=0.1),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
@@ -64,6 +65,9 @@ class StreamEraser:
         self._task: asyncio.Task[None] | None = None
         # Erasures that failed and are waiting for their retry (tests, operators).
         self.failures = 0
+        # Also done for each queued message before it leaves the queue: its
+        # attachments' removal if it is deleted (attachment_endpoints.py).
+        self.also: Callable[[str, str], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         """Changes were committed: work the queue soon."""
@@ -100,6 +104,8 @@ class StreamEraser:
                 for seq in await self._store.erasable(room, msg_id):
                     if await erase_msg(self._js, self._layout.stream_for_room(room), seq):
                         metrics.ERASED.inc()
+                if self.also is not None:
+                    await self.also(room, msg_id)
                 await self._store.erasure_done(room, msg_id, queued_at)
             metrics.ERASE_PENDING.set(await self._store.erasures_pending())
         except Exception as exc:  # stream or database away, delete refused

@@ -28,7 +28,7 @@ import msgspec
 
 from chat_contract.events import Message, ReactionCount, RoomEvent, ThreadInfo
 
-from .records import MessageRow, PageRow, assemble_page
+from .records import MessageRow, PageRow, assemble_page, decode_attachments
 
 _NO_BEFORE = 2**63 - 1
 
@@ -71,7 +71,7 @@ GROUP BY t.thread
 """
 
 _THREAD_COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, edited,"
-                   " deleted, kind, thread, mentions")
+                   " deleted, kind, thread, mentions, attachments::text")
 _IN_THREAD = ("room = $1 AND thread = $2 AND kind = 'message' AND thread IS NOT NULL"
               " AND sender_id <> ALL(${hidden}::text[])")
 # Newest replies first below `before` ($3), limit+1 ($4); $5 the hidden senders.
@@ -151,7 +151,8 @@ def page_row(record: asyncpg.Record) -> PageRow:
                    sender_id=record["sender_id"], sender_name=record["sender_name"],
                    text=record["text"], reply_to=record["reply_to"], ts=record["ts"],
                    edited=record["edited"], deleted=record["deleted"], kind=record["kind"],
-                   thread=record["thread"], mentions=record["mentions"])
+                   thread=record["thread"], mentions=record["mentions"],
+                   attachments=decode_attachments(record["attachments"]))
 
 
 def attach_extras(items: list[RoomEvent], records: Sequence[asyncpg.Record]) -> list[RoomEvent]:

@@ -14,8 +14,13 @@ import msgspec
 
 from chat_contract.bus import ChatRecord, RecordKind
 from chat_contract.emoji import is_emoji
-from chat_contract.events import Message, ReactionEvent, RoomEvent, User
-from chat_contract.limits import MENTIONS_MAX, MSG_ID_MAX
+from chat_contract.events import Attachment, Message, ReactionEvent, RoomEvent, User
+from chat_contract.limits import (
+    ATTACHMENT_ID_MAX,
+    ATTACHMENTS_PER_MESSAGE_MAX,
+    MENTIONS_MAX,
+    MSG_ID_MAX,
+)
 from chat_contract.rooms import is_valid_room_id
 
 _record_decoder = msgspec.json.Decoder(ChatRecord)
@@ -50,12 +55,14 @@ class MessageRow(_Row, frozen=True):
     the new text, applied to the message's row (the edit row itself is stored
     without it); a ``delete`` has none; a ``react``/``unreact`` row keeps its
     emoji as ``text`` (migration 0006). ``thread``: a reply's root;
-    ``mentions``: user ids, None when there are none.
+    ``mentions``: user ids, None when there are none; ``attachments``: a new
+    message's files (migration 0007), None when there are none.
     """
 
     kind: RecordKind = "message"
     thread: str | None = None
     mentions: list[str] | None = None
+    attachments: list[Attachment] | None = None
 
 
 class PageRow(_Row, frozen=True):
@@ -67,6 +74,15 @@ class PageRow(_Row, frozen=True):
     kind: RecordKind = "message"
     thread: str | None = None
     mentions: list[str] | None = None
+    attachments: list[Attachment] | None = None
+
+
+_attachments_decoder = msgspec.json.Decoder(list[Attachment])
+
+
+def decode_attachments(raw: str | None) -> list[Attachment] | None:
+    """The ``attachments`` column (jsonb, as text) → its items, None when none."""
+    return (_attachments_decoder.decode(raw) or None) if raw else None
 
 
 def parse_ts(raw: str) -> datetime:
@@ -111,6 +127,10 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
     if (record.thread is not None and len(record.thread) > MSG_ID_MAX) or (
             len(record.mentions) > MENTIONS_MAX):
         raise BadRecord("too_long", "thread id or mentions beyond their bounds")
+    files = record.attachments if record.kind == "message" else []
+    if files and (len(files) > ATTACHMENTS_PER_MESSAGE_MAX or any(
+            len(f.id) > ATTACHMENT_ID_MAX or "\x00" in f.name + f.type for f in files)):
+        raise BadRecord("too_long", "attachments beyond their bounds")
     return MessageRow(
         room=room,
         seq=seq,
@@ -123,6 +143,7 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
         kind=record.kind,
         thread=record.thread,
         mentions=record.mentions or None,
+        attachments=files or None,
     )
 
 
@@ -145,6 +166,7 @@ def to_message(row: PageRow, prev_seq: int) -> RoomEvent:
         deleted=row.deleted,
         thread=row.thread,
         mentions=None if row.deleted else row.mentions or None,
+        attachments=None if row.deleted else row.attachments,
     )
 
 

@@ -30,6 +30,8 @@ from chat_kit.throttle import TokenBuckets
 from . import __version__
 from .activity_endpoints import ActivityEndpoints
 from .api import HistoryApi
+from .attachment_endpoints import AttachmentEndpoints, AttachmentReaper
+from .attachments_store import AttachmentsStore
 from .block_endpoints import BlockEndpoints
 from .capacity import Pools, UserLimiter
 from .config import HistorySettings
@@ -66,6 +68,12 @@ class HistoryComponent:
         self._api: HistoryApi | None = None
         self._service: Service | None = None
         self._passwords: Passwords | None = None
+        self._reaper: AttachmentReaper | None = None
+
+    @property
+    def reaper(self) -> AttachmentReaper:
+        assert self._reaper is not None, "component not started"
+        return self._reaper
 
     @property
     def eraser(self) -> StreamEraser:
@@ -114,6 +122,16 @@ class HistoryComponent:
             consumer.on_stored = self._trackers.for_stream(name).nudge
             consumer.on_changed = self._eraser.wake
             self._consumers.append(consumer)
+        # Attachments (README "Attachments"): the bucket (created when missing,
+        # as the stream), a deleted message's files go with its text, expired
+        # uploads are swept.
+        attachments_store = AttachmentsStore(pools.interactive)
+        self._reaper = AttachmentReaper(
+            js, attachments_store, ttl=s.attachment_ttl, sweep=s.attachment_sweep,
+            troubles=Troubles(logging.getLogger("chat_history.attachments")))
+        await self._reaper.open(stream.replicas)
+        self._eraser.also = self._reaper.drop_deleted
+        self._reaper.start()
         # Also works what earlier processes left queued (history.erasures).
         self._eraser.start()
         # This service owns the stream: it exports its size, lag and cluster state.
@@ -137,6 +155,7 @@ class HistoryComponent:
         # Reactions, threads and mentions (README "Reactions, threads, mentions").
         extras_store = ExtrasStore(pools.interactive)
         extras = ExtrasEndpoints(rooms_ctx, extras_store, s.reactions_per_message)
+        uploads = AttachmentEndpoints(rooms_ctx, attachments_store, s.attachment_quota)
         # History pages are interactive reads: their own store on that pool.
         self._api = HistoryApi(js, MessageStore(pools.interactive), self._trackers,
                                s.catchup_timeout, access=rooms.read_access,
@@ -160,6 +179,10 @@ class HistoryComponent:
             serves(SERVICE, rpc.ROOMS_SEARCH, g(activity.search)),
             serves(SERVICE, rpc.ROOMS_REACT, g(extras.react)),
             serves(SERVICE, rpc.ROOMS_RESOLVE, g(extras.resolve)),
+            serves(SERVICE, rpc.ATTACHMENTS_CHECK, g(uploads.check)),
+            serves(SERVICE, rpc.ATTACHMENTS_REGISTER, g(uploads.register)),
+            serves(SERVICE, rpc.ATTACHMENTS_CLAIM, g(uploads.claim)),
+            serves(SERVICE, rpc.ATTACHMENTS_GET, g(uploads.get)),
         ]))
 
     async def stop(self) -> None:
@@ -175,6 +198,8 @@ class HistoryComponent:
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
         if self._eraser is not None:
             await self._eraser.stop()
+        if self._reaper is not None:
+            await self._reaper.stop()
         if self._store is not None:
             await self._store.close()  # the insert connections it kept
         if self._pools is not None:

@@ -40,7 +40,7 @@ _NO_AFTER = -1
 _NO_BEFORE = 2**63 - 1
 
 _COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind, thread,"
-            " mentions")
+            " mentions, attachments")
 
 # ts arrives as RFC 3339 with its offset (MessageRow.ts is aware), so the
 # session time zone plays no part.
@@ -48,7 +48,8 @@ _INSERT = f"""
 INSERT INTO history.messages ({_COLUMNS})
 SELECT {_COLUMNS} FROM json_to_recordset($1::json) AS r(
     room text, seq bigint, msg_id text, sender_id text, sender_name text,
-    text text, reply_to text, ts timestamptz, kind text, thread text, mentions text[])
+    text text, reply_to text, ts timestamptz, kind text, thread text, mentions text[],
+    attachments jsonb)
 ON CONFLICT DO NOTHING
 """
 _encode_rows = msgspec.json.Encoder().encode
@@ -79,15 +80,17 @@ SELECT e.room, e.seq, e.msg_id, e.sender_id, e.sender_name,
        CASE WHEN e.kind = 'message' THEN e.deleted
             ELSE coalesce(m.deleted, e.kind = 'delete') END AS deleted,
        e.kind, coalesce(m.thread, e.thread) AS thread,
-       CASE WHEN e.kind = 'message' THEN e.mentions ELSE m.mentions END AS mentions
+       CASE WHEN e.kind = 'message' THEN e.mentions ELSE m.mentions END AS mentions,
+       (CASE WHEN e.kind = 'message' THEN e.attachments
+             ELSE m.attachments END)::text AS attachments
 FROM ({events}) e
 LEFT JOIN LATERAL (
-    SELECT text, reply_to, edited, deleted, thread, mentions FROM history.messages
+    SELECT text, reply_to, edited, deleted, thread, mentions, attachments FROM history.messages
     WHERE kind = 'message' AND msg_id = e.msg_id AND room = e.room
 ) m ON e.kind IN ('edit', 'delete')
 """
 _EVENT_COLUMNS = ("room, seq, msg_id, sender_id, sender_name, text, reply_to, ts, kind,"
-                  " edited, deleted, thread, mentions")
+                  " edited, deleted, thread, mentions, attachments")
 
 # Newest page or `before` alone: the limit+1 highest seqs below the bound.
 _PAGE_DESC = _ITEM.format(events=f"""

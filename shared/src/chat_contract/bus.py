@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from . import limits
-from .events import Message, ReactionEvent, RoomEvent, User
+from .events import Attachment, Message, ReactionEvent, RoomEvent, User
 
 VERSION = 1
 
@@ -53,6 +53,9 @@ class ChatRecord(_Payload):
     # gateway at send time): notification-service notifies them while offline.
     mentions: list[str] = []
     thread: str | None = None
+    # The uploads a new message carries (checked and claimed by history-service
+    # before the gateway publishes: svc.attachments.claim).
+    attachments: list[Attachment] = []
     v: int = VERSION
 
 
@@ -75,6 +78,7 @@ def record_to_event(record: ChatRecord, seq: int, prev_seq: int) -> RoomEvent:
         deleted=kind == "delete",
         thread=record.thread,
         mentions=record.mentions or None,
+        attachments=(record.attachments or None) if kind == "message" else None,
     )
 
 
@@ -575,6 +579,84 @@ class NotifyLevelReply(_Payload):
     room: str
     level: NotifyLevel
     default: bool = False
+    v: int = VERSION
+
+
+# --- history-service: attachments (metadata beside the room model) -----------
+# The files themselves are objects of the CHAT_ATTACHMENTS object store
+# (docs/protocol.md §10); history-service keeps who uploaded what, where,
+# and which message carries it, and answers who may read it.
+
+
+class UploadCheck(_Payload):
+    """Before an upload is read: may ``caller`` upload to ``room`` (a member;
+    else ``not_found``), and how many bytes of quota are left?"""
+
+    caller: User
+    room: str
+    v: int = VERSION
+
+
+class UploadAllowance(_Payload):
+    """``left``: bytes the caller may still store (the per-user quota less
+    what its uploads hold now), never below 0."""
+
+    left: int
+    v: int = VERSION
+
+
+class UploadRecord(_Payload):
+    """A new upload's metadata, registered before its bytes are stored (the
+    quota is checked again here, atomically). ``thumb``: the thumbnail's type
+    (images only)."""
+
+    caller: User
+    room: str
+    attachment: Attachment
+    thumb: str | None = None
+    v: int = VERSION
+
+
+class AttachmentRef(_Payload):
+    """A download: the upload ``id`` as ``caller`` asks for it."""
+
+    caller: User
+    id: str
+    v: int = VERSION
+
+
+class AttachmentView(_Payload):
+    """One upload's metadata: the file, its room, owner, thumbnail type and
+    the message carrying it (None while unattached)."""
+
+    attachment: Attachment
+    room: str
+    owner: str
+    created_at: str
+    thumb: str | None = None
+    msg_id: str | None = None
+    v: int = VERSION
+
+
+class ClaimRequest(_Payload):
+    """A ``send`` with ``attachments``: attach the caller's uploads ``ids`` of
+    ``room`` to the message ``msg_id``. ``key`` names the send (``<user>:
+    <client_msg_id>``, else the ``msg_id``): uploads already claimed with the
+    same key are granted again, with the first claim's ``msg_id`` (a retry)."""
+
+    caller: User
+    room: str
+    ids: list[str]
+    msg_id: str
+    key: str
+    v: int = VERSION
+
+
+class ClaimReply(_Payload):
+    """The message id to publish under and the attachments, in the order asked."""
+
+    msg_id: str
+    attachments: list[Attachment]
     v: int = VERSION
 
 

@@ -42,6 +42,19 @@ class ThreadInfo(msgspec.Struct):
     last_seq: int
 
 
+class Attachment(msgspec.Struct, omit_defaults=True):
+    """A file a message carries (docs/protocol.md §3.4, §5): the upload's id,
+    its name, stored size in bytes, type (decided from the bytes), and an
+    image's ``width``/``height`` in pixels."""
+
+    id: str
+    name: str
+    size: int
+    type: str
+    width: int | None = None
+    height: int | None = None
+
+
 class Message(_Event, tag="message"):
     room: str
     msg_id: str
@@ -55,6 +68,7 @@ class Message(_Event, tag="message"):
     deleted: bool = False
     thread: str | None = None  # the root's msg_id, on a thread's replies
     mentions: list[str] | None = None  # user ids, resolved at send time
+    attachments: list[Attachment] | None = None  # uploads, attached at send time
     # History only (docs/protocol.md §11): the message's state as the reader sees it.
     reactions: list[ReactionCount] | None = None
     thread_info: ThreadInfo | None = None

@@ -27,6 +27,9 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=limits.SEQ_MAX)]
 Limit = Annotated[int, msgspec.Meta(ge=limits.PAGE_MIN, le=limits.PAGE_MAX)]
 MsgId = Annotated[str, msgspec.Meta(max_length=limits.MSG_ID_MAX)]
 ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.CLIENT_MSG_ID_MAX)]
+AttachmentId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.ATTACHMENT_ID_MAX)]
+AttachmentIds = Annotated[list[AttachmentId],
+                          msgspec.Meta(max_length=limits.ATTACHMENTS_PER_MESSAGE_MAX)]
 
 
 class _Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
@@ -54,6 +57,8 @@ class Send(_Frame, tag="send"):
     client_msg_id: ClientMsgId | None = None
     # The root message of the thread this message answers (history-service checks it).
     thread: MsgId | None = None
+    # Upload ids (POST /v1/rooms/{id}/attachments) of the caller in this room.
+    attachments: AttachmentIds | None = None
 
 
 class Edit(_Frame, tag="edit"):
@@ -140,6 +145,10 @@ def decode_frame(data: bytes | str) -> ClientFrame:
             v is not None and "\x00" in v
             for v in (frame.reply_to, frame.client_msg_id, frame.thread)):
         raise ChatError(ErrorCode.BAD_REQUEST, "NUL character in an id")
+    if isinstance(frame, Send) and frame.attachments:
+        ids = frame.attachments
+        if len(set(ids)) != len(ids) or any("\x00" in i for i in ids):
+            raise ChatError(ErrorCode.BAD_REQUEST, "attachments: repeated or invalid id")
     return frame
 
 
@@ -157,10 +166,11 @@ def request_id_of(data: bytes | str) -> str | None:
     return rid if isinstance(rid, str) and len(rid) <= limits.REQUEST_ID_MAX else None
 
 
-def check_text(text: str) -> str:
-    """Trimmed message text, or ``bad_request`` (empty) / ``too_large`` (> TEXT_MAX_CHARS)."""
+def check_text(text: str, may_be_empty: bool = False) -> str:
+    """Trimmed message text, or ``bad_request`` (empty, unless ``may_be_empty``:
+    a message with attachments) / ``too_large`` (> TEXT_MAX_CHARS)."""
     trimmed = text.strip()
-    if not trimmed:
+    if not trimmed and not may_be_empty:
         raise ChatError(ErrorCode.BAD_REQUEST, "text is empty")
     if "\x00" in trimmed:  # storage (PostgreSQL text) cannot hold it: refuse, never ack
         raise ChatError(ErrorCode.BAD_REQUEST, "text contains a NUL character")

@@ -37,6 +37,13 @@ MISSED_MAX = 500
 EMOJI_MAX_CHARS = 32
 # Distinct `@name`s of one message that are looked up (the rest are not mentions).
 MENTIONS_MAX = 20
+# A `send`'s `attachments`: at most this many upload ids (more → bad_request).
+# A contract bound, not a setting: history-service refuses records beyond it.
+ATTACHMENTS_PER_MESSAGE_MAX = 10
+# Attachment ids are made by gateways (`a_` + random); a longer one names no upload.
+ATTACHMENT_ID_MAX = 64
+# An uploaded file's name: code points kept (longer names are cut, never refused).
+ATTACHMENT_NAME_MAX = 255
 
 # --- rooms ----------------------------------------------------------------------------
 ROOM_NAME_MAX = 100

@@ -19,11 +19,15 @@ from . import subjects
 from .bus import (
     AccessReply,
     AccessRequest,
+    AttachmentRef,
+    AttachmentView,
     BlockRequest,
     BlocksReply,
     BlocksRequest,
     ChangeGrant,
     ChangeRequest,
+    ClaimReply,
+    ClaimRequest,
     Credentials,
     DisableReply,
     DisableRequest,
@@ -56,6 +60,9 @@ from .bus import (
     SearchReply,
     SearchRequest,
     TokenPair,
+    UploadAllowance,
+    UploadCheck,
+    UploadRecord,
     UsersReply,
     UsersRequest,
 )
@@ -101,6 +108,14 @@ ROOMS_READ = Rpc("rooms_read", subjects.ROOMS_READ, ReadRequest, ReadReply)
 ROOMS_SEARCH = Rpc("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, SearchReply)
 ROOMS_REACT = Rpc("rooms_react", subjects.ROOMS_REACT, ReactRequest, ReactGrant)
 ROOMS_RESOLVE = Rpc("rooms_resolve", subjects.ROOMS_RESOLVE, ResolveRequest, ResolveReply)
+ATTACHMENTS_CHECK = Rpc("attachments_check", subjects.ATTACHMENTS_CHECK, UploadCheck,
+                        UploadAllowance)
+ATTACHMENTS_REGISTER = Rpc("attachments_register", subjects.ATTACHMENTS_REGISTER, UploadRecord,
+                           AttachmentView)
+ATTACHMENTS_CLAIM = Rpc("attachments_claim", subjects.ATTACHMENTS_CLAIM, ClaimRequest,
+                        ClaimReply)
+ATTACHMENTS_GET = Rpc("attachments_get", subjects.ATTACHMENTS_GET, AttachmentRef,
+                      AttachmentView)
 
 # presence-service
 PRESENCE_MEMBERS = Rpc("members", subjects.PRESENCE_MEMBERS, MembersRequest, MembersReply)
@@ -114,7 +129,8 @@ ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     AUTH_PASSWORD, AUTH_DISABLE,
     HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
-    ROOMS_SEARCH, ROOMS_REACT, ROOMS_RESOLVE, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
+    ROOMS_SEARCH, ROOMS_REACT, ROOMS_RESOLVE, ATTACHMENTS_CHECK, ATTACHMENTS_REGISTER,
+    ATTACHMENTS_CLAIM, ATTACHMENTS_GET, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
 )  # type: ignore[assignment]
 
 # Which micro service (also its queue group) answers a subject, by prefix.
@@ -122,6 +138,7 @@ _SERVICE_BY_PREFIX = {
     "svc.auth.": "auth",
     "svc.history.": "history",
     "svc.rooms.": "history",  # the room model lives beside the messages
+    "svc.attachments.": "history",  # uploads' metadata, beside the rooms
     "svc.presence.": "presence",
     "svc.notify.": "notify",
 }

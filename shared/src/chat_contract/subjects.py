@@ -51,6 +51,14 @@ ROOMS_SEARCH = "svc.rooms.search"
 # A reaction's grant, and a send's thread root and @names (issue 14).
 ROOMS_REACT = "svc.rooms.react"
 ROOMS_RESOLVE = "svc.rooms.resolve"
+# Attachments (README "Attachments"): history-service keeps their metadata.
+ATTACHMENTS_CHECK = "svc.attachments.check"
+ATTACHMENTS_REGISTER = "svc.attachments.register"
+ATTACHMENTS_CLAIM = "svc.attachments.claim"
+ATTACHMENTS_GET = "svc.attachments.get"
+# The object store holding the files and thumbnails (stream OBJ_CHAT_ATTACHMENTS).
+ATTACHMENTS_BUCKET = "CHAT_ATTACHMENTS"
+ATTACHMENTS_STREAM = f"OBJ_{ATTACHMENTS_BUCKET}"
 # A user's blocked set after a change (BlocksNotice); gateways subscribe to users.*.blocks.
 BLOCKS_PREFIX = "users"
 BLOCKS_WILDCARD = "users.*.blocks"

@@ -94,6 +94,7 @@ def _chat_follower(stream: str, durable: str) -> list[str]:
     ]
 PRESENCE_BUCKETS = ("PRESENCE", "PRESENCE_ANNOUNCED", "PRESENCE_LEADER")
 REVOKED_BUCKET = "CHAT_REVOKED"  # the revocation denylist: auth writes, gateways watch
+ATTACHMENTS_BUCKET = "CHAT_ATTACHMENTS"  # the attachments' object store (chat_kit.objects)
 AUTH_DIR = "nats-auth"
 
 
@@ -136,6 +137,33 @@ def _kv_watcher(bucket: str) -> list[str]:
         f"$JS.API.CONSUMER.DELETE.{stream}.*",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.FC.{stream}.>",
+    ]
+
+
+def _objects_writer(bucket: str) -> list[str]:
+    """Store objects in one object store and read them: look it up, publish
+    chunks and meta entries, read the meta (last per subject) and chunks
+    (direct gets), and purge an object's chunks when a put fails."""
+    stream = f"OBJ_{bucket}"
+    return [
+        f"$O.{bucket}.C.>", f"$O.{bucket}.M.>",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.PURGE.{stream}",
+    ]
+
+
+def _objects_owner(bucket: str) -> list[str]:
+    """Create one object store when missing, and delete objects (purge their
+    chunks and meta entries); no reads of the bytes."""
+    stream = f"OBJ_{bucket}"
+    return [
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.STREAM.PURGE.{stream}",
     ]
 
 
@@ -183,6 +211,7 @@ def gateway_role(partitions: int = 1) -> Role:
             "svc.auth.jwks", "svc.auth.password",
             "svc.history.messages", "svc.presence.members", "svc.rooms.*",
             "svc.notify.level",  # PUT /v1/rooms/{id}/notify
+            "svc.attachments.*",  # uploads: may the caller, register, claim, read
             "$KV.PRESENCE.>",  # its connections' presence entries (put, delete, refresh)
             "$JS.API.INFO",
             # Is the stream there (never creates it); gap repair by sequence; a
@@ -190,6 +219,7 @@ def gateway_role(partitions: int = 1) -> Role:
             *(subject for stream in chat_streams(partitions) for subject in _chat_reader(stream)),
             f"$JS.API.STREAM.INFO.KV_{PRESENCE_BUCKETS[0]}",  # the presence TTL
             *_kv_watcher(REVOKED_BUCKET),  # revoked sessions: refuse tokens, close sockets
+            *_objects_writer(ATTACHMENTS_BUCKET),  # uploads in, downloads out
         ),
         # Admin actions (disabling an account) are never a client's to ask for,
         # nor is writing the denylist.
@@ -226,9 +256,13 @@ def history_role(partitions: int = 1) -> Role:
             "chat.room.*.state", "users.*.blocks",  # room and block notices to gateways
             "$JS.API.INFO",
             *(subject for stream in chat_streams(partitions) for subject in _chat_owner(stream)),
+            # The attachments bucket: created when missing; a deleted message's
+            # and expired uploads' objects removed.
+            *_objects_owner(ATTACHMENTS_BUCKET),
         ),
         subscribe=(*(_deliver(stream) for stream in chat_streams(partitions)),
-                   "svc.history.>", "svc.rooms.>", *_micro("history"), _inbox("history")),
+                   "svc.history.>", "svc.rooms.>", "svc.attachments.>", *_micro("history"),
+                   _inbox("history")),
         allow_responses=True,
     )
 
