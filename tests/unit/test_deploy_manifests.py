@@ -1,8 +1,12 @@
-"""deploy/k8s, deploy/prometheus and deploy/grafana agree with the code and each other.
+"""deploy/k8s/base, deploy/prometheus and deploy/grafana agree with the code and each other.
 
-Plain parsing, no cluster: probes point at /readyz and /healthz on the port
-the image listens on, every variable is one the code reads, secrets come from
-Secrets, and every metric an alert or a panel uses is one the code exports.
+Plain parsing of the kustomize base, no cluster: probes point at /readyz and
+/healthz on the port the image listens on, every variable is one the code
+reads, secrets come from Secrets, the Ingress serves only the gateway's
+public paths, and every metric an alert or a panel uses is one the code (or
+the NATS exporter) exports. The rendered overlays, their schema validation
+and the migration Job are tests/unit/test_deploy_kustomize.py; the alert
+rules' unit tests are tests/unit/test_deploy_alerts.py.
 
 These test deployment files, not a Python module: hence a name without a
 package prefix (tests/unit otherwise mirrors src as test_<package>_<module>.py).
@@ -23,7 +27,8 @@ import yaml
 from envnames import is_read, sources_of
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
+K8S = ROOT / "deploy" / "k8s" / "base"
+OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 COMMON_MEMBERS = ("shared", "services")
@@ -31,8 +36,11 @@ DEPLOYABLES = ("gateway", "auth-service", "history-service", "presence-service",
                "notify-service")
 # Variables outside CHAT_* that a chat container may get, and who reads them.
 FOREIGN_ENV = {"FORWARDED_ALLOW_IPS": "uvicorn: trusted X-Forwarded-For sources"}
-NOT_APPLIED = {"secrets.example.yaml"}  # documentation, never in kustomization.yaml
 NATS_REPLICAS = 3
+# The gateway's paths that only Prometheus and the probes may see.
+INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
+# Names that the NATS exporter (prometheus-nats-exporter) exports, beside up.
+EXPORTER_PREFIXES = ("gnatsd_", "jetstream_")
 
 
 # --- helpers -----------------------------------------------------------------
@@ -70,6 +78,8 @@ def image_members() -> dict[str, str]:
 def load_manifests() -> list[tuple[str, dict[str, Any]]]:
     docs = []
     for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs.append((path.name, doc))
@@ -101,6 +111,11 @@ def used_metrics(expr: str) -> set[str]:
     return set(re.findall(r"\bchat_[a-z0-9_]+\b", expr))
 
 
+def exporter_metrics(expr: str) -> set[str]:
+    prefixes = "|".join(EXPORTER_PREFIXES)
+    return set(re.findall(rf"\b(?:{prefixes})[a-z0-9_]+\b", expr))
+
+
 # --- fixtures ----------------------------------------------------------------
 
 
@@ -129,6 +144,14 @@ def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
     return list(workload["spec"]["template"]["spec"]["containers"])
 
 
+def chat_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Its containers and init containers that run a chat image."""
+    spec = workload["spec"]["template"]["spec"]
+    members = image_members()
+    return [c for c in [*spec.get("initContainers", []), *spec["containers"]]
+            if c["image"] in members]
+
+
 def env_map(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
 
@@ -142,13 +165,17 @@ def test_manifests_parse_and_kustomization_lists_them(
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     resources = set(kustomization["resources"])
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert resources == files - NOT_APPLIED
-    assert "namespace" not in kustomization, "namespace-free: set it with -n or an overlay"
-    images = {i["name"] for i in kustomization["images"]}
-    assert images == set(image_members())
-    for kind in ("ConfigMap", "Deployment", "Service", "StatefulSet", "Ingress",
-                 "PodDisruptionBudget", "Secret"):
+    assert resources == files
+    assert "namespace" not in kustomization, "namespace-free: the overlays set it"
+    assert "images" not in kustomization, "bare image names: each overlay sets its own"
+    for kind in ("ConfigMap", "Deployment", "Service", "StatefulSet", "Ingress", "Job",
+                 "PodDisruptionBudget", "NetworkPolicy", "PodMonitor", "PrometheusRule"):
         assert kind in by_kind, kind
+    assert "Secret" not in by_kind, "Secrets come from the overlays' secretGenerator"
+    for overlay in sorted(OVERLAYS.iterdir()):
+        images = {i["name"] for i in
+                  yaml.safe_load((overlay / "kustomization.yaml").read_text())["images"]}
+        assert images == set(image_members()), overlay.name
 
 
 def test_a_deployment_per_deployable(deployments: dict[str, dict[str, Any]]) -> None:
@@ -190,8 +217,8 @@ def test_env_names_are_read_by_the_code(
                 # envFrom gives these to every process: chat_kit must read them.
                 assert is_read(var, common), f"chat-config: {var} is not read by chat_kit"
                 assert isinstance(config["data"][var], str), var
-    for name, deployment in deployments.items():
-        for container in containers(deployment):
+    for name, deployment in [*deployments.items(), *by_kind["Job"].items()]:
+        for container in chat_containers(deployment):
             sources = sources_of(*COMMON_MEMBERS, members[container["image"]])
             for var in env_map(container):
                 if var.startswith("CHAT_"):
@@ -203,12 +230,14 @@ def test_env_names_are_read_by_the_code(
                 assert ref in by_kind["ConfigMap"], f"{name}: no ConfigMap {ref}"
 
 
-def test_pods_run_as_the_image_user(deployments: dict[str, dict[str, Any]]) -> None:
+def test_pods_run_as_the_image_user(
+    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> None:
     members = image_members()
-    for name, deployment in deployments.items():
+    for name, deployment in [*deployments.items(), *by_kind["Job"].items()]:
         pod = deployment["spec"]["template"]["spec"]["securityContext"]
         assert pod["runAsNonRoot"] is True, name
-        for container in containers(deployment):
+        for container in chat_containers(deployment):
             user = dockerfile_facts(members[container["image"]])["user"].split(":")[0]
             assert str(pod["runAsUser"]) == user, name
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
@@ -249,16 +278,14 @@ def test_services_select_pods_and_name_their_ports(
             workload["spec"]["template"]["metadata"]["labels"].items())
 
 
-def test_secrets_are_mounted_not_written(
-    deployments: dict[str, dict[str, Any]], by_kind: dict[str, dict[str, dict[str, Any]]]
-) -> None:
-    secrets = by_kind["Secret"]
+def test_secrets_are_mounted_not_written(deployments: dict[str, dict[str, Any]]) -> None:
+    generated = overlay_secret_keys()
     for name, deployment in deployments.items():
         for container in containers(deployment):
             env = env_map(container)
             if "CHAT_DATABASE_URL" in env:
                 ref = env["CHAT_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-                assert ref["key"] in secrets[ref["name"]]["stringData"], name
+                assert ref["key"] in generated[ref["name"]], name
     auth = deployments["chat-auth"]
     (container,) = containers(auth)
     env = env_map(container)
@@ -270,7 +297,7 @@ def test_secrets_are_mounted_not_written(
     volumes = {v["name"]: v for v in auth["spec"]["template"]["spec"]["volumes"]}
     secret = volumes[mount["name"]]["secret"]
     paths = {i["path"]: i["key"] for i in secret["items"]}
-    assert paths[key_file.name] in secrets[secret["secretName"]]["stringData"]
+    assert paths[key_file.name] in generated[secret["secretName"]]
     # Only auth holds the signing key, only notify the webhook's HMAC key; the
     # other Secret any pod mounts is its own NATS password
     # (test_each_deployment_logs_in_to_nats_as_its_role).
@@ -280,6 +307,24 @@ def test_secrets_are_mounted_not_written(
             if "secret" in volume:
                 allowed = {"chat-nats-credentials"} | ({own[name]} if name in own else set())
                 assert volume["secret"]["secretName"] in allowed, f"{name} mounts a secret"
+
+
+def overlay_secret_keys() -> dict[str, set[str]]:
+    """Secret name -> its keys, as every overlay's secretGenerator makes them."""
+    result: dict[str, set[str]] | None = None
+    for overlay in sorted(OVERLAYS.iterdir()):
+        kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        keys = {g["name"]: {f.split("=", 1)[0] for f in g["files"]}
+                for g in kustomization["secretGenerator"]}
+        for generator in kustomization["secretGenerator"]:
+            for f in generator["files"]:
+                # Files the operator provides (make-secrets.sh), never committed.
+                assert f.split("=", 1)[1].startswith("secrets/"), (overlay.name, f)
+        shared = {k: v for k, v in keys.items() if k != "chat-postgres"}
+        assert result is None or shared == result, f"{overlay.name}: other Secrets"
+        result = shared
+    assert result is not None
+    return result
 
 
 def test_nats_is_a_jetstream_cluster_of_three(
@@ -300,54 +345,107 @@ def test_nats_is_a_jetstream_cluster_of_three(
     assert "jetstream" in conf and "store_dir: /data" in conf
     for n in range(NATS_REPLICAS):
         assert f"nats://nats-{n}.{headless['metadata']['name']}:6222" in conf
-    (container,) = containers(nats)
+    container = next(c for c in containers(nats) if c["name"] == "nats")
     assert "/data" in {m["mountPath"] for m in container["volumeMounts"]}
     assert {t["metadata"]["name"] for t in nats["spec"]["volumeClaimTemplates"]} == {"data"}
 
 
-def test_ingress_routes_ws_and_root_to_the_gateways(
+def gateway_routes() -> set[str]:
+    """Every path the gateway serves to clients (its routes in the code)."""
+    paths: set[str] = set()
+    for path in (ROOT / "gateway" / "src" / "chat_gateway").glob("*.py"):
+        text = path.read_text()
+        paths |= set(re.findall(r'\broute\(ctx, "(/[^"]*)"', text))
+        paths |= set(re.findall(r'\b(?:WebSocketRoute|Route|Mount)\("(/[^"]*)"', text))
+    return paths
+
+
+def ingress_reaches(paths: list[tuple[str, str]], url_path: str) -> bool:
+    """Whether an Ingress path (Kubernetes semantics of Exact and Prefix) matches."""
+    for path, kind in paths:
+        if kind == "Exact" and url_path == path:
+            return True
+        if kind == "Prefix":
+            prefix = path.rstrip("/")
+            if url_path == prefix or url_path.startswith(prefix + "/") or prefix == "":
+                return True
+    return False
+
+
+def test_ingress_routes_the_public_paths_only(
     by_kind: dict[str, dict[str, dict[str, Any]]],
 ) -> None:
     gateway_service = by_kind["Service"]["chat-gateway"]
     port_names = {p["name"] for p in gateway_service["spec"]["ports"]}
-    routes = {}
+    routes: dict[str, dict[str, Any]] = {}
+    paths: list[tuple[str, str]] = []
     for ingress in by_kind["Ingress"].values():
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 backend = path["backend"]["service"]
                 assert backend["name"] == "chat-gateway"
                 assert backend["port"]["name"] in port_names
+                assert path["pathType"] in ("Exact", "Prefix"), path
                 routes[path["path"]] = ingress
+                paths.append((path["path"], path["pathType"]))
     assert {"/ws", "/"} <= routes.keys()
     ws = routes["/ws"]["metadata"]["annotations"]
     assert int(ws["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert int(ws["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
+    # Uploads up to the gateway's attachment limit get through the Ingress.
+    from chat_gateway.config import GatewaySettings
+
+    limit = GatewaySettings.from_env().attachment_max_bytes
+    body = routes["/v1"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", body).groups()  # type: ignore[union-attr]
+    assert int(number) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit] > limit
+    # /metrics is not public (issue 15): nor are the probes.
+    for internal in INTERNAL_PATHS:
+        assert not ingress_reaches(paths, internal), f"{internal} is public"
+        assert not ingress_reaches(paths, internal + "/x"), f"{internal}/... is public"
+    # Every route of the gateway is reachable ({room} and the like as a sample value).
+    public = gateway_routes()
+    assert "/v1/rooms" in public and "/ws" in public, public
+    for route in public:
+        sample = re.sub(r"\{[^}]+\}", "x", route)
+        assert ingress_reaches(paths, sample), f"the Ingress does not route {route}"
 
 
 # --- prometheus and grafana ----------------------------------------------------
 
 
-def compose_scrape_targets() -> set[str]:
-    """host:port of every chat process in docker-compose.yml."""
+COMPONENT_OF_MEMBER = {"gateway": "gateway", "auth-service": "auth",
+                       "history-service": "history", "presence-service": "presence",
+                       "notify-service": "notify"}
+
+
+def compose_scrape_targets() -> dict[str, str]:
+    """host:port -> component of every chat process (and the NATS exporter) in compose."""
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    targets = set()
+    targets = {}
     for name, svc in services.items():
         if "build" in svc:
             member = Path(svc["build"]["dockerfile"]).parent.name
             port_var = dockerfile_facts(member)["port_var"]
-            targets.add(f"{name}:{svc['environment'][port_var]}")
+            targets[f"{name}:{svc['environment'][port_var]}"] = COMPONENT_OF_MEMBER[member]
+    exporter = services["nats-exporter"]
+    port = re.search(r"-port=(\d+)", " ".join(exporter["command"]))
+    assert port and "http://nats:8222" in exporter["command"]
+    targets[f"nats-exporter:{port.group(1)}"] = "nats"
     return targets
 
 
 def test_prometheus_scrapes_every_chat_process() -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    targets = set()
+    targets = {}
     for job in config["scrape_configs"]:
-        if job["job_name"] == "prometheus":
+        if job["job_name"] in ("prometheus", "alertmanager"):
             continue
         assert job.get("metrics_path", "/metrics") == "/metrics"
         for static in job["static_configs"]:
-            targets |= set(static["targets"])
+            # The label the alerts select on (never the job name).
+            for target in static["targets"]:
+                targets[target] = static.get("labels", {}).get("component")
     assert targets == compose_scrape_targets()
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).exists(), rule_file
@@ -378,16 +476,52 @@ def test_dashboard_uses_exported_metrics() -> None:
     assert len(ids) == len(set(ids)), "panel ids are unique"
     seen: set[str] = set()
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             used = used_metrics(target["expr"])
-            assert used and not used - exported, f"{panel['title']}: {used - exported}"
+            foreign = exporter_metrics(target["expr"])
+            assert used or foreign or "up{" in target["expr"], panel["title"]
+            assert not used - exported, f"{panel['title']}: {used - exported}"
             seen |= used
     for name in ("chat_ws_connections", "chat_ws_messages_in_total",
                  "chat_ws_messages_out_total", "chat_ws_dropped_total",
                  "chat_delivery_latency_seconds_bucket", "chat_nats_connected",
-                 "chat_service_requests_total"):
+                 "chat_service_requests_total", "chat_presence_leader",
+                 "chat_history_consumer_lag_seconds", "chat_stream_bytes"):
         assert name in seen, f"no panel shows {name}"
+
+
+def test_dashboard_has_a_row_per_service_the_stream_and_the_consumers() -> None:
+    dashboard = json.loads((GRAFANA / "dashboard.json").read_text())
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] | None = None
+    for panel in sorted(dashboard["panels"],
+                        key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+        else:
+            assert current is not None, f"{panel['title']} is above every row"
+            current.append(panel)
+    expected = {"Gateways", "auth-service", "history-service", "presence-service",
+                "notify-service", "CHAT stream", "Consumers", "NATS"}
+    assert expected <= rows.keys(), expected - rows.keys()
+    for title, panels in rows.items():
+        assert panels, f"row {title} is empty"
+    for service in ("auth", "history", "presence", "notify"):
+        exprs = " ".join(t["expr"] for p in rows[f"{service}-service"] for t in p["targets"])
+        assert f'service="{service}"' in exprs, f"{service}-service's requests"
+    consumers = " ".join(t["expr"] for p in rows["Consumers"] for t in p["targets"])
+    assert "jetstream_consumer_num_pending" in consumers  # notify-push, history-push, ...
+    # Panels do not overlap.
+    cells = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps"
+                cells.add((x, y))
 
 
 def test_grafana_provisioning_matches_compose() -> None:
@@ -417,7 +551,7 @@ def test_each_deployment_logs_in_to_nats_as_its_role(
 ) -> None:
     from chat_devstack.nats_auth import ROLES
 
-    assert set(by_kind["Secret"][NATS_SECRET]["stringData"]) == set(ROLES)
+    assert overlay_secret_keys()[NATS_SECRET] == set(ROLES)
     assert set(NATS_ROLE_OF) == set(deployments)
     for name, role in NATS_ROLE_OF.items():
         pod = deployments[name]["spec"]["template"]["spec"]
@@ -446,7 +580,8 @@ def test_nats_requires_the_role_users(by_kind: dict[str, dict[str, dict[str, Any
     assert data["authorization.conf"] == deploy_authorization()
     assert (ROOT / "deploy" / "nats" / "authorization.conf").read_text() == (
         deploy_authorization())
-    (container,) = containers(by_kind["StatefulSet"]["nats"])
+    container = next(c for c in containers(by_kind["StatefulSet"]["nats"])
+                     if c["name"] == "nats")
     env = env_map(container)
     for role in ROLES:
         ref = env[env_reference(role)[1:]]["valueFrom"]["secretKeyRef"]
