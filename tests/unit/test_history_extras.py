@@ -100,3 +100,12 @@ def test_aggregates_go_on_message_items_in_first_come_order() -> None:
     assert isinstance(m3, Message) and m3.reactions is None  # a deleted message shows none
     assert reaction is items[3]
     assert attach_extras(items, []) is items
+
+
+@pytest.mark.parametrize("fields", [
+    {"thread": "m" * 65}, {"mentions": [f"u{i}" for i in range(21)]},
+    {"thread": "m\x00"}, {"mentions": ["u\x00"]}])
+def test_threads_and_mentions_beyond_their_bounds_are_never_stored(
+        fields: dict[str, object]) -> None:
+    with pytest.raises(BadRecord):
+        row_from_payload("r", 7, payload(text="hi", **fields))

@@ -117,16 +117,12 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
     # the way in only: rows already stored load whatever their length.
     if len(record.msg_id) > MSG_ID_MAX:
         raise BadRecord("too_long", f"msg_id of {len(record.msg_id)} characters")
-    strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to,
-               record.thread, *record.mentions)
+    strings = (record.msg_id, record.sender.id, record.sender.name, record.text, record.reply_to)
     # PostgreSQL text cannot hold NUL; such a row would fail its whole batch forever.
     if any(s is not None and "\x00" in s for s in strings):
         raise BadRecord("nul", "NUL character in a text field")
-    if record.kind in ("react", "unreact") and not is_emoji(record.text or ""):
-        raise BadRecord("bad_emoji", f"reaction {str(record.text)[:40]!r} is not one emoji")
-    if (record.thread is not None and len(record.thread) > MSG_ID_MAX) or (
-            len(record.mentions) > MENTIONS_MAX):
-        raise BadRecord("too_long", "thread id or mentions beyond their bounds")
+    if record.kind != "message" or record.thread is not None or record.mentions:
+        _check_extras(record)  # reactions, replies, mentions: a plain message skips this
     files = record.attachments if record.kind == "message" else []
     if files and (len(files) > ATTACHMENTS_PER_MESSAGE_MAX or any(
             len(f.id) > ATTACHMENT_ID_MAX or "\x00" in f.name + f.type for f in files)):
@@ -145,6 +141,17 @@ def row_from_payload(room: str, seq: int, data: bytes) -> MessageRow:
         mentions=record.mentions or None,
         attachments=files or None,
     )
+
+
+def _check_extras(record: ChatRecord) -> None:
+    """What a reaction, a reply or a message with mentions must also be to be stored."""
+    if record.kind in ("react", "unreact") and not is_emoji(record.text or ""):
+        raise BadRecord("bad_emoji", f"reaction {str(record.text)[:40]!r} is not one emoji")
+    thread, mentions = record.thread, record.mentions
+    if (thread is not None and len(thread) > MSG_ID_MAX) or len(mentions) > MENTIONS_MAX:
+        raise BadRecord("too_long", "thread id or mentions beyond their bounds")
+    if any("\x00" in s for s in (thread or "", *mentions)):
+        raise BadRecord("nul", "NUL character in a text field")
 
 
 def to_message(row: PageRow, prev_seq: int) -> RoomEvent:
