@@ -262,6 +262,14 @@ async def test_send_refusals(stack: Stack) -> None:
         assert (again["msg_id"], again["seq"]) == (first["msg_id"], first["seq"])
         assert await refused(a, "send", room=room, text="again",
                              attachments=[mine["id"]]) == "conflict"
+        # The same client_msg_id with other attachments is no retry.
+        async with rest(stack.gateway(1).url, alice["access_token"]) as http:
+            extra = await _uploaded(http, room, PDF, "c.pdf")
+        assert await refused(a, "send", room=room, text="", client_msg_id="c1",
+                             attachments=[mine["id"], extra["id"]]) == "conflict"
+        assert await refused(a, "send", room=room, text="", client_msg_id="c1",
+                             attachments=[extra["id"]]) == "conflict"
+        await a.request("send", room=room, text="", attachments=[extra["id"]])  # still free
     finally:
         await a.close()
         await b.close()

@@ -116,6 +116,7 @@ class Handlers:
         headers = {subjects.HDR_MSG_ID: dedupe} if dedupe is not None else None
         if call.attachments:  # a plain send pays this one test
             await self._claim(conn, call, record, dedupe)
+        claimed = record.msg_id
         ack = await self.bus.publish(subjects.room_subject(call.room), encode(record), headers)
         if ack.duplicate:
             # The same client_msg_id within the window: answer with the original.
@@ -125,7 +126,10 @@ class Handlers:
             except NotFoundError:  # erased (deleted since) or aged out: history knows which
                 return await stored_original(self.bus, call.room, ack.seq)
             record = _record_decoder.decode(stored.data or b"")
-            if (record.room, record.text) != (call.room, call.text):  # §3.3: not a retry
+            if (record.room, record.text) != (call.room, call.text) or (
+                    [a.id for a in record.attachments] != (call.attachments or [])):  # §3.3
+                if call.attachments and record.msg_id != claimed:
+                    await self._unclaim(conn, call, claimed)  # never stored under it
                 raise ChatError(ErrorCode.CONFLICT,
                                 "client_msg_id already used for another message")
         return {"msg_id": record.msg_id, "seq": ack.seq, "ts": record.ts}
@@ -142,6 +146,13 @@ class Handlers:
             key=dedupe or record.msg_id))
         record.msg_id = claim.msg_id
         record.attachments = claim.attachments
+
+    async def _unclaim(self, conn: Connection, call: s.SendMessage, msg_id: str) -> None:
+        """Give the uploads back: the send was refused after its claim."""
+        assert call.attachments
+        await self.bus.request(rpc.ATTACHMENTS_CLAIM, ClaimRequest(
+            caller=conn.user, room=call.room, ids=call.attachments, msg_id=msg_id, key="",
+            release=True))
 
     async def _resolve(self, conn: Connection, call: s.SendMessage, record: ChatRecord) -> None:
         """Fill ``record``'s ``thread`` (the root, checked) and ``mentions``

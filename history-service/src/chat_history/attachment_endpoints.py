@@ -104,6 +104,9 @@ class AttachmentEndpoints:
                 set(req.ids)) != len(req.ids):
             raise bad_request("attachments: 1 to "
                               f"{limits.ATTACHMENTS_PER_MESSAGE_MAX} distinct ids")
+        if req.release:
+            await self._store.release(req.caller.id, req.ids, req.msg_id)
+            return ClaimReply(msg_id=req.msg_id, attachments=[])
         s = await self._ctx.visible(req.room, req.caller.id)
         if not rules.is_insider(s, req.caller.id):
             raise forbidden("not a member of this room")

@@ -147,10 +147,20 @@ class AttachmentsStore:
                     if row.claim != key:
                         raise ClaimRefused("attached", i)
                     granted = row.msg_id  # a retry of the same send
-            if any(rows[i].msg_id not in (None, granted) for i in ids):
-                raise ClaimRefused("attached", ids[0])
+            if granted != msg_id:  # a retry: exactly what the first attempt claimed
+                for i in ids:
+                    if rows[i].msg_id != granted:
+                        raise ClaimRefused("attached", i)
             await conn.execute(_CLAIM, list(ids), granted, key, timeout=self._timeout)
         return granted, [rows[i].attachment for i in ids]
+
+    async def release(self, owner: str, ids: Sequence[str], msg_id: str) -> None:
+        """Undo a claim of ``msg_id`` (a send refused after it)."""
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            await conn.execute(
+                "UPDATE history.attachments SET msg_id = NULL, claim = NULL, claimed_at = NULL"
+                " WHERE id = ANY($1::text[]) AND owner = $2 AND msg_id = $3",
+                list(ids), owner, msg_id, timeout=self._timeout)
 
     async def of_deleted(self, room: str, msg_id: str) -> list[tuple[str, str | None]]:
         """(id, thumb) of the attachments of a deleted message."""

@@ -642,13 +642,16 @@ class ClaimRequest(_Payload):
     """A ``send`` with ``attachments``: attach the caller's uploads ``ids`` of
     ``room`` to the message ``msg_id``. ``key`` names the send (``<user>:
     <client_msg_id>``, else the ``msg_id``): uploads already claimed with the
-    same key are granted again, with the first claim's ``msg_id`` (a retry)."""
+    same key are granted again, with the first claim's ``msg_id`` (a retry).
+    ``release``: undo this claim instead (the send was refused after it: its
+    ``msg_id`` was never stored), for the uploads still claimed by ``msg_id``."""
 
     caller: User
     room: str
     ids: list[str]
     msg_id: str
     key: str
+    release: bool = False
     v: int = VERSION
 
 
