@@ -361,6 +361,22 @@ def test_make_secrets_needs_the_production_database_and_keeps_files(tmp_path: Pa
     assert {p.name: p.read_bytes() for p in (overlay / "secrets").iterdir()} == files
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_nats_server_accepts_each_overlays_config(
+    rendered: dict[str, list[Doc]], overlay: str, tmp_path: Path
+) -> None:
+    from chat_devstack.binaries import nats_server_bin
+    from chat_devstack.nats_auth import ROLES, env_reference
+
+    data = of_kind(rendered[overlay], "ConfigMap")["nats-config"]["data"]
+    for key, text in data.items():
+        (tmp_path / key).write_text(text)
+    env = {"SERVER_NAME": "nats-0", **{env_reference(r)[1:]: f"pw-{r}" for r in ROLES}}
+    result = subprocess.run([str(nats_server_bin()), "-t", "-c", str(tmp_path / "nats.conf")],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- migrations ----------------------------------------------------------------
 
 
