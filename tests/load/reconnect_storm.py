@@ -75,6 +75,13 @@ _decode = msgspec.json.Decoder(Event).decode
 
 
 JOIN_ERRORS: Counter[str] = Counter()
+JOIN_TRIES = 8  # joins sent on one socket before it is dropped and opened again
+
+
+class JoinRefused(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"join refused: {code}")
+        self.code = code
 
 
 class Member:
@@ -114,7 +121,7 @@ class Member:
             return
         if event.type == "error":
             JOIN_ERRORS[event.code] += 1
-            self.joined.set_exception(RuntimeError(f"join refused: {event.code}"))
+            self.joined.set_exception(JoinRefused(event.code))
             return
         if self.first_seq is None:
             self.first_seq = event.last_seq
@@ -125,15 +132,28 @@ class Member:
         self.joined.set_result(None)
 
     async def connect(self, host: str, port: int, timeout: float) -> None:
-        """Open, wait for welcome implicitly (the join is answered after it), join."""
+        """Open, join (answered after the welcome); a join answered ``unavailable``
+        or ``rate_limited`` is sent again on the same socket after a jittered
+        pause, as a client would, rather than reconnecting."""
         self.attempts += 1
-        self.joined = asyncio.get_running_loop().create_future()
         client = await open_ws(host, port, f"/ws?token={self.token}", self.on_text, timeout)
         self.client = client
-        since = f',"since":{self.last_seq}' if self.first_seq is not None else ""
-        client.send_text(f'{{"type":"join","id":"j","room":"{self.room}"{since}}}'.encode())
+        pause = 0.2
         try:
-            await asyncio.wait_for(asyncio.shield(self.joined), timeout)
+            for _ in range(JOIN_TRIES):
+                self.joined = asyncio.get_running_loop().create_future()
+                since = f',"since":{self.last_seq}' if self.first_seq is not None else ""
+                client.send_text(
+                    f'{{"type":"join","id":"j","room":"{self.room}"{since}}}'.encode())
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.joined), timeout)
+                    return
+                except JoinRefused as exc:
+                    if exc.code not in ("unavailable", "rate_limited") or client.closed.done():
+                        raise
+                await asyncio.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 2, 2.0)
+            raise JoinRefused("unavailable")
         except BaseException:
             if client.transport is not None:
                 client.transport.abort()
