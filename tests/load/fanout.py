@@ -106,6 +106,7 @@ class Recorder:
         self.errors: Counter[str] = Counter()
         self.measuring = False
         self.window_deliveries = 0
+        self.deliveries = 0
         self.joins_acked: set[str] = set()
         self.joins_refused: dict[str, str] = {}  # join id → error code
 
@@ -116,6 +117,7 @@ class Recorder:
             if event.msg_id in member.seen:
                 member.dups += 1
             member.seen.add(event.msg_id)
+            self.deliveries += 1
             if self.measuring:
                 self.window_deliveries += 1
             sent_ns = int(event.text.split(" ", 1)[0])
@@ -365,6 +367,8 @@ def percentiles_ms(latencies: list[float]) -> dict[str, float | None]:
 
 
 JOIN_WINDOW = 100
+SETTLE_QUIET = 2.0
+SETTLE_MAX = 60.0
 USERS = 10
 ROOMS_PER_USER = 8  # under history's default room-create limit (10 a minute)
 RETRYABLE = {"unavailable", "rate_limited"}
@@ -485,12 +489,23 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
     client_cpu = sum(me.cpu_times()[:2]) - client0
     box_cpu = box_busy_seconds() - box0
     window_deliveries = rec.window_deliveries
-    await asyncio.sleep(3.0)  # let in-flight deliveries land before counting losses
+    expected = sum(rec.sent_per_room[m.room] for m in members)
+    # Let in-flight deliveries land before counting losses: until all came,
+    # or none came for SETTLE_QUIET s (an overloaded target is seconds late,
+    # and late is not lost), at most SETTLE_MAX s.
+    settle_start = last_change = loop.time()
+    seen = -1
+    while rec.deliveries < expected and loop.time() - settle_start < SETTLE_MAX:
+        if rec.deliveries != seen:
+            seen, last_change = rec.deliveries, loop.time()
+        elif loop.time() - last_change >= SETTLE_QUIET:
+            break
+        await asyncio.sleep(0.1)
+    settle_s = loop.time() - settle_start
 
     for proc, _ in profiles.values():
         await asyncio.to_thread(proc.wait, 60)
 
-    expected = sum(rec.sent_per_room[m.room] for m in members)
     unique = sum(len(m.seen) for m in members)
     dup = sum(m.dups for m in members)
     cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
@@ -513,6 +528,7 @@ async def measure(running: Running, load: Load, profile: list[str] | None = None
         # busy CPU of the whole box less the target's and the generator's.
         "other_cpu_s": round(max(0.0, box_cpu - total_cpu - client_cpu), 2),
         "window_s": round(window, 2),
+        "settle_s": round(settle_s, 2),
         "cpu_us_per_delivery": round(total_cpu / max(1, window_deliveries) * 1e6, 1),
         "cpu_us_per_delivery_by_process": {
             k: round(v / max(1, window_deliveries) * 1e6, 1) for k, v in sorted(cpu.items())
