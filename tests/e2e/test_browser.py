@@ -8,6 +8,7 @@ user text stays text. Screenshots go to tests/e2e/screenshots/tmp/.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -455,3 +456,57 @@ async def test_reactions_threads_and_mentions(stack: Stack, browser: Browser) ->
     await bob_page.screenshot(path=str(SHOTS / "reactions-thread-bob.png"))
     await alice_page.context.close()
     await bob_page.context.close()
+
+
+async def test_attachments_on_the_page(stack: Stack, browser: Browser) -> None:
+    """Issue 14 item 1 on the page, across the two gateways: a picture sent with
+    the file button and a PDF dropped on the messages arrive as a thumbnail
+    and a download link; the picture opens full size."""
+    import io
+
+    from PIL import Image
+
+    alice_page = await _open(browser, stack.gateway(1).url + "/")
+    bob_page = await _open(browser, stack.gateway(2).url + "/")
+    alice, bob, room = unique("alice"), unique("bob"), unique("files")
+    await _register(alice_page, alice)
+    await _register(bob_page, bob)
+    await _join(alice_page, room)
+    await _join(bob_page, room)
+
+    picture = io.BytesIO()
+    Image.new("RGB", (400, 200), (40, 120, 220)).save(picture, "PNG")
+    await alice_page.set_input_files("#fileInput", files=[
+        {"name": "sky.png", "mimeType": "image/png", "buffer": picture.getvalue()}])
+    await expect(alice_page.locator("#attachList .chip")).to_contain_text("sky.png")
+    pdf = "%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+    await alice_page.evaluate("""(pdf) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([pdf], "minutes.pdf", { type: "application/pdf" }));
+        const log = document.getElementById("log");
+        for (const type of ["dragover", "drop"])
+            log.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true,
+                                                    cancelable: true }));
+    }""", pdf)
+    await expect(alice_page.locator("#attachList .chip")).to_have_count(2)
+    await _say(alice_page, "")  # files alone: the text may be empty
+    await expect(alice_page.locator("#attachList .chip")).to_have_count(0)
+
+    sent = bob_page.locator("#messages li", has=bob_page.locator(".files"))
+    await expect(sent).to_have_count(1)
+    thumb = sent.locator(".files img")
+    await expect(thumb).to_have_attribute("alt", "sky.png")
+    await expect(thumb).to_have_attribute("src", re.compile("^blob:"))
+    assert await thumb.evaluate("img => img.decode().then(() => img.naturalWidth)") == 320
+    await expect(sent.locator(".files a.file")).to_contain_text("minutes.pdf")
+    async with bob_page.expect_download() as download:
+        await sent.locator(".files a.file").click()
+    assert (await download.value).suggested_filename == "minutes.pdf"
+    async with bob_page.context.expect_page() as opened:
+        await thumb.click()  # the full picture in a new tab
+    assert (await opened.value).url.startswith("blob:")
+    await alice_page.screenshot(path=str(SHOTS / "attachments-alice.png"))
+    await bob_page.screenshot(path=str(SHOTS / "attachments-bob.png"))
+    await alice_page.context.close()
+    await bob_page.context.close()
+
