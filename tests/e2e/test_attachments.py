@@ -203,6 +203,9 @@ async def test_upload_refusals(stack: Stack) -> None:
         _err(await _upload(http, unique("nowhere"), PDF, "x.pdf"), 404, "not_found")
     async with rest(stack.gateway(1).url) as anonymous:
         _err(await _upload(anonymous, room, PDF, "x.pdf"), 401, "unauthorized")
+        exported = (await anonymous.get("/metrics")).text
+    assert 'chat_attachment_uploads_refused_total{status="415"}' in exported
+    assert 'chat_attachment_uploads_total{type="text/plain; charset=utf-8"}' in exported
 
 
 async def test_an_upload_over_the_limit_is_not_read_to_its_end(stack: Stack) -> None:

@@ -42,7 +42,7 @@ from chat_contract import rooms, rpc
 from chat_contract.bus import AttachmentRef, UploadCheck, UploadRecord
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import Attachment, User
-from chat_kit import objects
+from chat_kit import metrics, objects
 
 from . import downloads, filetypes, images
 from .multipart import FilePart, boundary_of
@@ -110,6 +110,7 @@ class Attachments:
         except ChatError as exc:
             await _drain(request)
             response = error_response(exc)
+            metrics.ATTACHMENT_REFUSED.labels(str(response.status_code)).inc()
             # The rest of the body is never read: the connection cannot be reused.
             response.headers["Connection"] = "close"
             return response
@@ -198,6 +199,8 @@ class Attachments:
                 await objects.put(bucket, attachment.id + ".thumb", thumb)
         except Exception as exc:  # the row without its bytes is swept after the TTL
             raise ChatError(ErrorCode.UNAVAILABLE, "attachment store unavailable") from exc
+        metrics.ATTACHMENT_UPLOADS.labels(kind).inc()
+        metrics.ATTACHMENT_UPLOAD_BYTES.inc(size)
         return json_response(attachment, 201)
 
     # --- download ---------------------------------------------------------------------
@@ -224,6 +227,7 @@ class Attachments:
         etag = f'"{(found.digest or found.nuid or a.id).replace(chr(34), "")}"'
         headers["ETag"] = etag
         if etag in _etags(request.headers.get("if-none-match")):
+            metrics.ATTACHMENT_DOWNLOADS.labels("304").inc()
             return Response(status_code=304, headers=headers)
         size = found.size or 0
         wanted = request.headers.get("range")
@@ -234,12 +238,14 @@ class Attachments:
             span = downloads.parse_range(wanted, size)
         except downloads.Unsatisfiable:
             headers["Content-Range"] = f"bytes */{size}"
+            metrics.ATTACHMENT_DOWNLOADS.labels("416").inc()
             return Response(status_code=416, headers=headers)
         start, end, status = 0, size - 1, 200
         if span is not None:
             start, end, status = span[0], span[1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers["Content-Length"] = str(max(0, end - start + 1))
+        metrics.ATTACHMENT_DOWNLOADS.labels(str(status)).inc()
         return StreamingResponse(objects.read(self._js, found, start, end), status_code=status,
                                  headers=headers, media_type=media_type)
 

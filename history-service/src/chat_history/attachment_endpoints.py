@@ -47,6 +47,7 @@ from chat_contract.events import User
 from chat_kit import objects
 from chat_kit.logs import event
 
+from . import metrics
 from . import room_rules as rules
 from .attachments_store import AttachmentsStore, ClaimRefused, QuotaExceeded, Row
 from .records import format_ts
@@ -173,6 +174,7 @@ class AttachmentReaper:
         found = await self._store.of_deleted(room, msg_id)
         if found:
             await self._remove(found)
+            metrics.ATTACHMENTS_REMOVED.labels("deleted").inc(len(found))
             event(log, "deleted message's attachments removed", room=room,
                   count=len(found))
 
@@ -196,6 +198,7 @@ class AttachmentReaper:
             while True:
                 found = await self._store.expired(self._ttl, _SWEEP_BATCH)
                 await self._remove(found)
+                metrics.ATTACHMENTS_REMOVED.labels("expired").inc(len(found))
                 removed += len(found)
                 if len(found) < _SWEEP_BATCH:
                     break

@@ -43,6 +43,10 @@ ERASED = Counter(
     "chat_history_stream_erased_total",
     "CHAT stream messages erased because their message was deleted (original and edits)",
 )
+ATTACHMENTS_REMOVED = Counter(
+    "chat_history_attachments_removed_total",
+    "Attachments whose objects and rows were removed: reason deleted (their message) or"
+    " expired (never sent within CHAT_ATTACHMENT_UNATTACHED_TTL)", ["reason"])
 ERASE_ERRORS = Counter(
     "chat_history_stream_erase_errors_total",
     "Stream erasures of deleted messages that failed (the text stays in the stream)",

@@ -33,3 +33,13 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 GAP_REPAIRS = Counter("chat_gap_repairs_total", "Events fetched from the stream to fill a gap")
+# Attachments (gateways; docs/protocol.md §7).
+ATTACHMENT_UPLOADS = Counter("chat_attachment_uploads_total", "Uploads stored, by type", ["type"])
+ATTACHMENT_UPLOAD_BYTES = Counter("chat_attachment_upload_bytes_total",
+                                  "Bytes of uploads stored (files, not thumbnails)")
+ATTACHMENT_REFUSED = Counter("chat_attachment_uploads_refused_total",
+                             "Uploads refused, by HTTP status", ["status"])
+ATTACHMENT_DOWNLOADS = Counter("chat_attachment_downloads_total",
+                               "Downloads answered, by HTTP status (200, 206, 304, 416)",
+                               ["status"])
+
