@@ -20,7 +20,7 @@ climbing after two rates in a row where it lost messages or fell under 95 %
 of the offered rate). Both modes draw PNGs
 into ``--plots`` (tests/load/plots/): CPU per delivery by process, stacked,
 each arm; and p50/p99 latency against deliveries per second. ``--json``
-keeps every run's raw result.
+keeps every run's raw result; ``--report FILE`` prints and draws one again.
 
 The generator shares the machine's cores with what it measures; its own CPU
 is reported (``client CPU``) and counted in neither arm.
@@ -477,7 +477,15 @@ def main() -> None:
     ap.add_argument("--plots", type=Path, default=PLOTS,
                     help=f"where the PNGs go (default {PLOTS.relative_to(PLOTS.parents[2])})")
     ap.add_argument("--no-plots", dest="plots", action="store_const", const=None)
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="run nothing: print the table and draw the plots of a --json file")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        kept = {k: v for k, v in saved["args"].items()
+                if k in ("rooms", "members", "rate", "duration", "sweep", "pairs")}
+        print(report(argparse.Namespace(**{**vars(args), **kept}), saved["runs"]))
+        return
     if args.pairs is None:
         args.pairs = 1 if args.sweep else 3
 
