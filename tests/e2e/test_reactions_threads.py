@@ -169,6 +169,7 @@ async def test_join_since_recovers_reactions_and_thread_replies(stack: Stack) ->
             assert r.json()["has_more"] is True
             _err(await http.get(f"/v1/rooms/{room}/threads/m_unknown"), 404, "not_found")
             _err(await http.get(f"/v1/rooms/{room}/threads/{'m' * 65}"), 404, "not_found")
+            _err(await http.get(f"/v1/rooms/{room}/threads/m%00x"), 404, "not_found")
         # A private room someone else may not see: not_found, as the other routes.
         secret = unique("secret")
         async with rest(stack.gateway(1).url, alice["access_token"]) as http:

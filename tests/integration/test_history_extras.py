@@ -288,6 +288,7 @@ async def test_thread_pages_and_thread_info(stack: Stack) -> None:
         count=3, last_seq=replies[4][1])
     # An unknown root, and a room the caller may not see: not_found.
     await fails(ErrorCode.NOT_FOUND, page(s, room, s.ann, thread="m_unknown"))
+    await fails(ErrorCode.NOT_FOUND, page(s, room, s.ann, thread="m\x00"))
     secret = new_room()
     await create(s, s.ann, secret, visibility="private")
     hidden_root, _ = await say(s, secret, s.ann, "psst")

@@ -198,7 +198,7 @@ async def thread_messages(ctx: RestContext, request: Request) -> Response:
     caller = await _me(ctx, request)
     room = _room_param(request)
     root: str = request.path_params["msg_id"]
-    if not root or len(root) > limits.MSG_ID_MAX:
+    if not root or len(root) > limits.MSG_ID_MAX or "\x00" in root:
         raise ChatError(ErrorCode.NOT_FOUND, "unknown message")
     limit = _bounded(request, "limit", DEFAULT_PAGE, limits.PAGE_MIN, limits.PAGE_MAX)
     reply = await ctx.services.request(rpc.HISTORY_MESSAGES, HistoryRequest(

@@ -98,6 +98,7 @@ class HistoryApi:
         try:
             if req.thread is not None:
                 if extras is None or not 1 <= len(req.thread) <= MSG_ID_MAX or (
+                        "\x00" in req.thread) or (
                         await extras.message(req.room, req.thread)) is None:
                     raise ChatError(ErrorCode.NOT_FOUND, "unknown message")
                 messages, has_more = await extras.thread_page(
