@@ -11,7 +11,7 @@
 #
 # Files (deploy/README.md "Secrets"):
 #   nats-<role>            a random NATS password per role (gateway auth history
-#                          presence notify admin) -> Secret chat-nats-credentials
+#                          presence notify server admin) -> Secret chat-nats-credentials
 #   signing-key.pem        auth's Ed25519 key (openssl genpkey) -> chat-auth-signing-key
 #   database-url           $CHAT_DATABASE_URL; the dev overlay's default is its own
 #                          PostgreSQL with postgres-password -> chat-database
@@ -29,7 +29,7 @@ mkdir -p "$dir"
 
 random() { openssl rand -base64 32 | tr -d '/+=\n'; }
 
-for role in gateway auth history presence notify admin; do
+for role in gateway auth history presence notify server admin; do
   [ -s "$dir/nats-$role" ] || random > "$dir/nats-$role"
 done
 [ -s "$dir/signing-key.pem" ] || openssl genpkey -algorithm ed25519 -out "$dir/signing-key.pem"

@@ -111,6 +111,12 @@ class Stack:
     # Role users of the server (None: it takes anonymous clients); found by
     # URL when the server came from authorized_nats.
     auth: NatsCredentials | None = None
+    # The server API (README "Server API"): a keys file in log_dir and an
+    # internal listener on each gateway; ``server_api_keys`` maps each key id
+    # to what a backend presents (``<key-id>:<secret>``).
+    server_api: bool = False
+    server_api_keys: dict[str, str] = field(default_factory=dict)
+    server_api_ports: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.auth is None:
@@ -148,11 +154,37 @@ class Stack:
         self._add("presence", "chat-presence", "CHAT_PRESENCE_PORT")
         if self.notify_env is not None:
             self._add("notify", "chat-notify", "CHAT_NOTIFY_PORT", **self.notify_env)
+        api: dict[str, str] = {}
+        if self.server_api:
+            api["CHAT_SERVER_API_KEYS_FILE"] = str(self._write_server_api_keys())
         for i in range(1, self.gateways + 1):
+            if self.server_api:
+                self.server_api_ports[i] = free_port()
+                api["CHAT_SERVER_API_PORT"] = str(self.server_api_ports[i])
             self._add(f"gateway-{i}", "chat-gateway", "CHAT_GATEWAY_PORT",
-                      CHAT_GATEWAY_NODE_ID=f"gw-{i}")
+                      CHAT_GATEWAY_NODE_ID=f"gw-{i}", **api)
         for service in self.services.values():
             service.start()
+
+    # Keys of the test stack: every scope, and a read-only one.
+    SERVER_API_SCOPES = {"full": "publish,disconnect,presence,rooms,users",
+                         "reader": "presence,rooms"}
+
+    def _write_server_api_keys(self) -> Path:
+        import secrets
+
+        path = self.log_dir / "server-api-keys"
+        lines = []
+        for key_id, scopes in self.SERVER_API_SCOPES.items():
+            secret = secrets.token_urlsafe(24)
+            self.server_api_keys[key_id] = f"{key_id}:{secret}"
+            lines.append(f"{key_id}:{secret}:{scopes}")
+        path.write_text("# test keys\n" + "\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def server_api_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.server_api_ports[i]}"
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):

@@ -32,7 +32,8 @@ CITING_SUFFIXES = {".py", ".md", ".html", ".yml", ".yaml", ".toml", ".js", ".txt
 SKIPPED_DIRS = {".git", ".venv", ".run", "node_modules", ".mypy_cache", ".ruff_cache",
                 ".pytest_cache", "__pycache__"}
 DEPLOYABLE = {"auth": "auth-service", "history": "history-service",
-              "presence": "presence-service", "notify": "notify-service"}
+              "presence": "presence-service", "notify": "notify-service",
+              "server": "the gateways"}
 
 HEADING = re.compile(r"^#{2,4}\s+(\d+(?:\.\d+)*)\.?\s+(.+?)\s*$", re.MULTILINE)
 # "docs/protocol.md §3.3, §3.6 and §5", "docs/protocol.md §3.2–3.3"

@@ -13,8 +13,8 @@ from chat_devstack.nats_auth import ROLES, NatsCredentials
 def test_credentials_are_private_and_kept(tmp_path: Path) -> None:
     first = NatsCredentials.load_or_create(tmp_path / "nats-auth")
     assert set(first.passwords) == {"gateway", "auth", "history", "presence", "notify",
-                                    "admin"}
-    assert len(set(first.passwords.values())) == 6
+                                    "server", "admin"}
+    assert len(set(first.passwords.values())) == 7
     assert stat.S_IMODE((tmp_path / "nats-auth").stat().st_mode) == 0o700
     for role in first.passwords:
         assert stat.S_IMODE(first.password_file(role).stat().st_mode) == 0o600
@@ -25,11 +25,13 @@ def test_credentials_are_private_and_kept(tmp_path: Path) -> None:
 def test_role_table_keeps_the_issue_promises() -> None:
     gateway, auth, history, presence = (ROLES[r] for r in ("gateway", "auth", "history",
                                                            "presence"))
-    # Only auth-service subscribes to svc.auth.>; gateways answer no service.
+    # Only auth-service subscribes to svc.auth.>; gateways answer the server
+    # API (svc.server.*) and no service.
     assert "svc.auth.>" in auth.subscribe
     for role in (gateway, history, presence):
         assert not any(s.startswith("svc.auth") for s in role.subscribe)
-    assert {"svc.>", "$SRV.>"} <= set(gateway.subscribe_deny) and not gateway.allow_responses
+    assert [s for s in gateway.subscribe if s.startswith("svc.")] == ["svc.server.*"]
+    assert {"svc.auth.>", "svc.rooms.>", "$SRV.>"} <= set(gateway.subscribe_deny)
     # Nobody but history (and admin) manages the CHAT stream; gateways only read it.
     for role in (gateway, auth, presence):
         assert not any(".CHAT" in s and ("CREATE" in s or "DELETE" in s or "PURGE" in s
@@ -44,6 +46,13 @@ def test_role_table_keeps_the_issue_promises() -> None:
         assert [s for s in role.subscribe if s.startswith("_INBOX")] == [
             f"_INBOX.{role.name}.>"]
     assert auth.allow_responses and history.allow_responses and presence.allow_responses
+
+
+def test_server_role_only_asks_the_server_api() -> None:
+    server = ROLES["server"]
+    assert server.publish == (subjects.SERVER_WILDCARD,)
+    assert server.subscribe == ("_INBOX.server.>",)
+    assert not server.allow_responses and not server.publish_deny
 
 
 def test_role_table_uses_the_contract_names() -> None:

@@ -79,13 +79,15 @@ async def test_the_verifier_refuses_a_revoked_session() -> None:
     assert verifier.verify(issuer.access_token("u_1", "alice", sid="s2")).sid == "s2"
 
 
-def test_only_admin_may_disable_and_only_auth_writes_the_denylist() -> None:
+def test_only_admin_and_the_server_api_may_disable_and_only_auth_writes_the_denylist() -> None:
     gateway, auth = ROLES["gateway"], ROLES["auth"]
     assert "svc.auth.password" in gateway.publish
-    assert "svc.auth.disable" not in gateway.publish
-    assert "svc.auth.disable" in gateway.publish_deny
+    # The gateway asks it for the server API only (a key with the users scope).
+    assert "svc.auth.disable" in gateway.publish
     assert not any(s.startswith("svc.auth.disable") for r in ROLES.values()
-                   if r.name != "admin" for s in r.publish)
+                   if r.name not in ("admin", "gateway") for s in r.publish)
+    # The integrator's backend reaches it through the gateway, never directly.
+    assert ROLES["server"].publish == ("svc.server.*",)
     assert f"$KV.{REVOKED_BUCKET}.>" in auth.publish
     assert not any(s.startswith("$KV.") for s in gateway.publish if REVOKED_BUCKET in s)
     assert f"$JS.API.CONSUMER.CREATE.KV_{REVOKED_BUCKET}.>" in gateway.publish

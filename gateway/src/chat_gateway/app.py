@@ -40,7 +40,7 @@ from chat_kit import stream
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
 
-from . import attachments, rest, rest_rooms
+from . import attachments, rest, rest_rooms, server_api
 from .config import GatewaySettings
 from .endpoint import Endpoint
 from .handlers import Handlers, JoinOptions
@@ -81,6 +81,7 @@ class App:
         self._routes: list[BaseRoute] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stream_ok = False
+        self._server_listener: server_api.ServerListener | None = None
 
     def is_draining(self) -> bool:
         return self.draining
@@ -139,6 +140,11 @@ class App:
                         *attachments.routes(ctx, files)]
         # Rare traffic (a block or unblock), so one subscription for all users.
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self.sockets.on_blocks)
+        # The server API (README "Server API"): disconnect notices always; with
+        # keys, svc.server.* and the internal listener (CHAT_SERVER_API_PORT).
+        self._server_listener = await server_api.start(
+            server_api.ServerApiSettings.from_env(rt.settings.host), services, rt.nc,
+            self.sockets)
         self._tasks.append(asyncio.create_task(
             self._reconcile(rt.nc, hub, services, s.reconcile_interval)))
         event(log, "gateway ready", node=s.node_id)
@@ -206,6 +212,8 @@ class App:
         self.draining = True
         for task in self._tasks:
             task.cancel()
+        if self._server_listener is not None:
+            await self._server_listener.stop()
         if self._presence is not None:
             # Before the sockets close: their presence entries are left to
             # expire, so clients that reconnect elsewhere do not flap.

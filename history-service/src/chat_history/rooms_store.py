@@ -113,6 +113,16 @@ FROM (SELECT * FROM history.rooms
 ORDER BY r.created_at DESC, r.id DESC
 """
 
+# Every room (the server API's directory): private rooms and DMs, archived too.
+_ALL = f"""
+SELECT {_ROOM}, {_COUNT}
+FROM (SELECT * FROM history.rooms
+      WHERE ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::text))
+      ORDER BY created_at DESC, id DESC
+      LIMIT $1) r
+ORDER BY r.created_at DESC, r.id DESC
+"""
+
 # Rooms owned, counted under a per-owner advisory lock (so concurrent
 # creations cannot pass the quota together).
 _OWNER_LOCK = "SELECT pg_advisory_xact_lock(hashtext('history.rooms.owner'), hashtext($1))"
@@ -293,6 +303,17 @@ class RoomsStore:
         since, since_id = after if after is not None else (None, None)
         async with self._pool.acquire(timeout=self._timeout) as conn:
             rows = await conn.fetch(_PUBLIC, limit + 1, since, since_id, timeout=self._timeout)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = (rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        return [_room(r).view(member_count=r["member_count"]) for r in rows], last
+
+    async def list_all(self, limit: int, after: tuple[datetime, str] | None = None
+                       ) -> tuple[list[RoomView], tuple[datetime, str] | None]:
+        """A page of every room (the server API), paged like :meth:`list_public`."""
+        since, since_id = after if after is not None else (None, None)
+        async with self._pool.acquire(timeout=self._timeout) as conn:
+            rows = await conn.fetch(_ALL, limit + 1, since, since_id, timeout=self._timeout)
         more = len(rows) > limit
         rows = rows[:limit]
         last = (rows[-1]["created_at"], rows[-1]["id"]) if more else None

@@ -43,6 +43,7 @@ from .freshness import CommitTrackers
 from .room_endpoints import RoomEndpoints
 from .rooms_context import RoomsContext, db_guard
 from .rooms_store import RoomsStore
+from .server_endpoints import ServerEndpoints
 from .store import MessageStore
 from .stream_monitor import StreamMonitor
 from .troubles import Troubles
@@ -156,6 +157,7 @@ class HistoryComponent:
         extras_store = ExtrasStore(pools.interactive)
         extras = ExtrasEndpoints(rooms_ctx, extras_store, s.reactions_per_message)
         uploads = AttachmentEndpoints(rooms_ctx, attachments_store, s.attachment_quota)
+        server = ServerEndpoints(rooms_store)  # the server API's reads (README "Server API")
         # History pages are interactive reads: their own store on that pool.
         self._api = HistoryApi(js, MessageStore(pools.interactive), self._trackers,
                                s.catchup_timeout, access=rooms.read_access,
@@ -179,6 +181,8 @@ class HistoryComponent:
             serves(SERVICE, rpc.ROOMS_SEARCH, g(activity.search)),
             serves(SERVICE, rpc.ROOMS_REACT, g(extras.react)),
             serves(SERVICE, rpc.ROOMS_RESOLVE, g(extras.resolve)),
+            serves(SERVICE, rpc.ROOMS_DIRECTORY, g(server.directory)),
+            serves(SERVICE, rpc.ROOMS_ROSTER, g(server.roster)),
             serves(SERVICE, rpc.ATTACHMENTS_CHECK, g(uploads.check)),
             serves(SERVICE, rpc.ATTACHMENTS_REGISTER, g(uploads.register)),
             serves(SERVICE, rpc.ATTACHMENTS_CLAIM, g(uploads.claim)),

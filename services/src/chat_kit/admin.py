@@ -19,6 +19,11 @@
         auth-service (``svc.auth.disable``, which only the admin NATS role may
         publish) and prints the account, its state and the sessions ended.
 
+    chat-admin server publish ROOM TEXT --as NAME | disconnect USER |
+               presence ROOM | rooms | members ROOM | disable USER
+        The server API over HTTP, as a backend calls it (chat_kit.admin_server:
+        the URL and the API key it uses).
+
 Processes never change an existing stream (chat_kit.stream): this command
 is the one way the configured retention and replicas reach a running stream.
 It connects with ``CHAT_NATS_URL`` (and whatever credentials
@@ -48,7 +53,7 @@ from chat_contract import rpc, subjects
 from chat_contract.bus import DisableRequest
 from chat_contract.errors import ChatError, ErrorCode
 
-from . import bus
+from . import admin_server, bus
 from .settings import env_str
 from .stream import (
     MANAGED_FIELDS,
@@ -169,6 +174,8 @@ async def set_disabled(nc: NATS, name: str, disabled: bool) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.resource == "server":  # HTTP with an API key; no NATS login
+        return await asyncio.to_thread(admin_server.run, args)
     settings = StreamSettings.from_env()
     url = env_str("CHAT_NATS_URL", "nats://127.0.0.1:4222")
     stop = asyncio.Event()
@@ -214,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
                          ("enable", "allow logins again")):
         one = user_actions.add_parser(action, help=text)
         one.add_argument("name", help="the user name (any letter case)")
+    admin_server.add_parser(what)
     return top
 
 

@@ -700,3 +700,104 @@ class SessionKick(_Payload):
     by_session: str = ""
     by_opened_ms: int = 0
     v: int = VERSION
+
+
+# --- the server API (README "Server API", docs/protocol.md §5.1) --------------
+# Requests of an integrator's backend, over HTTP on a gateway's internal port
+# or over NATS (``svc.server.*``, answered by the gateways). Over NATS the API
+# key travels in the ``Chat-Api-Key`` header; the reply is the same JSON as
+# over HTTP, errors in the micro error headers (code and description).
+
+
+class ServerPublish(_Payload):
+    """Publish ``text`` into ``room`` as the bot ``as_name`` (sender
+    ``{"id": "bot_<as_name>", "name": <as_name>}``; ``limits.BOT_NAME_PATTERN``)."""
+
+    room: str
+    text: str
+    as_name: str = msgspec.field(name="as")
+    client_msg_id: str | None = None
+    v: int = VERSION
+
+
+class ServerPublished(_Payload):
+    """Stored in the chat stream: its ``seq`` in the room, ``msg_id``, ``ts``."""
+
+    room: str
+    msg_id: str
+    seq: int
+    ts: str
+    sender: User
+    v: int = VERSION
+
+
+class ServerUserRef(_Payload):
+    """A user by id or by name (``disconnect``, ``disable``)."""
+
+    user: str
+    v: int = VERSION
+
+
+class ServerDisconnected(_Payload):
+    """The user whose sockets every gateway was told to close."""
+
+    user: User
+    v: int = VERSION
+
+
+class ServerDisabled(_Payload):
+    """The account disabled and how many login sessions that ended."""
+
+    user: User
+    disabled: bool
+    sessions: int = 0
+    v: int = VERSION
+
+
+class ServerRoomRef(_Payload):
+    """One room (``presence``, ``members``)."""
+
+    room: str
+    v: int = VERSION
+
+
+class ServerPresence(_Payload):
+    """Who is in ``room`` now (every gateway's sockets, from presence-service)."""
+
+    room: str
+    users: list[User]
+    v: int = VERSION
+
+
+class ServerMembers(_Payload):
+    """The room's members (history-service), each with ``online``."""
+
+    room: str
+    members: list[MemberView]
+    v: int = VERSION
+
+
+class DirectoryRequest(_Payload):
+    """Every room, newest first, cursor-paged (``svc.rooms.directory``,
+    ``svc.server.rooms``): private rooms and DMs too."""
+
+    limit: int = limits.ROOM_LIST_MAX
+    cursor: str | None = None
+    v: int = VERSION
+
+
+class RosterRequest(_Payload):
+    """One room with its members, whoever asks (``svc.rooms.roster``): the
+    server API's trusted read; unknown → ``not_found``."""
+
+    room: str
+    v: int = VERSION
+
+
+class ServerDisconnectNotice(_Payload):
+    """On ``sessions.disconnect.<user>``: every gateway closes the user's
+    sockets with 4403 (docs/protocol.md §4)."""
+
+    user: str
+    reason: str = "disconnected by the server"
+    v: int = VERSION

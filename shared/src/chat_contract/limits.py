@@ -59,3 +59,8 @@ USERS_LOOKUP_MAX = 100
 SEARCH_QUERY_MAX = 200  # characters of `q` (at least 1)
 SEARCH_LIMIT_MAX = 50
 SEARCH_OFFSET_MAX = 1000
+
+# The server API's bot senders (README "Server API"): ``bot_<name>`` is the
+# sender's id, ``<name>`` its name; user ids are ``u_<hex>``, so never a clash.
+BOT_NAME_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+BOT_ID_PREFIX = "bot_"

@@ -29,6 +29,7 @@ from .bus import (
     ClaimReply,
     ClaimRequest,
     Credentials,
+    DirectoryRequest,
     DisableReply,
     DisableRequest,
     DmRequest,
@@ -57,8 +58,17 @@ from .bus import (
     RoomRef,
     RoomReply,
     RoomsReply,
+    RosterRequest,
     SearchReply,
     SearchRequest,
+    ServerDisabled,
+    ServerDisconnected,
+    ServerMembers,
+    ServerPresence,
+    ServerPublish,
+    ServerPublished,
+    ServerRoomRef,
+    ServerUserRef,
     TokenPair,
     UploadAllowance,
     UploadCheck,
@@ -108,6 +118,9 @@ ROOMS_READ = Rpc("rooms_read", subjects.ROOMS_READ, ReadRequest, ReadReply)
 ROOMS_SEARCH = Rpc("rooms_search", subjects.ROOMS_SEARCH, SearchRequest, SearchReply)
 ROOMS_REACT = Rpc("rooms_react", subjects.ROOMS_REACT, ReactRequest, ReactGrant)
 ROOMS_RESOLVE = Rpc("rooms_resolve", subjects.ROOMS_RESOLVE, ResolveRequest, ResolveReply)
+# The server API's trusted reads (the gateway's role only; no caller).
+ROOMS_DIRECTORY = Rpc("rooms_directory", subjects.ROOMS_DIRECTORY, DirectoryRequest, RoomsReply)
+ROOMS_ROSTER = Rpc("rooms_roster", subjects.ROOMS_ROSTER, RosterRequest, RoomReply)
 ATTACHMENTS_CHECK = Rpc("attachments_check", subjects.ATTACHMENTS_CHECK, UploadCheck,
                         UploadAllowance)
 ATTACHMENTS_REGISTER = Rpc("attachments_register", subjects.ATTACHMENTS_REGISTER, UploadRecord,
@@ -124,13 +137,26 @@ PRESENCE_ONLINE = Rpc("online", subjects.PRESENCE_ONLINE, OnlineRequest, OnlineR
 # notification-service
 NOTIFY_LEVEL = Rpc("level", subjects.NOTIFY_LEVEL, NotifyLevelRequest, NotifyLevelReply)
 
+# the server API (README "Server API"): an integrator's backend asks, the
+# gateways answer (queue group ``server``); the API key in the Chat-Api-Key header.
+SERVER_PUBLISH = Rpc("publish", subjects.SERVER_PUBLISH, ServerPublish, ServerPublished)
+SERVER_DISCONNECT = Rpc("disconnect", subjects.SERVER_DISCONNECT, ServerUserRef,
+                        ServerDisconnected)
+SERVER_PRESENCE = Rpc("presence", subjects.SERVER_PRESENCE, ServerRoomRef, ServerPresence)
+SERVER_ROOMS = Rpc("rooms", subjects.SERVER_ROOMS, DirectoryRequest, RoomsReply)
+SERVER_MEMBERS = Rpc("members", subjects.SERVER_MEMBERS, ServerRoomRef, ServerMembers)
+SERVER_DISABLE = Rpc("disable", subjects.SERVER_DISABLE, ServerUserRef, ServerDisabled)
+
 ALL: tuple[Rpc[msgspec.Struct, msgspec.Struct], ...] = (
     AUTH_REGISTER, AUTH_LOGIN, AUTH_REFRESH, AUTH_LOGOUT, AUTH_JWKS, AUTH_USERS,
     AUTH_PASSWORD, AUTH_DISABLE,
     HISTORY_MESSAGES, ROOMS_CREATE, ROOMS_GET, ROOMS_LIST, ROOMS_ACCESS, ROOMS_MEMBER,
     ROOMS_ARCHIVE, ROOMS_DM, ROOMS_BLOCK, ROOMS_BLOCKS, ROOMS_CHANGE, ROOMS_READ,
-    ROOMS_SEARCH, ROOMS_REACT, ROOMS_RESOLVE, ATTACHMENTS_CHECK, ATTACHMENTS_REGISTER,
+    ROOMS_SEARCH, ROOMS_REACT, ROOMS_RESOLVE, ROOMS_DIRECTORY, ROOMS_ROSTER,
+    ATTACHMENTS_CHECK, ATTACHMENTS_REGISTER,
     ATTACHMENTS_CLAIM, ATTACHMENTS_GET, PRESENCE_MEMBERS, PRESENCE_ONLINE, NOTIFY_LEVEL,
+    SERVER_PUBLISH, SERVER_DISCONNECT, SERVER_PRESENCE, SERVER_ROOMS, SERVER_MEMBERS,
+    SERVER_DISABLE,
 )  # type: ignore[assignment]
 
 # Which micro service (also its queue group) answers a subject, by prefix.
@@ -141,11 +167,13 @@ _SERVICE_BY_PREFIX = {
     "svc.attachments.": "history",  # uploads' metadata, beside the rooms
     "svc.presence.": "presence",
     "svc.notify.": "notify",
+    "svc.server.": "server",  # the gateways (chat_gateway.server_api)
 }
 
 
 def service_of(rpc: Rpc[Req, Rep]) -> str:
-    """The micro service that answers ``rpc`` (``auth``, ``history``, ``presence``, ``notify``)."""
+    """Who answers ``rpc``: ``auth``, ``history``, ``presence``, ``notify``, or
+    ``server`` (the gateways' server API)."""
     for prefix, service in _SERVICE_BY_PREFIX.items():
         if rpc.subject.startswith(prefix):
             return service

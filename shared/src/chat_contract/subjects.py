@@ -51,6 +51,10 @@ ROOMS_SEARCH = "svc.rooms.search"
 # A reaction's grant, and a send's thread root and @names (issue 14).
 ROOMS_REACT = "svc.rooms.react"
 ROOMS_RESOLVE = "svc.rooms.resolve"
+# The server API's trusted reads (README "Server API"): every room, one
+# room's members, whoever asks; only the gateway's role may ask.
+ROOMS_DIRECTORY = "svc.rooms.directory"
+ROOMS_ROSTER = "svc.rooms.roster"
 # Attachments (README "Attachments"): history-service keeps their metadata.
 ATTACHMENTS_CHECK = "svc.attachments.check"
 ATTACHMENTS_REGISTER = "svc.attachments.register"
@@ -83,6 +87,21 @@ SESSION_LIST_PREFIX = "sessions.list"
 SESSION_HELD_PREFIX = "sessions.held"
 SESSION_KICK_PREFIX = "sessions.kick"
 
+# The server API (README "Server API", docs/protocol.md §5.1): requests of an
+# integrator's backend (the NATS role ``server``), answered by the gateways in
+# the queue group ``server``; and the notice that closes a user's sockets on
+# every gateway (``sessions.disconnect.<user>``, ServerDisconnectNotice).
+SERVER_PREFIX = "svc.server"
+SERVER_WILDCARD = "svc.server.*"
+SERVER_QUEUE = "server"
+SERVER_PUBLISH = "svc.server.publish"
+SERVER_DISCONNECT = "svc.server.disconnect"
+SERVER_PRESENCE = "svc.server.presence"
+SERVER_ROOMS = "svc.server.rooms"
+SERVER_MEMBERS = "svc.server.members"
+SERVER_DISABLE = "svc.server.disable"
+SESSION_DISCONNECT_PREFIX = "sessions.disconnect"
+SESSION_DISCONNECT_WILDCARD = "sessions.disconnect.*"
 # notification-service's dead letters: webhooks that failed for good, one
 # subject per recipient (``notify.dead.<user id>``), kept in this stream.
 NOTIFY_DEAD_STREAM = "NOTIFY_DEAD"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from . import nats, stack
@@ -51,6 +52,7 @@ def _start(config: stack.StackConfig, *, detached: bool) -> int:
                 return 1
             stack.write_state(config)
             _say(f"chat stack is up: open {config.url}")
+            _say_server_api(config)
             _say("stop it with `chat-stack down`; logs are in " + str(config.run_dir / "logs"))
             return 0
 
@@ -58,6 +60,7 @@ def _start(config: stack.StackConfig, *, detached: bool) -> int:
             stack.write_state(config)
             lock.release()  # `up`/`status`/`down` from other shells may act now
             _say(f"chat stack is up: open {config.url}   (Ctrl-C stops it)")
+            _say_server_api(config)
 
         try:
             return supervisor.run_foreground(on_ready=ready)
@@ -65,6 +68,16 @@ def _start(config: stack.StackConfig, *, detached: bool) -> int:
             stack.clear_state(config.run_dir)
     finally:
         lock.release()
+
+
+def _say_server_api(config: stack.StackConfig) -> None:
+    """Where the server API listens and where its key is (README "Server API")."""
+    ports = config.server_api_ports()
+    if not ports:
+        return
+    urls = ", ".join(f"http://127.0.0.1:{port}" for port in ports)
+    keys = os.environ.get("CHAT_SERVER_API_KEYS_FILE") or str(config.server_api_keys_file)
+    _say(f"server API (internal): {urls}; keys in {keys}")
 
 
 def _down(config: stack.StackConfig) -> int:

@@ -1,7 +1,8 @@
 """NATS users per role: the permission table, the ``authorization`` block, local secrets.
 
 One NATS user per role — ``gateway``, ``auth``, ``history``, ``presence``,
-``notify`` and ``admin`` (operators, ``chat-admin``, tests) — each allowed to publish and
+``notify``, ``server`` (an integrator's backend: the server API over NATS)
+and ``admin`` (operators, ``chat-admin``, tests) — each allowed to publish and
 subscribe exactly what its code uses (deploy/README.md "NATS credentials and
 permissions" says why, line by line). There is no anonymous user: a client
 without credentials is refused.
@@ -198,7 +199,7 @@ class Role:
 def gateway_role(partitions: int = 1) -> Role:
     return Role(
         "gateway",
-        "clients' sends and reads; calls every service, answers none",
+        "clients' sends and reads; calls every service, answers only the server API",
         publish=(
             "chat.room.*",  # a send or edit: stored by the CHAT stream (request → PubAck)
             # Partitioned, the server checks the mapped subject: chat.part.<p>.<room>.
@@ -207,8 +208,13 @@ def gateway_role(partitions: int = 1) -> Role:
             # The per-user connection cap: which sessions of a user the other
             # gateways hold (asked, answered), and close one over the cap.
             "sessions.list.*", "sessions.held.*", "sessions.kick.*",
+            # The server API's disconnect: every gateway closes the user's sockets.
+            "sessions.disconnect.*",
             "svc.auth.register", "svc.auth.login", "svc.auth.refresh", "svc.auth.logout",
             "svc.auth.jwks", "svc.auth.password",
+            # The server API: a user by id or name (disconnect, disable), and the
+            # disable itself (a key with the users scope; README "Server API").
+            "svc.auth.users", "svc.auth.disable",
             "svc.history.messages", "svc.presence.members", "svc.rooms.*",
             "svc.notify.level",  # PUT /v1/rooms/{id}/notify
             "svc.attachments.*",  # uploads: may the caller, register, claim, read
@@ -221,19 +227,22 @@ def gateway_role(partitions: int = 1) -> Role:
             *_kv_watcher(REVOKED_BUCKET),  # revoked sessions: refuse tokens, close sockets
             *_objects_writer(ATTACHMENTS_BUCKET),  # uploads in, downloads out
         ),
-        # Admin actions (disabling an account) are never a client's to ask for,
-        # nor is writing the denylist.
-        publish_deny=("svc.auth.disable", f"$KV.{REVOKED_BUCKET}.>"),
+        # Writing the denylist is auth-service's alone. (Disabling an account
+        # is asked for only by the server API, behind an API key's users scope.)
+        publish_deny=(f"$KV.{REVOKED_BUCKET}.>",),
         subscribe=(
             _inbox("gateway"),
             "chat.live.*",  # the stream's republished events of rooms with local members
             "chat.room.*.state",  # removals, archives, reads (from history-service)
             "presence.*", "sessions.list.*", "sessions.held.*", "sessions.kick.*",
-            "users.*.blocks",
+            "sessions.disconnect.*", "users.*.blocks",
+            "svc.server.*",  # the server API's requests (queue group "server")
         ),
         # Implied by the allow list; spelled out because it is the point: a
-        # gateway can neither read logins nor answer as a service.
-        subscribe_deny=("svc.>", "$SRV.>"),
+        # gateway can neither read logins nor answer as another service.
+        subscribe_deny=("svc.auth.>", "svc.history.>", "svc.rooms.>", "svc.presence.>",
+                        "svc.notify.>", "svc.attachments.>", "$SRV.>"),
+        allow_responses=True,  # answers svc.server.* (once, to the asker's inbox)
     )
 
 
@@ -302,6 +311,13 @@ def notify_role(partitions: int = 1) -> Role:
     )
 
 
+SERVER = Role(
+    "server",
+    "an integrator's backend: the server API's requests (svc.server.*), nothing else",
+    publish=("svc.server.*",),
+    subscribe=(_inbox("server"),),
+)
+
 ADMIN = Role(
     "admin",
     "operators: chat-admin (stream apply), the nats CLI, tests; everything",
@@ -313,7 +329,7 @@ def roles(partitions: int = 1) -> dict[str, Role]:
     """The role table for a deployment with ``partitions`` chat streams."""
     return {role.name: role for role in (gateway_role(partitions), AUTH,
                                          history_role(partitions), PRESENCE,
-                                         notify_role(partitions), ADMIN)}
+                                         notify_role(partitions), SERVER, ADMIN)}
 
 
 ROLES: dict[str, Role] = roles()

@@ -24,12 +24,18 @@ variable                    default  meaning
 ``CHAT_BIN_DIR``            venv     where the ``chat-*`` console scripts are looked up
 ==========================  =======  ==================================================
 
-Every port binds 127.0.0.1 only. Children inherit our environment plus
+``CHAT_SERVER_API_BASE_PORT`` (8181): gateway-n's internal server API
+listener is base + n - 1; 0 = none. Every port binds 127.0.0.1 only.
+Children inherit our environment plus
 ``CHAT_NATS_URL`` (every node), ``CHAT_STREAM_REPLICAS`` (3 on a cluster,
 unless set), ``CHAT_DATABASE_URL``, ``CHAT_AUTH_PORT``, ``CHAT_HISTORY_PORT``,
 ``CHAT_PRESENCE_PORT``, ``CHAT_NOTIFY_PORT`` and ``CHAT_LOG_FORMAT=json``
 (unless already set); auth also gets ``CHAT_AUTH_SIGNING_KEY_FILE``;
-gateway-n gets ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``.
+gateway-n gets ``CHAT_GATEWAY_PORT`` and ``CHAT_GATEWAY_NODE_ID=gw-<n>``,
+and the server API's ``CHAT_SERVER_API_PORT`` and ``CHAT_SERVER_API_KEYS_FILE``:
+the one given in our environment, else ``<run dir>/server-api/keys`` (0600),
+which ``prepare`` makes once with one key ``local`` of every scope (README
+"Server API"; ``chat-admin server`` reads it from there too).
 
 notify-service sends webhooks only when ``CHAT_NOTIFY_WEBHOOK_URL`` is set
 in our environment (passed through); its HMAC key is then
@@ -102,6 +108,7 @@ class StackConfig:
     history_port: int = 8092
     presence_port: int = 8093
     notify_port: int = 8094
+    server_api_base_port: int = 8181
     bin_dir: Path = field(default_factory=venv_bin_dir)
 
     @classmethod
@@ -124,6 +131,8 @@ class StackConfig:
             history_port=_int_env(env, "CHAT_HISTORY_PORT", d.history_port),
             presence_port=_int_env(env, "CHAT_PRESENCE_PORT", d.presence_port),
             notify_port=_int_env(env, "CHAT_NOTIFY_PORT", d.notify_port),
+            server_api_base_port=_int_env(env, "CHAT_SERVER_API_BASE_PORT",
+                                          d.server_api_base_port),
             bin_dir=Path(env.get("CHAT_BIN_DIR") or d.bin_dir),
         )
         config.validate()
@@ -151,6 +160,17 @@ class StackConfig:
 
     def gateway_ports(self) -> list[int]:
         return [self.gateway_base_port + i for i in range(self.gateways)]
+
+    def server_api_ports(self) -> list[int]:
+        """Each gateway's internal server API port (none when the base is 0)."""
+        if not self.server_api_base_port:
+            return []
+        return [self.server_api_base_port + i for i in range(self.gateways)]
+
+    @property
+    def server_api_keys_file(self) -> Path:
+        """The server API's keys (``<key-id>:<secret>:<scopes>`` lines), made once."""
+        return self.run_dir / "server-api" / "keys"
 
     @property
     def clustered(self) -> bool:
@@ -195,6 +215,8 @@ class StackConfig:
         })
         for n, port in enumerate(self.gateway_ports(), start=1):
             ports[f"CHAT_GATEWAY_BASE_PORT (gateway-{n})"] = port
+        for n, port in enumerate(self.server_api_ports(), start=1):
+            ports[f"CHAT_SERVER_API_BASE_PORT (gateway-{n})"] = port
         return ports
 
     @property
@@ -312,9 +334,13 @@ def build_specs(config: StackConfig, base_env: Mapping[str, str] | None = None) 
                 name, [_script(config, script)], env=service, ready_url=f"{http}:{port}/readyz"
             )
         )
+    api_ports = config.server_api_ports()
     for n, port in enumerate(config.gateway_ports(), start=1):
         gateway = dict(role_env(config, env, "gateway"), CHAT_GATEWAY_PORT=str(port),
                        CHAT_GATEWAY_NODE_ID=f"gw-{n}")
+        gateway.setdefault("CHAT_SERVER_API_KEYS_FILE", str(config.server_api_keys_file))
+        if api_ports:
+            gateway["CHAT_SERVER_API_PORT"] = str(api_ports[n - 1])
         specs.append(
             ProcSpec(
                 f"gateway-{n}",
@@ -354,6 +380,21 @@ def ensure_webhook_secret(path: Path) -> Path:
     return path
 
 
+def ensure_server_api_keys(path: Path) -> Path:
+    """One key ``local`` with every scope in ``path`` (dir 0700, file 0600), made once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("# the server API's keys (README \"Server API\"): "
+                      "<key-id>:<secret>:<scopes>\n")
+            out.write(f"local:{secrets.token_urlsafe(32)}:"
+                      "publish,disconnect,presence,rooms,users\n")
+    path.chmod(0o600)
+    return path
+
+
 def _nats_specs(config: StackConfig) -> list[ProcSpec]:
     """One spec per node. In a cluster only the last waits: no node is healthy
     (JetStream has no meta leader) before a majority runs."""
@@ -387,6 +428,8 @@ def prepare(config: StackConfig) -> None:
     postgres.prepare(run / "pg")
     if _webhook_needs_secret(os.environ):
         ensure_webhook_secret(config.webhook_secret_file)
+    if not os.environ.get("CHAT_SERVER_API_KEYS_FILE"):
+        ensure_server_api_keys(config.server_api_keys_file)
     caddy.write_caddyfile(run / "caddy", config.lb_port, config.gateway_ports())
 
 
