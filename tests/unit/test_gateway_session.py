@@ -3,10 +3,12 @@ alone: no socket, no NATS, time passed in by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from chat_contract import limits
 from chat_contract.claims import AccessClaims
@@ -473,3 +475,85 @@ def test_join_spam_strikes_and_closes_1008() -> None:
         send(session, {"type": "join", "room": f"r{i}"})
     assert session.close == (CloseCode.POLICY, "too many bad or rate-limited frames")
     assert len(session.calls_to_make()) == 1
+
+
+# --- counts: chat_ws_requests_total{type,outcome} (docs/protocol.md §7) -----------------
+
+
+def counted(type_: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("chat_ws_requests_total",
+                                     {"type": type_, "outcome": outcome}) or 0.0
+
+
+def test_every_frame_is_counted_once_by_type_and_outcome() -> None:
+    session = open_session(joined={"r"}, rules=dataclasses.replace(RULES, abuse_strikes=100))
+    keys = [("send", "ok"), ("send", "forbidden"), ("send", "too_large"), ("ping", "ok"),
+            ("edit", "not_found"), ("delete", "ok"), ("history", "unavailable"),
+            ("history", "internal"), ("join", "bad_request"), ("unknown", "bad_request"),
+            ("typing", "ok"), ("auth", "forbidden"), ("auth", "ok")]
+    before = {k: counted(*k) for k in keys}
+    send(session, {"type": "send", "id": "1", "room": "r", "text": "hi"})
+    [call] = session.calls_to_make()
+    session.succeeded(call, {"msg_id": "m", "seq": 1, "ts": "t"})
+    send(session, {"type": "send", "id": "2", "room": "elsewhere", "text": "hi"})
+    too_long = "x" * (limits.TEXT_MAX_CHARS + 1)
+    send(session, {"type": "send", "id": "3", "room": "r", "text": too_long})
+    send(session, {"type": "ping"})
+    send(session, {"type": "edit", "id": "4", "room": "r", "msg_id": "m" * 200, "text": "t"})
+    send(session, {"type": "delete", "id": "5", "room": "r", "msg_id": "m"})
+    send(session, {"type": "history", "id": "6", "room": "r"})
+    send(session, {"type": "history", "id": "7", "room": "r"})
+    delete, hist1, hist2 = session.calls_to_make()
+    session.succeeded(delete, {"seq": 2})
+    session.failed(hist1, ChatError(ErrorCode.UNAVAILABLE, "down"), T0)
+    session.failed(hist2, RuntimeError("bug"), T0)
+    send(session, {"type": "join", "id": "8"})  # no room: its type is still known
+    send(session, {"type": "shout", "id": "9"})
+    session.receive_text("{not json", T0)
+    session.receive_binary(T0)
+    send(session, {"type": "typing", "room": "r", "state": "start"})
+    send(session, {"type": "auth", "id": "10", "token": "other"})
+    send(session, {"type": "auth", "id": "11", "token": "mine"})
+    typing, other, mine = session.calls_to_make()
+    session.succeeded(typing, {})
+    session.succeeded(other, claims(sub="u_bob"))
+    session.succeeded(mine, claims())
+    after = {k: counted(*k) - before[k] for k in keys}
+    assert after == {("send", "ok"): 1, ("send", "forbidden"): 1, ("send", "too_large"): 1,
+                     ("ping", "ok"): 1, ("edit", "not_found"): 1, ("delete", "ok"): 1,
+                     ("history", "unavailable"): 1, ("history", "internal"): 1,
+                     ("join", "bad_request"): 1, ("unknown", "bad_request"): 3,
+                     ("typing", "ok"): 1, ("auth", "forbidden"): 1, ("auth", "ok"): 1}
+
+
+def test_a_send_call_carries_the_time_its_frame_arrived() -> None:
+    session = open_session(joined={"r"})
+    send(session, {"type": "send", "room": "r", "text": "hi"}, now=T0 + 3.5)
+    [call] = session.calls_to_make()
+    assert isinstance(call, SendMessage) and call.received == T0 + 3.5
+
+
+def test_frames_before_auth_count_as_unauthorized_and_the_upgrade_token_not_at_all() -> None:
+    keys = [("auth", "ok"), ("auth", "unauthorized"), ("join", "unauthorized")]
+    before = {k: counted(*k) for k in keys}
+    open_session()  # an upgrade token is no frame
+    session = new()
+    send(session, {"type": "join", "id": "1", "room": "r"})
+    send(session, {"type": "auth", "id": "2", "token": "bad"})
+    [call] = session.calls_to_make()
+    session.failed(call, ChatError(ErrorCode.UNAUTHORIZED, "expired"), T0)
+    session = new()
+    send(session, {"type": "auth", "id": "3", "token": "good"})
+    [call] = session.calls_to_make()
+    session.succeeded(call, claims())
+    assert {k: counted(*k) - before[k] for k in keys} == {
+        ("auth", "ok"): 1, ("auth", "unauthorized"): 1, ("join", "unauthorized"): 1}
+
+
+def test_the_type_label_is_bounded() -> None:
+    from chat_kit import metrics
+    session = open_session()
+    for i in range(50):
+        send(session, {"type": f"made-up-{i}", "id": str(i)})
+    types = {s.labels["type"] for s in metrics.WS_REQUESTS.collect()[0].samples}
+    assert types <= {*metrics.WS_REQUEST_TYPES, "unknown"}

@@ -30,7 +30,7 @@ from chat_kit.audit import AuditLimiter
 from .connection import Connection
 from .handlers import Answer
 from .overload import ConnectionCaps, OutboundBudget
-from .session import Call, Rules, Session, Verify
+from .session import Call, Rules, SendMessage, Session, Verify
 from .sockets import Sockets
 
 log = logging.getLogger("chat_gateway.endpoint")
@@ -207,6 +207,8 @@ class Endpoint:
                 # Written at once: a join's ack must precede the room's events.
                 session.succeeded(call, result)
                 self._flush(session, conn)
+                if type(call) is SendMessage:
+                    metrics.SEND_ACK.observe(time.monotonic() - call.received)
 
             try:
                 await self.handlers.perform(conn, call, answer)

@@ -21,7 +21,9 @@ verifier) and writes what it returns. So every per-socket rule is here:
 - answers: the ack of every request id, errors with the request id, a
   frame's failure never ends the session;
 - strikes: a client that keeps sending refused frames (bad_request,
-  too_large, rate_limited) is closed with 1008.
+  too_large, rate_limited) is closed with 1008;
+- counts: every frame answered, by type and outcome
+  (``chat_ws_requests_total``, docs/protocol.md §7).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+import msgspec
 
 from chat_contract import frames, limits
 from chat_contract.claims import AccessClaims
@@ -72,8 +76,9 @@ class Rules:
 @dataclass(slots=True)
 class Call:
     """A call to make; answered with :meth:`Session.succeeded` or :meth:`Session.failed`.
-    ``id``: the request id to ack (None: no ack)."""
+    ``id``: the request id to ack (None: no ack); ``frame``: its frame type."""
 
+    frame: ClassVar[str] = ""
     id: str | None
 
 
@@ -81,12 +86,15 @@ class Call:
 class Verify(Call):
     """Verify an access token (its claims are the result)."""
 
+    frame: ClassVar[str] = "auth"
     token: str
     reauth: bool  # an ``auth`` frame of an open session (else: the session's first)
+    counted: bool = True  # an ``auth`` frame (not the upgrade's token)
 
 
 @dataclass(slots=True)
 class JoinRoom(Call):
+    frame: ClassVar[str] = "join"
     room: str
     password: str | None
     since: int | None
@@ -94,17 +102,20 @@ class JoinRoom(Call):
 
 @dataclass(slots=True)
 class LeaveRoom(Call):
+    frame: ClassVar[str] = "leave"
     room: str
 
 
 @dataclass(slots=True)
 class SendMessage(Call):
+    frame: ClassVar[str] = "send"
     room: str
     text: str  # trimmed and checked
     reply_to: str | None
     client_msg_id: str | None
     thread: str | None = None  # a thread root: history-service checks it
     attachments: list[str] | None = None  # upload ids: history-service claims them
+    received: float = 0.0  # monotonic: when the frame arrived (chat_send_ack_seconds)
 
 
 @dataclass(slots=True)
@@ -117,6 +128,7 @@ class ChangeMessage(Call):
 
 @dataclass(slots=True)
 class ReactTo(Call):
+    frame: ClassVar[str] = "react"
     room: str
     msg_id: str
     emoji: str  # one emoji sequence (checked by decode_frame)
@@ -125,27 +137,62 @@ class ReactTo(Call):
 
 @dataclass(slots=True)
 class MarkRead(Call):
+    frame: ClassVar[str] = "read"
     room: str
     seq: int
 
 
 @dataclass(slots=True)
 class SetTyping(Call):
+    frame: ClassVar[str] = "typing"
     room: str
     state: str
 
 
 @dataclass(slots=True)
 class Members(Call):
+    frame: ClassVar[str] = "presence"
     room: str
 
 
 @dataclass(slots=True)
 class FetchHistory(Call):
+    frame: ClassVar[str] = "history"
     room: str
     before: int | None
     after: int | None
     limit: int
+
+
+# --- counting (chat_ws_requests_total) -----------------------------------------------
+
+# Each frame class's ``type`` tag.
+_FRAME_TYPES: dict[type, str] = {
+    cls: str(cls.__struct_config__.tag)
+    for cls in (frames.Auth, frames.Join, frames.Leave, frames.Send, frames.Edit, frames.Delete,
+                frames.React, frames.Typing, frames.Read, frames.History, frames.Presence,
+                frames.Ping)}
+
+
+class _TypeOnly(msgspec.Struct):
+    type: Any = None
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+def frame_type_of(text: str) -> str:
+    """The type of a frame that failed to decode, when it names a known one, else
+    ``unknown`` (the label stays bounded). Refusals only: never on the hot path."""
+    try:
+        found = _type_decoder.decode(text).type
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return "unknown"
+    return found if isinstance(found, str) and found in metrics.WS_REQUEST_TYPES else "unknown"
+
+
+def _type_of(call: Call) -> str:
+    return call.action if isinstance(call, ChangeMessage) else call.frame
 
 
 # --- the session -----------------------------------------------------------------------
@@ -228,9 +275,11 @@ class Session:
         if self.close is not None:
             return
         if self.user is None:
+            metrics.ws_request("unknown", ErrorCode.UNAUTHORIZED).inc()
             self._reply_error(ErrorCode.UNAUTHORIZED, "authenticate first", None)
             return
         metrics.WS_MESSAGES_IN.inc()
+        metrics.ws_request("unknown", ErrorCode.BAD_REQUEST).inc()
         self._reply_error(ErrorCode.BAD_REQUEST, "binary frames are not accepted", None)
         self._strike(now, "binary frame")
 
@@ -244,22 +293,30 @@ class Session:
         try:
             frame = frames.decode_frame(text)
         except ChatError as exc:
+            metrics.ws_request(frame_type_of(text), exc.code).inc()
             self._refuse(exc, frames.request_id_of(text), now)
             return
         try:
             self._accept(frame, now)
         except ChatError as exc:
+            metrics.ws_request(_FRAME_TYPES[type(frame)], exc.code).inc()
             self._refuse(exc, frame.id, now)
 
     def succeeded(self, call: Call, result: Any) -> None:
         """``call`` was made: ``result`` is its ack fields (a Verify: the claims)."""
         if isinstance(call, Verify):
             self._verified(call, result)
-        elif call.id is not None:
+            return
+        metrics.ws_request(_type_of(call), "ok").inc()
+        if call.id is not None:
             self._out.append(encode_ack(call.id, result))
 
     def failed(self, call: Call, exc: BaseException, now: float) -> None:
         """``call`` failed: a ChatError is the client's answer, anything else ``internal``."""
+        if not isinstance(call, Verify) or call.counted:
+            outcome = exc.code if isinstance(exc, ChatError) else ErrorCode.INTERNAL
+            metrics.ws_request(_type_of(call), ErrorCode.UNAUTHORIZED if (
+                isinstance(call, Verify) and not call.reauth) else outcome).inc()
         if isinstance(call, Verify) and not call.reauth:
             self._verifying = False
             reason = exc.message if isinstance(exc, ChatError) else "invalid token"
@@ -284,24 +341,28 @@ class Session:
             frame = None
         if isinstance(frame, frames.Auth):
             if not frame.token:
+                metrics.ws_request("auth", ErrorCode.UNAUTHORIZED).inc()
                 self.close = (CloseCode.UNAUTHORIZED, "missing token")
             else:
-                self._verify(frame.token, frame.id)
+                self._verify(frame.token, frame.id, counted=True)
             return
+        metrics.ws_request(frame_type_of(text), ErrorCode.UNAUTHORIZED).inc()
         self._reply_error(ErrorCode.UNAUTHORIZED, "authenticate first", frames.request_id_of(text))
 
-    def _verify(self, token: str, request_id: str | None) -> None:
+    def _verify(self, token: str, request_id: str | None, counted: bool = False) -> None:
         self._verifying = True
-        self._calls.append(Verify(id=request_id, token=token, reauth=False))
+        self._calls.append(Verify(id=request_id, token=token, reauth=False, counted=counted))
 
     def _verified(self, call: Verify, claims: AccessClaims) -> None:
         if call.reauth:
             assert self.user is not None
             if claims.sub != self.user.id:
+                metrics.ws_request("auth", ErrorCode.FORBIDDEN).inc()
                 self._refuse(ChatError(ErrorCode.FORBIDDEN, "token belongs to another user"),
                              call.id, None)
                 return
             self.token_exp = claims.exp
+            metrics.ws_request("auth", "ok").inc()
             if call.id is not None:
                 self._out.append(encode_ack(call.id, {}))
             return
@@ -311,6 +372,8 @@ class Session:
         self.token_exp = claims.exp
         self._out.append(encode(Welcome(session=self.id, user=self.user, node=self.rules.node,
                                         heartbeat=self.rules.heartbeat)))
+        if call.counted:
+            metrics.ws_request("auth", "ok").inc()
         if call.id is not None:  # a first-frame auth is a request like any other
             self._out.append(encode_ack(call.id, {}))
 
@@ -329,7 +392,8 @@ class Session:
                                          reply_to=frame.reply_to,
                                          client_msg_id=frame.client_msg_id,
                                          thread=frame.thread,
-                                         attachments=frame.attachments or None))
+                                         attachments=frame.attachments or None,
+                                         received=now))
             case frames.Join():
                 self._take_join_token(now)
                 joined = self.joined
@@ -350,6 +414,7 @@ class Session:
                 self._require_joined(frame.room)
                 calls.append(Members(id=frame.id, room=frame.room))
             case frames.Ping():
+                metrics.ws_request("ping", "ok").inc()
                 self._out.append(encode(Pong()))  # never acked: the pong is the answer
             case frames.Typing():
                 self._require_joined(frame.room)

@@ -149,6 +149,7 @@ async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float
     message the client was told failed would then be stored after all).
     """
     if not nc.is_connected:
+        metrics.JETSTREAM_PUBLISH_FAILURES.labels("disconnected").inc()
         raise ChatError(ErrorCode.UNAVAILABLE, "message bus unavailable")
     try:
         if isinstance(nc, Client):  # every process's (connect below): the lean path
@@ -156,11 +157,14 @@ async def publish_durable(nc: NATS, subject: str, payload: bytes, timeout: float
         else:
             data = (await nc.request(subject, payload, timeout=timeout, headers=headers)).data
     except NoRespondersError:
+        metrics.JETSTREAM_PUBLISH_FAILURES.labels("no_responders").inc()
         raise ChatError(ErrorCode.UNAVAILABLE, "message store unavailable") from None
     except (TimeoutError, NatsTimeoutError):
+        metrics.JETSTREAM_PUBLISH_FAILURES.labels("timeout").inc()
         raise ChatError(ErrorCode.UNAVAILABLE, "message store timed out") from None
     ack = _puback.decode(data)
     if ack.error is not None or ack.seq <= 0:
+        metrics.JETSTREAM_PUBLISH_FAILURES.labels("refused").inc()
         event(log, "publish refused", logging.ERROR, subject=subject, error=ack.error)
         raise ChatError(ErrorCode.UNAVAILABLE, "message store refused the message")
     return ack

@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from . import metrics
+
 
 def health_routes(is_ready: Callable[[], bool]) -> list[Route]:
     async def healthz(_: Request) -> Response:
@@ -49,3 +51,43 @@ def expose_raw_send(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send)
 
     return wrapped
+
+
+# Probes and scrapes are not counted: they would drown the API's figures.
+_UNCOUNTED = frozenset({"/healthz", "/readyz", "/metrics"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class CountRequests:
+    """ASGI middleware: ``chat_http_requests_total{route,method,status}``.
+
+    ``route`` is the matched route's template (``/v1/rooms/{room}``, never
+    the raw path), ``unmatched`` when no route matched (404s of unknown
+    paths); ``method`` one of the usual verbs or ``other``: every label is
+    bounded whatever clients send. WebSockets pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in _UNCOUNTED:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception before any response: the server answers 500
+
+        async def send_status(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) if route is not None else None
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(path or "unmatched",
+                                         method if method in _METHODS else "other",
+                                         str(status)).inc()

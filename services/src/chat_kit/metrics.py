@@ -6,6 +6,8 @@ and dashboards find every name in one place.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 NATS_CONNECTED = Gauge("chat_nats_connected", "1 while the NATS connection is up")
@@ -43,3 +45,41 @@ ATTACHMENT_DOWNLOADS = Counter("chat_attachment_downloads_total",
                                "Downloads answered, by HTTP status (200, 206, 304, 416)",
                                ["status"])
 
+# Request outcomes (gateways; docs/protocol.md §7). Labels are bounded: the
+# frame types below plus ``unknown``, outcome ``ok`` or an ErrorCode value.
+WS_REQUESTS = Counter("chat_ws_requests_total",
+                      "Client frames answered, by type and outcome (ok or the error code)",
+                      ["type", "outcome"])
+WS_REQUEST_TYPES = ("send", "join", "leave", "edit", "delete", "react", "read", "history",
+                    "presence", "typing", "ping", "auth")
+SEND_ACK = Histogram(
+    "chat_send_ack_seconds",
+    "From a send frame's arrival to its ack handed to the socket (acked sends only)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+JETSTREAM_PUBLISH_FAILURES = Counter(
+    "chat_jetstream_publish_failures_total",
+    "Durable publishes that failed: timeout, no_responders, refused, disconnected",
+    ["reason"])
+# Every process's HTTP requests (chat_kit.http.CountRequests): the route's
+# template (``unmatched`` for none), the method, the status.
+HTTP_REQUESTS = Counter("chat_http_requests_total",
+                        "HTTP requests answered, by route template, method and status",
+                        ["route", "method", "status"])
+
+_ws_children: dict[tuple[str, str], Any] = {}
+
+
+def ws_request(type_: str, outcome: str) -> Any:
+    """The ``chat_ws_requests_total`` child of (type, outcome), resolved once:
+    ``labels()`` takes a lock and builds a key on every call."""
+    child = _ws_children.get((type_, outcome))
+    if child is None:
+        if type_ not in WS_REQUEST_TYPES:
+            type_ = "unknown"
+        child = _ws_children[type_, outcome] = WS_REQUESTS.labels(type_, outcome)
+    return child
+
+
+for _type in WS_REQUEST_TYPES:  # every type's ok series exists from the start (rate() needs it)
+    ws_request(_type, "ok")

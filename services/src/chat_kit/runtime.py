@@ -17,10 +17,11 @@ from typing import Protocol
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from . import bus, logs
-from .http import expose_raw_send, health_routes
+from .http import CountRequests, expose_raw_send, health_routes
 from .logs import event
 from .natsclient import Client
 from .settings import CommonSettings
@@ -77,7 +78,8 @@ async def serve(
     nc = await bus.connect(settings.nats_url, name, stop_requested, settings.nats_auth)
     rt = Runtime(name=name, settings=settings, nc=nc)
     await component.start(rt)
-    app = Starlette(routes=[*component.routes(), *health_routes(rt.is_ready)])
+    app = Starlette(routes=[*component.routes(), *health_routes(rt.is_ready)],
+                    middleware=[Middleware(CountRequests)])
     server = uvicorn.Server(uvicorn_config(app, settings.host, port, **(server_options or {})))
     server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
     server_task = asyncio.create_task(server.serve())
