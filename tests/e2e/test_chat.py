@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .client import Session, register_and_login
 from .conftest import unique
@@ -187,3 +188,47 @@ async def test_every_gateway_serves_the_page_and_probes(stack: Stack) -> None:
             svc = stack.services[name]
             assert (await http.get(f"{svc.url}/readyz")).status_code == 200
             assert "chat_service_requests_total" in (await http.get(f"{svc.url}/metrics")).text
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value in a /metrics text (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_the_gateway_counts_frames_send_acks_and_rest_statuses(stack: Stack) -> None:
+    """docs/protocol.md §7: a send, a refused send and REST 404s move the
+    gateway's counters, with the route's template and never the raw path."""
+    alice = await _user(stack, 1)
+    base = stack.gateway(1).url
+    sent, refused = {"type": "send", "outcome": "ok"}, {"type": "send", "outcome": "forbidden"}
+    unknown_room = {"route": "/v1/rooms/{room}", "method": "GET", "status": "404"}
+    unmatched = {"route": "unmatched", "method": "GET", "status": "404"}
+    async with httpx.AsyncClient() as http:
+        before = (await http.get(f"{base}/metrics")).text
+        a = await Session.open(stack.ws_url(1), alice["access_token"])
+        room = unique("counted")
+        await a.request("join", room=room)
+        await a.request("send", room=room, text="counted")
+        with pytest.raises(Exception) as info:
+            await a.request("send", room=unique("not-joined"), text="refused")
+        assert getattr(info.value, "code", None) == "forbidden"
+        await a.close()
+        auth = {"Authorization": f"Bearer {alice['access_token']}"}
+        missing = await http.get(f"{base}/v1/rooms/{unique('nowhere')}", headers=auth)
+        assert missing.status_code == 404
+        assert (await http.get(f"{base}/no/such/path")).status_code == 404
+        after = (await http.get(f"{base}/metrics")).text
+    ws = "chat_ws_requests_total"
+    assert _sample(after, ws, **sent) - _sample(before, ws, **sent) >= 1
+    assert _sample(after, ws, **refused) - _sample(before, ws, **refused) >= 1
+    acks = "chat_send_ack_seconds_count"
+    assert _sample(after, acks) - _sample(before, acks) >= 1
+    rest = "chat_http_requests_total"
+    assert _sample(after, rest, **unknown_room) - _sample(before, rest, **unknown_room) >= 1
+    assert _sample(after, rest, **unmatched) - _sample(before, rest, **unmatched) >= 1
+    assert "/no/such/path" not in after and "nowhere" not in after
+    assert "# HELP chat_jetstream_publish_failures_total" in after  # no failure: no series
