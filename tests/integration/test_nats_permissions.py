@@ -324,6 +324,37 @@ async def test_auth_cannot_read_history(login: Connect) -> None:
     assert history.violations() == [] and gateway.violations() == []
 
 
+# --- the server API (README "Server API") ---------------------------------------
+
+
+async def test_server_role_asks_only_the_server_api(login: Connect) -> None:
+    backend, gateway = await login("server"), await login("gateway")
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b'{"rooms":[]}')  # allow_responses: the gateway answers it
+
+    await gateway.nc.subscribe(subjects.SERVER_WILDCARD, queue=subjects.SERVER_QUEUE, cb=answer)
+    await gateway.nc.flush()
+    reply = await backend.nc.request(subjects.SERVER_ROOMS, b"{}", timeout=scaled(2))
+    assert reply.data == b'{"rooms":[]}'
+    assert backend.violations() == [] and gateway.violations() == []
+    # Nothing else: not the services behind the gateway, not the chat, not the
+    # disconnect notice; and it cannot answer the API in a gateway's place.
+    for subject in (subjects.ROOMS_GET, subjects.AUTH_DISABLE, subjects.AUTH_USERS,
+                    "chat.room.lobby", "sessions.disconnect.u_1", "presence.lobby"):
+        await backend.nc.publish(subject, b"{}")
+        await backend.refused(f'publish to "{subject}"')
+    await backend.nc.subscribe(subjects.SERVER_WILDCARD)
+    await backend.refused(f'subscription to "{subjects.SERVER_WILDCARD}"')
+
+
+@pytest.mark.parametrize("role", ["auth", "history", "presence", "notify"])
+async def test_other_roles_cannot_call_the_server_api(login: Connect, role: str) -> None:
+    other = await login(role)
+    await other.nc.publish(subjects.SERVER_DISABLE, b'{"user":"alice"}')
+    await other.refused(f'publish to "{subjects.SERVER_DISABLE}"')
+
+
 async def test_only_history_and_admin_may_create_the_stream(login: Connect) -> None:
     admin = await login("admin")
     with_js = admin.nc.jetstream(timeout=scaled(2))
