@@ -217,8 +217,13 @@ async def test_every_refusal_over_http(stack: Stack) -> None:
         expect_error(r, 400, "bad_request")
         r = await http.get("/v1/server/rooms")
         assert r.status_code == 405
-        # The client routes are not on the internal listener.
+        # The client routes are not on the internal listener, nor the server
+        # API on the client port (what Caddy and the Ingress route to).
         assert (await http.get("/v1/rooms")).status_code == 404
+    async with httpx.AsyncClient(base_url=stack.gateway(1).url) as http:
+        r = await http.post("/v1/server/rooms", json={},
+                            headers={"Authorization": f"Bearer {stack.server_api_keys['full']}"})
+        assert r.status_code == 404
 
 
 async def test_every_refusal_over_nats(stack: Stack) -> None:
