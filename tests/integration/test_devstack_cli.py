@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ PORT = int(os.environ[{port_var!r}])
 NODE = os.environ.get("CHAT_GATEWAY_NODE_ID", NAME)
 SEEN = ["CHAT_NATS_URL", "CHAT_DATABASE_URL", "CHAT_AUTH_PORT", "CHAT_HISTORY_PORT",
         "CHAT_PRESENCE_PORT", "CHAT_LOG_FORMAT", "CHAT_GATEWAY_PORT", "CHAT_GATEWAY_NODE_ID",
-        "CHAT_AUTH_SIGNING_KEY_FILE"]
+        "CHAT_AUTH_SIGNING_KEY_FILE", "CHAT_SERVER_API_PORT", "CHAT_SERVER_API_KEYS_FILE"]
 
 if NAME == "chat-auth":  # like auth-service: create the signing key on first run
     key = os.environ["CHAT_AUTH_SIGNING_KEY_FILE"]
@@ -111,7 +112,11 @@ def stack_env() -> Iterator[dict[str, str]]:
         )
         path.chmod(0o755)
     base = _gateway_base()
-    others = [p for p in _distinct_free_ports(10) if p not in (base, base + 1)]
+    api_base = _gateway_base()  # the gateways' internal server API listeners
+    while {api_base, api_base + 1} & {base, base + 1}:
+        api_base = _gateway_base()
+    taken = (base, base + 1, api_base, api_base + 1)
+    others = [p for p in _distinct_free_ports(12) if p not in taken]
     nats, monitor, pg, lb, auth, history, presence, notify = others[:8]
     env = dict(
         os.environ,
@@ -123,6 +128,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         CHAT_LB_PORT=str(lb),
         CHAT_GATEWAYS="2",
         CHAT_GATEWAY_BASE_PORT=str(base),
+        CHAT_SERVER_API_BASE_PORT=str(api_base),
         CHAT_AUTH_PORT=str(auth),
         CHAT_HISTORY_PORT=str(history),
         CHAT_PRESENCE_PORT=str(presence),
@@ -192,6 +198,12 @@ async def test_up_status_down(stack_env: dict[str, str]) -> None:
     assert gw1["CHAT_GATEWAY_PORT"] == env["CHAT_GATEWAY_BASE_PORT"]
     assert gw1["CHAT_LOG_FORMAT"] == "json"
     assert gw1["CHAT_AUTH_PORT"] == env["CHAT_AUTH_PORT"]
+    # The server API: gateway-1's internal port and the key made in the run dir.
+    keys = Path(env["CHAT_RUN_DIR"]) / "server-api" / "keys"
+    assert gw1["CHAT_SERVER_API_PORT"] == env["CHAT_SERVER_API_BASE_PORT"]
+    assert gw1["CHAT_SERVER_API_KEYS_FILE"] == str(keys)
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert f"keys in {keys}" in up.stdout
 
     # WebSocket through Caddy.
     async with ws_connect(f"ws://127.0.0.1:{env['CHAT_LB_PORT']}/ws") as ws:
