@@ -159,6 +159,12 @@ async def test_presence_rooms_and_members(stack: Stack) -> None:
         if cursor is None:
             break
     assert {room, private} <= seen
+    # Pages: newest first, each page after the last one's cursor.
+    one = (await _post(stack, "rooms", {"limit": 1}, key="reader")).json()
+    two = (await _post(stack, "rooms", {"limit": 1, "cursor": one["next_cursor"]},
+                       key="reader")).json()
+    assert one["next_cursor"] and one["rooms"][0]["id"] != two["rooms"][0]["id"]
+    assert one["rooms"][0]["created_at"] >= two["rooms"][0]["created_at"]
     for s in sessions:
         await s.close()
 
