@@ -16,8 +16,9 @@
         Disable an account (it can no longer log in or refresh, and every
         session of it ends: its tokens are refused and its sockets closed
         with 4401 on every gateway within a second), or enable it again. Asks
-        auth-service (``svc.auth.disable``, which only the admin NATS role may
-        publish) and prints the account, its state and the sessions ended.
+        auth-service (``svc.auth.disable``, which the admin NATS role may
+        publish, and the gateways for the server API's ``disable``) and
+        prints the account, its state and the sessions ended.
 
     chat-admin server publish ROOM TEXT --as NAME | disconnect USER |
                presence ROOM | rooms | members ROOM | disable USER

@@ -99,7 +99,8 @@ AUTH_LOGOUT = Rpc("logout", subjects.AUTH_LOGOUT, RefreshRequest, Empty)
 AUTH_JWKS = Rpc("jwks", subjects.AUTH_JWKS, Empty, JwksReply)
 AUTH_USERS = Rpc("users", subjects.AUTH_USERS, UsersRequest, UsersReply)
 AUTH_PASSWORD = Rpc("password", subjects.AUTH_PASSWORD, PasswordChange, Empty)
-# Admin only: the gateway's NATS role may not publish it (chat_devstack.nats_auth).
+# Operators (the admin NATS role) and the server API (the gateway asks it for a key
+# with the users scope); never a client (chat_devstack.nats_auth).
 AUTH_DISABLE = Rpc("disable", subjects.AUTH_DISABLE, DisableRequest, DisableReply)
 
 # history-service: messages, and the room model
