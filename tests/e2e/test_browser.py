@@ -2,7 +2,8 @@
 
 Two browser contexts, each pinned to a different gateway, chat through the
 stack; a page behind the load balancer survives the death of its gateway;
-user text stays text. Screenshots go to tests/e2e/screenshots/tmp/.
+user text stays text. Screenshots go to tests/e2e/screenshots/tmp/, and the
+README's (desktop and 390 px, light and dark) to tests/e2e/screenshots/.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
-async def _open(browser: Browser, url: str) -> Page:
-    context = await browser.new_context(viewport={"width": 1000, "height": 700})
+async def _open(browser: Browser, url: str, width: int = 1000, height: int = 700,
+                scheme: str = "light") -> Page:
+    context = await browser.new_context(viewport={"width": width, "height": height},
+                                        color_scheme=scheme)  # type: ignore[arg-type]
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(url)
@@ -231,11 +234,11 @@ async def test_private_room_edit_delete_unread_and_search(stack: Stack, browser:
     await bob_page.click("#joinForm button")
     await expect(bob_page.locator("#pwBar")).to_be_visible()
     await expect(bob_page.locator("#pwText")).to_contain_text(secret)
-    await expect(bob_page.locator("#tabs .tab")).to_have_count(0)
+    await expect(bob_page.locator(f"#tabs .tab[data-room='{secret}']")).to_have_count(0)
     await bob_page.click("#pwCancel")
 
-    # invited by id, the room shows up in bob's list; he opens it from there
-    await alice_page.fill("#inviteInput", bob_id)
+    # invited by name, the room shows up in bob's list; he opens it from there
+    await alice_page.fill("#inviteInput", bob)
     await alice_page.click("#inviteForm button")
     await expect(alice_page.locator("#notices")).to_contain_text("invited")
     await bob_page.click("#refreshRooms")
@@ -265,7 +268,7 @@ async def test_private_room_edit_delete_unread_and_search(stack: Stack, browser:
     await alice_page.locator("#messages .deleteBtn.armed").click()  # second click confirms
     await expect(bob_page.locator("#messages li", has_text="oops wrong window")).to_have_count(0)
     await expect(bob_page.locator("#messages li.deleted .text")).to_have_text("message deleted")
-    await expect(bob_page.locator("#messages li")).to_have_count(3)  # edits update in place
+    await expect(bob_page.locator("#messages li.msg")).to_have_count(3)  # edits update in place
     await expect(alice_page.locator("#messages li.deleted")).to_have_count(1)
     # bob has the room open: alice sees his read marker
     await expect(alice_page.locator("#messages .seen", has_text=bob)).to_have_count(1)
@@ -343,7 +346,7 @@ async def test_password_room_dm_block_and_archive(stack: Stack, browser: Browser
     await bob_page.click("#pwJoin")
     await expect(bob_page.locator("#notices")).to_contain_text("forbidden")
     await expect(bob_page.locator("#pwBar")).to_be_visible()
-    await expect(bob_page.locator("#tabs .tab")).to_have_count(0)
+    await expect(bob_page.locator(f"#tabs .tab[data-room='{room}']")).to_have_count(0)
     await bob_page.fill("#pwInput", "sesame-pw")
     await bob_page.click("#pwJoin")
     await expect(bob_page.locator("#tabs .tab.active")).to_contain_text(room)
@@ -510,3 +513,181 @@ async def test_attachments_on_the_page(stack: Stack, browser: Browser) -> None:
     await alice_page.context.close()
     await bob_page.context.close()
 
+
+
+# --- issue 14 item 6: first run, phone and desktop layouts, keyboard, accessibility ---
+
+AXE = Path(__file__).parent / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+README_SHOTS = Path(__file__).parent / "screenshots"
+PHONE = {"width": 390, "height": 844}
+
+
+async def _axe(page: Page, where: str) -> None:
+    """axe-core on the page as it is: no `serious` or `critical` violation."""
+    if not AXE.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{AXE} is missing: .ci/run runs npm ci in tests/e2e/axe")
+        pytest.skip("axe-core not installed (cd tests/e2e/axe && npm ci)")
+    if not await page.evaluate("() => !!window.axe"):
+        await page.add_script_tag(path=str(AXE))
+    result = await page.evaluate("""() => axe.run(document, {
+        resultTypes: ["violations"],
+        runOnly: { type: "tag",
+                   values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+    })""")
+    bad = [f"{v['id']} ({v['impact']}): {v['help']} — "
+           + "; ".join(str(n["target"]) for n in v["nodes"][:4])
+           for v in result["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"axe on {where}:\n" + "\n".join(bad)
+
+
+async def _new_user(browser: Browser, url: str, width: int, height: int,
+                    scheme: str = "light") -> tuple[Page, str]:
+    page = await _open(browser, url, width, height, scheme)
+    name = unique("ada")
+    await _register(page, name)
+    return page, name
+
+
+async def test_first_run_lands_in_the_lobby_with_the_directory(
+        stack: Stack, browser: Browser) -> None:
+    """A new account is put in the default public room with the directory on
+    screen; names complete for invites and DMs; Enter sends, Shift+Enter is a
+    new line, Esc closes the thread; axe finds nothing serious (desktop)."""
+    page, ada = await _new_user(browser, stack.gateway(1).url + "/", 1280, 800)
+    other_page, bea = await _new_user(browser, stack.gateway(2).url + "/", 1000, 700)
+    await expect(page.locator("#tabs .tab.active")).to_contain_text("lobby")
+    await expect(page.locator("#roomTitle")).to_contain_text("lobby")
+    await expect(page.locator("#publicRooms li[data-room='lobby']")).to_have_count(1)
+    await expect(page.locator("#side")).to_be_visible()
+    await _axe(page, "desktop lobby")
+
+    room = unique("plans")
+    await _join(page, room)
+    await expect(page.locator("#hint")).to_contain_text("No messages")
+    # Enter sends, Shift+Enter makes a line break inside the message.
+    await page.locator("#text").press_sequentially("first line")
+    await page.locator("#text").press("Shift+Enter")
+    await page.locator("#text").press_sequentially("second line")
+    await page.locator("#text").press("Enter")
+    sent = page.locator("#messages li.msg.own", has_text="first line")
+    await expect(sent.locator(".text")).to_have_text("first line\nsecond line")
+    await expect(page.locator("#text")).to_have_value("")
+    await expect(page.locator("#messages li.day")).to_have_text("Today")
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", ada) if p]  # initials of the name's parts
+    await expect(sent.locator(".avatar")).to_have_text((parts[0][0] + parts[1][0]).upper())
+    await expect(sent.locator("time")).to_have_text("just now")
+    assert await sent.locator("time").get_attribute("title")
+
+    # bea (seen in the lobby) is offered by name, invited by name, DMs by name.
+    lookup = """async ([query, token]) => {
+        const auth = JSON.parse(sessionStorage.getItem("chat.auth"));
+        const headers = token ? { Authorization: "Bearer " + auth.access } : {};
+        const res = await fetch("/v1/users" + query, { headers });
+        return [res.status, await res.json()];
+    }"""
+    status, body = await page.evaluate(lookup, [f"?name={bea.upper()}&name=nobody_x", True])
+    assert status == 200 and [u["name"] for u in body["users"]] == [bea], body
+    status, body = await page.evaluate(lookup, ["?name=a%20b", True])  # cannot be a name
+    assert (status, body) == (200, {"users": []})
+    status, body = await page.evaluate(lookup, ["", True])
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, _ = await page.evaluate(lookup, [f"?name={bea}", False])
+    assert status == 401
+    await expect(page.locator(f"#knownUsers option[value='{bea}']")).to_have_count(1)
+    await page.fill("#inviteInput", bea)
+    await page.click("#inviteForm button")
+    await expect(page.locator("#notices")).to_contain_text(f"invited {bea}")
+    await other_page.click("#refreshRooms")
+    await other_page.locator(f"#myRooms li[data-room='{room}']").click()
+    await _say(other_page, f"hi @{ada}")
+    await _say(other_page, "shall we plan?")
+    await expect(page.locator("#messages li.msg", has_text="shall we plan")).to_have_count(1)
+    await expect(other_page.locator("#messages li.msg", has_text="shall we plan").locator(
+        ".seen", has_text=ada)).to_have_count(1)  # read
+
+    # the unread divider: ada comes back to the room after two new messages
+    await _join(page, "lobby")
+    await _say(other_page, "ada, are you there?")
+    await _say(other_page, "the plan is ready")
+    await expect(page.locator(f"#myRooms li[data-room='{room}'] .badge").first).to_have_text(
+        "2", timeout=TIMEOUT_MS)
+    await page.locator(f"#myRooms li[data-room='{room}']").click()
+    divider = page.locator("#messages li.unread")
+    await expect(divider).to_have_text("New messages")
+    following = page.locator("#messages li.unread + li.msg")
+    await expect(following).to_contain_text("ada, are you there?")
+    await _axe(page, "desktop room with messages")
+
+    # a thread, closed by Esc
+    item = page.locator("#messages li.msg", has_text="shall we plan")
+    await item.hover()
+    await item.locator(".threadBtn").click()
+    await expect(page.locator("#threadPanel")).to_be_visible()
+    await page.fill("#threadText", "yes, tomorrow")
+    await page.click("#threadForm button")
+    await expect(page.locator("#threadMsgs li", has_text="yes, tomorrow")).to_have_count(1)
+    await _axe(page, "desktop thread panel")
+    README_SHOTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(README_SHOTS / "desktop.png"))
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#threadPanel")).to_be_hidden()
+
+    await page.fill("#dmInput", bea)
+    await page.click("#dmForm button")
+    await expect(page.locator("#roomTitle")).to_contain_text(f"@{bea}")
+    await page.context.close()
+    await other_page.context.close()
+
+
+async def test_phone_width_shows_the_conversation(stack: Stack, browser: Browser) -> None:
+    """At 390 px the conversation is the screen; rooms and the directory are a
+    drawer (Esc closes it), a thread covers the room; axe on each, light and dark."""
+    for scheme in ("light", "dark"):
+        page, ada = await _new_user(browser, stack.gateway(1).url + "/", PHONE["width"],
+                                    PHONE["height"], scheme)
+        await expect(page.locator("#roomTitle")).to_contain_text("lobby")
+        await expect(page.locator("#side")).not_to_be_in_viewport()
+        await expect(page.locator("#members")).to_be_hidden()
+        await expect(page.locator("#text")).to_be_in_viewport()
+        await _axe(page, f"phone lobby ({scheme})")
+
+        await page.click("#menuBtn")  # the drawer: my rooms, the directory, join, DM
+        await expect(page.locator("#side")).to_be_in_viewport()
+        await expect(page.locator("#publicRooms li[data-room='lobby']")).to_have_count(1)
+        await expect(page.locator("#menuBtn")).to_have_attribute("aria-expanded", "true")
+        await _axe(page, f"phone directory drawer ({scheme})")
+        if scheme == "light":
+            await page.screenshot(path=str(README_SHOTS / "phone-rooms.png"),
+                                  animations="disabled")
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#side")).not_to_be_in_viewport()
+
+        room = unique("pocket")
+        await page.click("#menuBtn")
+        await _join(page, room)  # joining closes the drawer: the conversation again
+        await expect(page.locator("#side")).not_to_be_in_viewport()
+        for text in ("on my phone", "a second message, a little longer than the first one"):
+            await _say(page, text)
+        item = page.locator("#messages li.msg", has_text="on my phone")
+        await expect(item).to_be_visible()
+        await _axe(page, f"phone room with messages ({scheme})")
+        await expect(page.locator("#inviteInput")).to_be_hidden()  # behind ⋯ on a phone
+        await page.click("#roomActsBtn")
+        await expect(page.locator("#inviteInput")).to_be_visible()
+        await _axe(page, f"phone room actions ({scheme})")
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#inviteInput")).to_be_hidden()
+        await page.screenshot(path=str(README_SHOTS / f"phone-{scheme}.png"),
+                              animations="disabled")
+
+        await item.click()
+        await item.locator(".threadBtn").click()
+        await expect(page.locator("#threadPanel")).to_be_in_viewport()
+        await page.fill("#threadText", "from the thread")
+        await page.click("#threadForm button")
+        await expect(page.locator("#threadMsgs li", has_text="from the thread")).to_have_count(1)
+        await _axe(page, f"phone thread ({scheme})")
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#threadPanel")).to_be_hidden()
+        await page.context.close()

@@ -1,10 +1,11 @@
-"""chat_gateway.limits: the send token bucket and the abuse strike counter."""
+"""chat_gateway.limits: the send token bucket, buckets per key (user lookups)
+and the abuse strike counter."""
 
 from __future__ import annotations
 
 import pytest
 
-from chat_gateway.limits import StrikeCounter, TokenBucket
+from chat_gateway.limits import KeyedBuckets, StrikeCounter, TokenBucket
 
 
 def test_token_bucket_burst_then_rate() -> None:
@@ -14,6 +15,16 @@ def test_token_bucket_burst_then_rate() -> None:
     assert bucket.retry_after() == pytest.approx(0.1)
     assert bucket.take(now=0.1) and not bucket.take(now=0.1)
     assert sum(bucket.take(now=100.0) for _ in range(30)) == 20  # refills to the burst only
+
+
+def test_keyed_buckets_limit_each_key_and_forget_the_oldest() -> None:
+    b = KeyedBuckets(rate=2.0, burst=3, max_keys=2)
+    assert [b.take("u1", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert b.take("u1", now=0.0) == pytest.approx(0.5)  # out: half a second to the next
+    assert b.take("u2", now=0.0) == 0.0  # another user has their own
+    assert b.take("u1", now=0.5) == 0.0
+    b.take("u3", now=0.5)  # a third key: u2, the least recently used, is forgotten
+    assert set(b.buckets) == {"u1", "u3"}
 
 
 def test_strikes_trip_past_the_limit_within_the_window() -> None:

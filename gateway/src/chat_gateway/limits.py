@@ -56,3 +56,24 @@ class StrikeCounter:
         if stamps[0] < cutoff:
             self.stamps = stamps = [t for t in stamps if t >= cutoff]
         return len(stamps) > self.limit
+
+
+class KeyedBuckets:
+    """A :class:`TokenBucket` per key (a user id), at most ``max_keys`` kept:
+    the least recently used key is forgotten first (it comes back full)."""
+
+    __slots__ = ("rate", "burst", "max_keys", "buckets")
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 10_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0.0 when allowed, else the seconds until the next token."""
+        bucket = self.buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst, now)
+            if len(self.buckets) >= self.max_keys:
+                del self.buckets[next(iter(self.buckets))]
+        self.buckets[key] = bucket  # most recently used last
+        return 0.0 if bucket.take(now) else max(bucket.retry_after(), 0.001)

@@ -30,18 +30,23 @@ from chat_contract.bus import (
     RoomRef,
     RoomView,
     SearchRequest,
+    UsersRequest,
 )
 from chat_contract.errors import ChatError, ErrorCode
 from chat_contract.events import User
 from chat_contract.frames import Seq
 from chat_contract.rooms import RoomId
 
+from .limits import KeyedBuckets
 from .rest import RestContext, caller_claims, int_param, json_response, read_body, route
 
 _USER = re.compile(limits.USER_REF_PATTERN)
+_NAME = re.compile(limits.USERNAME_PATTERN)
 # GET /v1/rooms/{id}/messages: `limit` default (a page is PAGE_MIN..PAGE_MAX).
 DEFAULT_PAGE = 50
 DEFAULT_SEARCH_LIMIT = 20
+# GET /v1/users: per user and gateway, a burst for typing a name, then 2 a second.
+USER_LOOKUPS = KeyedBuckets(rate=2.0, burst=10)
 # An opaque directory cursor (base64 of a timestamp and a room id) is far shorter.
 _CURSOR_MAX = 256
 
@@ -266,6 +271,25 @@ async def search(ctx: RestContext, request: Request) -> Response:
     return json_response(body)
 
 
+async def find_users(ctx: RestContext, request: Request) -> Response:
+    """``GET /v1/users?name=<username>``: who a name is (exact, case-insensitive),
+    so a client can invite by name; ``{"users": []}`` when nobody has it."""
+    caller = await _me(ctx, request)
+    wait = USER_LOOKUPS.take(caller.id)
+    if wait:
+        raise ChatError(ErrorCode.RATE_LIMITED, "too many user lookups", retry_after=wait)
+    names = request.query_params.getlist("name")
+    if not names:
+        raise ChatError(ErrorCode.BAD_REQUEST, "name is required")
+    if len(names) > limits.USERS_LOOKUP_MAX:
+        raise ChatError(ErrorCode.BAD_REQUEST,
+                        f"at most {limits.USERS_LOOKUP_MAX} names")
+    if any(_NAME.fullmatch(n) is None for n in names):
+        return json_response({"users": []})  # no such user can exist
+    reply = await ctx.services.request(rpc.AUTH_USERS, UsersRequest(names=names))
+    return json_response({"users": reply.users})
+
+
 def routes(ctx: RestContext) -> list[Route]:
     return [
         route(ctx, "/v1/rooms", list_rooms, "GET"),
@@ -281,6 +305,7 @@ def routes(ctx: RestContext) -> list[Route]:
         route(ctx, "/v1/rooms/{room}/threads/{msg_id}", thread_messages, "GET"),
         route(ctx, "/v1/dm", open_dm, "POST"),
         route(ctx, "/v1/search", search, "GET"),
+        route(ctx, "/v1/users", find_users, "GET"),
         route(ctx, "/v1/blocks/{user}", block, "PUT"),
         route(ctx, "/v1/blocks/{user}", unblock, "DELETE"),
     ]
