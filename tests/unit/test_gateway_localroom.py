@@ -149,3 +149,40 @@ def test_drop_forgets_the_member_and_its_owed_link() -> None:
     room.drop(conn(blocker))
     assert not room.members and not room.chains
     assert msgspec.to_builtins(room.recent[-1][3])["seq"] == 1
+
+
+def test_missed_since_answers_plain_messages_from_the_replay_buffer() -> None:
+    room = room_with(last=0)
+    for seq, prev in ((1, 0), (3, 1), (4, 3), (7, 4)):
+        room.relay(msg(seq, prev, ANN))
+    assert [m.seq for m in room.missed_since(3) or []] == [4, 7]
+    assert [m.seq for m in room.missed_since(2) or []] == [3, 4, 7]  # 2 itself was never a seq
+    assert [m.seq for m in room.missed_since(0) or []] == [1, 3, 4, 7]
+    assert room.missed_since(7) == [] and room.known_last_seq() == 7
+
+
+def test_missed_since_defers_to_history_when_the_buffer_cannot_say() -> None:
+    room = room_with(last=10)
+    room.relay(msg(12, 10, ANN))
+    room.relay(msg(13, 12, ANN))
+    assert room.missed_since(5) is None  # the buffer starts after 10: 6..10 unknown
+    edited = room_with(last=0)
+    edited.relay(msg(1, 0, ANN))
+    edited.relay(msg(2, 1, ANN, edited=True))
+    assert edited.missed_since(0) is None  # history shows message 1 in its edited state
+    assert edited.missed_since(2) == []
+    threaded = room_with(last=0)
+    threaded.relay(msg(1, 0, ANN))
+    threaded.relay(msg(2, 1, ANN, thread="m1"))
+    assert threaded.missed_since(0) is None  # the root's thread_info is history's
+
+
+def test_known_last_seq_only_while_the_room_is_in_step() -> None:
+    room = room_with(last=-1)
+    assert room.known_last_seq() is None  # never looked up
+    room.last_seq = 4
+    room.backlog = [(6, 5, b"")]
+    assert room.known_last_seq() is None  # a gap repair is under way
+    room.backlog = None
+    room.closed = True
+    assert room.known_last_seq() is None

@@ -118,7 +118,8 @@ class App:
         cap = SessionRegistry(rt.nc, s.node_id, s.max_connections_per_user, timeout)
         await cap.start()
         handlers = Handlers(services, hub, presence,
-                            JoinOptions(s.auto_create_rooms, s.room_member_cap))
+                            JoinOptions(s.auto_create_rooms, s.room_member_cap,
+                                        s.joins_in_flight))
         endpoint = Endpoint(session_rules(s), s.outbound_buffer_bytes, verifier, handlers, hub,
                             self.sockets, cap, self.is_draining,
                             caps=ConnectionCaps(s.max_connections_per_address,

@@ -47,6 +47,9 @@ class GatewaySettings:
     abuse_window: float = 10.0
     max_connections_per_user: int = 10
     room_member_cap: int = 0
+    # Joins being checked at once on this gateway (a reconnect storm queues
+    # behind them instead of flooding history-service).
+    joins_in_flight: int = 64
     # Issue 12 (README "Limits"): join/leave bucket per socket; connection caps
     # per client address and per gateway, and the gateway's outbound budget
     # (1013 beyond them); how long a slow consumer's close may take; how often
@@ -99,6 +102,7 @@ class GatewaySettings:
             max_connections_per_user=env_int("CHAT_GATEWAY_MAX_CONNECTIONS_PER_USER", 10,
                                              minimum=0),
             room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
+            joins_in_flight=env_int("CHAT_GATEWAY_JOINS_IN_FLIGHT", 64, minimum=1),
             trusted_proxies=env_str("CHAT_GATEWAY_TRUSTED_PROXIES", "127.0.0.1"),
             join_rate=env_float("CHAT_GATEWAY_JOIN_RATE", 5.0, minimum=0.001),
             join_burst=env_int("CHAT_GATEWAY_JOIN_BURST", 100, minimum=1),

@@ -11,6 +11,7 @@ only: :class:`~.services.Publisher`, the :class:`~.rooms.RoomHub`, the
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Callable
@@ -52,6 +53,7 @@ _record_decoder = msgspec.json.Decoder(ChatRecord)
 class JoinOptions:
     auto_create_rooms: bool  # CHAT_GATEWAY_AUTO_CREATE_ROOMS
     room_member_cap: int  # CHAT_GATEWAY_ROOM_MEMBER_CAP (0: none)
+    joins_in_flight: int = 64  # CHAT_GATEWAY_JOINS_IN_FLIGHT
 
 
 # Message ids: a random per-process prefix and a counter. Unique across nodes
@@ -71,6 +73,7 @@ class Handlers:
         self.hub = hub
         self.presence = presence
         self.options = options
+        self._join_slots = asyncio.Semaphore(options.joins_in_flight)
 
     async def perform(self, conn: Connection, call: s.Call, answer: Answer) -> None:
         """Make ``call`` for ``conn``'s session; ``answer`` it (once) with its ack fields."""
@@ -192,6 +195,14 @@ class Handlers:
         return {"seq": ack.seq}
 
     async def join(self, conn: Connection, call: s.JoinRoom, answer: Answer) -> None:
+        """At most ``joins_in_flight`` at once; a socket that closed while its
+        join waited for a slot is skipped (its client has moved on)."""
+        async with self._join_slots:
+            if conn.closed:
+                return
+            await self._join(conn, call, answer)
+
+    async def _join(self, conn: Connection, call: s.JoinRoom, answer: Answer) -> None:
         """Subscribed (live and state) before asking: a removal or archive decided
         after the access reply reaches this node as a notice (rooms.RoomHub.join)."""
         if self.options.room_member_cap and call.room not in conn.rooms:
@@ -205,10 +216,19 @@ class Handlers:
                 caller=conn.user, room=call.room, password=call.password,
                 create=self.options.auto_create_rooms))
             conn.blocks_fetched(access.blocked, blocks_seen)
-            last_seq = await self.hub.last_seq(room)
+            # A room held here knows its last sequence (no stream read per join).
+            known = room.known_last_seq()
+            last_seq = known if known is not None else await self.hub.last_seq(room)
             found = Admission(last_seq=last_seq, floor=last_seq, since=call.since,
                               archived=access.room.archived)
             if call.since is not None and call.since < last_seq:
+                # A reconnect that missed a few plain messages is answered from
+                # the room's replay buffer; blockers' (filtered, re-linked)
+                # and anything else from history-service.
+                recent = None if conn.blocked else room.missed_since(call.since)
+                if recent and recent[-1].seq == last_seq:
+                    found.missed = list(recent)
+                    return found
                 reply = await self.bus.request(rpc.HISTORY_MESSAGES, HistoryRequest(
                     room=call.room, user=conn.user.id, after=call.since,
                     limit=limits.MISSED_MAX, min_seq=last_seq))

@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.subscription import Subscription
 
 from chat_contract import subjects
-from chat_contract.events import RoomEvent, System, author_of, encode
+from chat_contract.events import Message, RoomEvent, System, author_of, encode
 from chat_kit import metrics
 from chat_kit.stream import StreamSettings
 
@@ -84,6 +84,34 @@ class LocalRoom:
     def joined(self) -> list[Connection]:
         """Members whose join completed (not those still joining)."""
         return [conn for conn, floor in self.members.items() if floor != JOINING]
+
+    def known_last_seq(self) -> int | None:
+        """The last sequence relayed here, when that is the room's up-to-date
+        view: held, subscribed, no gap repair under way (None otherwise: ask
+        the stream). Events stored meanwhile are on their way to this room and
+        reach a new member as live events above its floor."""
+        if self.last_seq < 0 or self.closed or self.backlog is not None:
+            return None
+        return self.last_seq
+
+    def missed_since(self, since: int) -> list[Message] | None:
+        """The events after ``since`` from the replay buffer, exactly as history
+        would list them — or None when it cannot say: the buffer does not
+        reach back to ``since``, or an event there is not a plain new message
+        (an edit, delete or reaction changes how history shows the events it
+        is about; a thread reply gives its root a ``thread_info``)."""
+        found: list[Message] = []
+        for seq, prev_seq, _, msg in reversed(self.recent):
+            if seq <= since:
+                break
+            if not isinstance(msg, Message) or msg.edited or msg.deleted \
+                    or msg.thread is not None:
+                return None
+            found.append(msg)
+            if prev_seq <= since:
+                found.reverse()
+                return found
+        return [] if since >= self.last_seq else None
 
     def has_hole(self, floor: int) -> bool:
         """True if events above ``floor`` already left the replay buffer (a

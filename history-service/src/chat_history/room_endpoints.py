@@ -202,8 +202,13 @@ class RoomEndpoints:
             # count as unread. Best effort: a lagging store must not block joins.
             with contextlib.suppress(ChatError):
                 await self._ctx.ensure_fresh(req.room)
-        # Re-checked under a row lock: an archive or removal since counts.
-        if not await self._store.join(req.room, caller):
+        # A new member is added under a row lock, re-checking that no archive
+        # or removal got there first. A member's rejoin (a reconnect) writes
+        # nothing: a removal committed after the read above reaches the
+        # gateway as a MemberNotice on the room's state subject, which it
+        # subscribed to before asking (docs/protocol.md §11), so a storm of
+        # reconnects costs reads only.
+        if not s.member and not await self._store.join(req.room, caller):
             raise forbidden("you may not join this room")
         # No member_count: joins are frequent and the gateway does not show one.
         return AccessReply(room=s.room.view(), blocked=await self._store.blocked(caller.id))

@@ -39,6 +39,12 @@ log = logging.getLogger("chat_kit.bus")
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 RETRY_AFTER_HEADER = "Chat-Retry-After"  # seconds, on ``rate_limited`` errors
+# The caller's deadline (unix seconds): a request still queued past it is
+# dropped unanswered — the caller already answered ``unavailable``, and
+# serving it anyway is how a burst of retries turns into a collapse.
+DEADLINE_HEADER = "Chat-Deadline"
+# Slack for clocks of different hosts (NTP keeps them far closer).
+DEADLINE_GRACE = 0.5
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
@@ -186,8 +192,10 @@ async def call(
     """
     if not nc.is_connected:
         raise ChatError(ErrorCode.UNAVAILABLE, "message bus unavailable")
+    deadline = {DEADLINE_HEADER: f"{time.time() + timeout:.3f}"}
     try:
-        msg = await nc.request(subject, msgspec.json.encode(request), timeout=timeout)
+        msg = await nc.request(subject, msgspec.json.encode(request), timeout=timeout,
+                               headers=deadline)
     except NoRespondersError:
         raise ChatError(ErrorCode.UNAVAILABLE, f"no service answers {subject}") from None
     except (TimeoutError, NatsTimeoutError):
@@ -239,6 +247,9 @@ def endpoint(
         task.add_done_callback(lambda _: slots.release())
 
     async def serve(req: Request) -> None:
+        if _past_deadline(req):
+            metrics.SERVICE_REQUESTS.labels(service, name, "expired").inc()
+            return
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -262,6 +273,17 @@ def endpoint(
             metrics.SERVICE_LATENCY.labels(service, name).observe(time.perf_counter() - started)
 
     return handle
+
+
+def _past_deadline(req: Request) -> bool:
+    """True if the caller's deadline (plus the clock grace) has passed."""
+    raw = (req.headers or {}).get(DEADLINE_HEADER)
+    if raw is None:
+        return False
+    try:
+        return time.time() > float(raw) + DEADLINE_GRACE
+    except ValueError:
+        return False
 
 
 def serves(
