@@ -588,6 +588,10 @@ async def test_first_run_lands_in_the_lobby_with_the_directory(
     }"""
     status, body = await page.evaluate(lookup, [f"?name={bea.upper()}&name=nobody_x", True])
     assert status == 200 and [u["name"] for u in body["users"]] == [bea], body
+    status, body = await page.evaluate(lookup, [f"?q={bea[:-2].upper()}&limit=5", True])
+    assert status == 200 and bea in [u["name"] for u in body["users"]], body
+    status, body = await page.evaluate(lookup, ["?q=a&limit=21", True])
+    assert status == 400
     status, body = await page.evaluate(lookup, ["?name=a%20b", True])  # cannot be a name
     assert (status, body) == (200, {"users": []})
     status, body = await page.evaluate(lookup, ["", True])
@@ -633,6 +637,15 @@ async def test_first_run_lands_in_the_lobby_with_the_directory(
     await page.keyboard.press("Escape")
     await expect(page.locator("#threadPanel")).to_be_hidden()
 
+    stranger = unique("zed")  # never in a room with ada: the server completes the name
+    assert await page.evaluate("""(name) => fetch("/v1/auth/register", { method: "POST",
+        body: JSON.stringify({ username: name, password: "browser-test-pw" }) })
+        .then((r) => r.status)""", stranger) == 201  # no page: never in the lobby
+    await page.locator("#dmInput").press_sequentially(stranger[:-3], delay=10)
+    await expect(page.locator(f"#knownUsers option[value='{stranger}']")).to_have_count(1)
+    await page.fill("#dmInput", stranger)
+    await page.click("#dmForm button")
+    await expect(page.locator("#roomTitle")).to_contain_text(f"@{stranger}")
     await page.fill("#dmInput", bea)
     await page.click("#dmForm button")
     await expect(page.locator("#roomTitle")).to_contain_text(f"@{bea}")

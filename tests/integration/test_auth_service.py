@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -170,6 +171,22 @@ async def test_users_lookup_by_id_and_name(auth: Replica, client: NATS) -> None:
     empty = await users(client, UsersRequest(ids=["' OR 1=1 --"]))
     assert empty.users == []
     await fails(ErrorCode.BAD_REQUEST, users(client, UsersRequest(ids=["x"] * 101)))
+
+
+async def test_users_by_name_prefix(auth: Replica, client: NATS) -> None:
+    """Name completion: case-insensitive, in name order, bounded; `_` is a
+    letter of a name, not a LIKE pattern."""
+    stem = "pfx" + secrets.token_hex(3)
+    made = [await register(client, f"{stem}_{n}") for n in ("b", "A", "c")]
+    other = await register(client, f"{stem}x_d")  # `_` must not match the x
+    reply = await users(client, UsersRequest(prefix=f"{stem.upper()}_"))
+    assert [u.name for u in reply.users] == [f"{stem}_A", f"{stem}_b", f"{stem}_c"]
+    assert other.user.name not in [u.name for u in reply.users]
+    two = await users(client, UsersRequest(prefix=stem, limit=2))
+    assert [u.name for u in two.users] == [f"{stem}_A", f"{stem}_b"]
+    assert len(made) == 3
+    await fails(ErrorCode.BAD_REQUEST, users(client, UsersRequest(prefix=stem, limit=21)))
+    await fails(ErrorCode.BAD_REQUEST, users(client, UsersRequest(prefix="a b")))
 
 
 @pytest.mark.parametrize("username", ["ab", "a" * 33, "has space", "emoji😀", "a/b", "", "é" * 5])

@@ -58,6 +58,7 @@ USERNAME = re.compile(limits.USERNAME_PATTERN)
 PASSWORD_MIN, PASSWORD_MAX = limits.PASSWORD_MIN, limits.PASSWORD_MAX
 # Ids and names per user lookup (an invite list, a DM, a block).
 MAX_LOOKUP = limits.USERS_LOOKUP_MAX
+_NAME_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # One message for every login failure: it must not tell "no such user" apart.
 BAD_CREDENTIALS = "invalid username or password"
 BAD_REFRESH = "invalid or expired refresh token"
@@ -227,7 +228,14 @@ class AuthHandlers:
         """Public profiles (id, name) by id or name: for invites, DMs and blocks."""
         if len(req.ids) > MAX_LOOKUP or len(req.names) > MAX_LOOKUP:
             raise ChatError(ErrorCode.BAD_REQUEST, f"at most {MAX_LOOKUP} ids and names each")
-        found = await self.store.users(req.ids, req.names)
+        if not 1 <= req.limit <= limits.USERS_PREFIX_MAX:
+            raise ChatError(ErrorCode.BAD_REQUEST,
+                            f"limit must be between 1 and {limits.USERS_PREFIX_MAX}")
+        if req.prefix is not None and not _NAME_PREFIX.fullmatch(req.prefix):
+            raise ChatError(ErrorCode.BAD_REQUEST, "prefix: 1-32 characters of a name")
+        found = await self.store.users(req.ids, req.names) if req.ids or req.names else []
+        if req.prefix is not None:
+            found += await self.store.users_by_prefix(req.prefix, req.limit)
         return UsersReply(users=[User(id=row_id, name=name) for row_id, name in found])
 
     async def jwks(self, _: Empty) -> JwksReply:

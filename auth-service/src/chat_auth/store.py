@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import asyncpg
@@ -82,6 +83,15 @@ class AuthStore:
             " UNION ALL SELECT id, name, 1 FROM auth.users"
             " WHERE name_lower = ANY(SELECT lower(n) FROM unnest($2::text[]) AS n)"
             " ORDER BY part", ids, names)
+        return [(row["id"], row["name"]) for row in rows]
+
+    async def users_by_prefix(self, prefix: str, limit: int) -> list[tuple[str, str]]:
+        """(id, name) of the enabled users whose name starts with ``prefix``
+        (case-insensitively), in name order."""
+        pattern = re.sub(r"([\\%_])", r"\\\1", prefix.lower()) + "%"
+        rows = await self.pool.fetch(
+            "SELECT id, name FROM auth.users WHERE name_lower LIKE $1"
+            " AND disabled_at IS NULL ORDER BY name_lower LIMIT $2", pattern, limit)
         return [(row["id"], row["name"]) for row in rows]
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:

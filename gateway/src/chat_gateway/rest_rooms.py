@@ -42,6 +42,7 @@ from .rest import RestContext, caller_claims, int_param, json_response, read_bod
 
 _USER = re.compile(limits.USER_REF_PATTERN)
 _NAME = re.compile(limits.USERNAME_PATTERN)
+_NAME_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # GET /v1/rooms/{id}/messages: `limit` default (a page is PAGE_MIN..PAGE_MAX).
 DEFAULT_PAGE = 50
 DEFAULT_SEARCH_LIMIT = 20
@@ -273,14 +274,26 @@ async def search(ctx: RestContext, request: Request) -> Response:
 
 async def find_users(ctx: RestContext, request: Request) -> Response:
     """``GET /v1/users?name=<username>``: who a name is (exact, case-insensitive),
-    so a client can invite by name; ``{"users": []}`` when nobody has it."""
+    so a client can invite by name; ``{"users": []}`` when nobody has it.
+    ``GET /v1/users?q=<prefix>&limit=``: the users whose name starts with it
+    (name completion)."""
     caller = await _me(ctx, request)
     wait = USER_LOOKUPS.take(caller.id)
     if wait:
         raise ChatError(ErrorCode.RATE_LIMITED, "too many user lookups", retry_after=wait)
     names = request.query_params.getlist("name")
+    prefix = request.query_params.get("q")
+    if prefix is not None:
+        if names:
+            raise ChatError(ErrorCode.BAD_REQUEST, "name or q, not both")
+        limit = _bounded(request, "limit", 10, 1, limits.USERS_PREFIX_MAX)
+        if _NAME_PREFIX.fullmatch(prefix) is None:
+            return json_response({"users": []})  # no name starts so
+        reply = await ctx.services.request(rpc.AUTH_USERS, UsersRequest(
+            prefix=prefix, limit=limit))
+        return json_response({"users": reply.users})
     if not names:
-        raise ChatError(ErrorCode.BAD_REQUEST, "name is required")
+        raise ChatError(ErrorCode.BAD_REQUEST, "name or q is required")
     if len(names) > limits.USERS_LOOKUP_MAX:
         raise ChatError(ErrorCode.BAD_REQUEST,
                         f"at most {limits.USERS_LOOKUP_MAX} names")

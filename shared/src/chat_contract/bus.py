@@ -182,15 +182,20 @@ class HistoryReply(_Payload):
 
 class UsersRequest(_Payload):
     """Look users up by id and/or by name (names case-insensitively);
-    at most ``limits.USERS_LOOKUP_MAX`` each."""
+    at most ``limits.USERS_LOOKUP_MAX`` each. A ``prefix`` (of a name,
+    case-insensitively) adds up to ``limit`` (≤ ``limits.USERS_PREFIX_MAX``)
+    users whose name starts with it, in name order: name completion."""
 
     ids: list[str] = []
     names: list[str] = []
+    prefix: str | None = None
+    limit: int = 10
     v: int = VERSION
 
 
 class UsersReply(_Payload):
-    """The users found (unknown ones are simply absent), ids first, then names."""
+    """The users found (unknown ones are simply absent): ids first, then
+    names, then the prefix's matches (a user may appear more than once)."""
 
     users: list[User]
     v: int = VERSION

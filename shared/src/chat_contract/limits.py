@@ -54,6 +54,8 @@ ROOM_LIST_MAX = 100
 BLOCKS_MAX = 1000
 # svc.auth.users: ids or names looked up at once.
 USERS_LOOKUP_MAX = 100
+# svc.auth.users `prefix`: at most this many users whose name starts with it.
+USERS_PREFIX_MAX = 20
 
 # --- search ---------------------------------------------------------------------------
 SEARCH_QUERY_MAX = 200  # characters of `q` (at least 1)
