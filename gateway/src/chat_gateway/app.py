@@ -40,7 +40,7 @@ from chat_kit import stream
 from chat_kit.logs import event
 from chat_kit.runtime import Runtime
 
-from . import attachments, rest, rest_rooms, server_api
+from . import apidocs, attachments, rest, rest_rooms, server_api
 from .config import GatewaySettings
 from .endpoint import Endpoint
 from .handlers import Handlers, JoinOptions
@@ -138,7 +138,7 @@ class App:
             max_pixels=s.attachment_max_pixels))
         self._routes = [WebSocketRoute("/ws", endpoint.serve), Route("/", index, methods=["GET"]),
                         *rest.routes(ctx), *rest_rooms.routes(ctx),
-                        *attachments.routes(ctx, files)]
+                        *attachments.routes(ctx, files), *apidocs.routes()]
         # Rare traffic (a block or unblock), so one subscription for all users.
         await rt.nc.subscribe(subjects.BLOCKS_WILDCARD, cb=self.sockets.on_blocks)
         # The server API (README "Server API"): disconnect notices always; with

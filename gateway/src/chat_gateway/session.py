@@ -492,7 +492,7 @@ class Session:
             self._strike(now, exc.code.value)
 
     def _reply_error(self, code: ErrorCode, message: str, request_id: str | None) -> None:
-        self._out.append(encode(Error(code=code.value, message=message, id=request_id)))
+        self._out.append(encode(Error(code=code, message=message, id=request_id)))
 
     def _strike(self, now: float, why: str) -> None:
         """Count a refused frame; past the abuse limit close with 1008 (README "Limits")."""

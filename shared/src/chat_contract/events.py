@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import ErrorCode
+
 
 class User(msgspec.Struct, frozen=True):
     id: str
@@ -123,7 +125,7 @@ class System(_Event, tag="system"):
 
 
 class Error(_Event, tag="error"):
-    code: str
+    code: ErrorCode  # a StrEnum: the same string on the wire
     message: str
     id: str | None = None
 

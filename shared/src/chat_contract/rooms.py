@@ -10,14 +10,17 @@ import msgspec
 from .limits import ROOM_ID_MAX
 
 _ALPHABET = r"[A-Za-z0-9_-]"
-ROOM_ID_PATTERN = rf"^{_ALPHABET}{{1,{ROOM_ID_MAX}}}$"
+# One pattern that Python and JavaScript read alike, as published in the specs
+# (docs/openapi.json, docs/asyncapi.json). msgspec searches with `re`, where
+# "$" also matches before a final newline: "(?!\n)" refuses that one place
+# (in JavaScript, without the m flag, "$" is the end already and it is a no-op).
+# Python-only syntax (\A, \Z, (?P<…>), inline flags) must not appear here.
+ROOM_ID_PATTERN = rf"^{_ALPHABET}{{1,{ROOM_ID_MAX}}}$(?!\n)"
 _ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
-# Used as a field type: msgspec rejects bad ids while decoding a frame. \Z, not
-# $: msgspec searches with `re`, where "$" also matches before a final newline.
-RoomId = Annotated[str, msgspec.Meta(pattern=rf"\A{_ALPHABET}{{1,{ROOM_ID_MAX}}}\Z")]
+# Used as a field type: msgspec rejects bad ids while decoding a frame.
+RoomId = Annotated[str, msgspec.Meta(pattern=ROOM_ID_PATTERN)]
 
 
 def is_valid_room_id(room: str) -> bool:
-    # fullmatch: "$" alone would accept a trailing newline
     return _ROOM_ID_RE.fullmatch(room) is not None
