@@ -625,6 +625,13 @@ async def test_first_run_lands_in_the_lobby_with_the_directory(
 
     # a thread, closed by Esc
     item = page.locator("#messages li.msg", has_text="shall we plan")
+    await item.locator(".reactBtn").focus()  # the actions appear for the keyboard too
+    await expect(item.locator(".acts")).to_have_css("opacity", "1")
+    await page.keyboard.press("Enter")  # the picker takes the focus, Esc gives it back
+    await expect(page.locator("#rxPicker button").first).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#rxPicker")).to_be_hidden()
+    await expect(item.locator(".reactBtn")).to_be_focused()
     await item.hover()
     await item.locator(".threadBtn").click()
     await expect(page.locator("#threadPanel")).to_be_visible()
