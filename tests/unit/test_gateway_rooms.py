@@ -4,6 +4,7 @@ reconnect, and leave as a whole operation."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import msgspec
@@ -182,3 +183,29 @@ def test_admission_held_is_only_for_blockers_whose_missed_ended_early() -> None:
     assert Admission(last_seq=9, floor=5, since=2, truncated=True).held(True) is None
     assert Admission(last_seq=9, floor=9, since=9).held(True) is None
     assert Admission(last_seq=9, floor=9).held(True) is None
+
+
+async def test_a_room_lingers_after_its_last_member_then_closes() -> None:
+    hub, room = hub_with_room(FakePresence())
+    hub.linger = 0.05
+    ann = Sock(ANN)
+    room.members = {conn(ann): 0}
+    conn(ann).rooms.add("r")
+    await hub.leave(conn(ann), "r")
+    assert hub.rooms.get("r") is room and not room.closed  # still held, still subscribed
+    await asyncio.sleep(0.08)
+    await settle(hub)
+    assert "r" not in hub.rooms and room.closed
+    assert cast(Any, room.live_sub) is None
+
+
+async def test_a_member_back_within_the_linger_keeps_the_room() -> None:
+    hub, room = hub_with_room(FakePresence())
+    hub.linger = 0.05
+    ann = Sock(ANN)
+    room.members = {conn(ann): 0}
+    await hub.leave(conn(ann), "r")
+    room.members[conn(ann)] = 0  # rejoined meanwhile
+    await asyncio.sleep(0.08)
+    await settle(hub)
+    assert hub.rooms.get("r") is room and not room.closed

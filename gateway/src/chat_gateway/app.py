@@ -104,7 +104,8 @@ class App:
 
         presence = Presence(rt.nc, js, s.node_id, timeout)
         await presence.start()
-        hub = RoomHub(rt.nc, Relay(js, history), presence, layout=s.stream)
+        hub = RoomHub(rt.nc, Relay(js, history), presence, layout=s.stream,
+                      linger=s.room_linger)
         # The denylist (logout, password change…): refused tokens, closed sockets.
         # Not ready until it is loaded: a revoked token must never pass here.
         revocations = Revocations(js)

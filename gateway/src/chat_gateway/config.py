@@ -50,6 +50,8 @@ class GatewaySettings:
     # Joins being checked at once on this gateway (a reconnect storm queues
     # behind them instead of flooding history-service).
     joins_in_flight: int = 64
+    # Seconds a room stays subscribed after its last local member left.
+    room_linger: float = 30.0
     # Issue 12 (README "Limits"): join/leave bucket per socket; connection caps
     # per client address and per gateway, and the gateway's outbound budget
     # (1013 beyond them); how long a slow consumer's close may take; how often
@@ -103,6 +105,7 @@ class GatewaySettings:
                                              minimum=0),
             room_member_cap=env_int("CHAT_GATEWAY_ROOM_MEMBER_CAP", 0, minimum=0),
             joins_in_flight=env_int("CHAT_GATEWAY_JOINS_IN_FLIGHT", 64, minimum=1),
+            room_linger=env_float("CHAT_GATEWAY_ROOM_LINGER", 30.0, minimum=0.0),
             trusted_proxies=env_str("CHAT_GATEWAY_TRUSTED_PROXIES", "127.0.0.1"),
             join_rate=env_float("CHAT_GATEWAY_JOIN_RATE", 5.0, minimum=0.001),
             join_burst=env_int("CHAT_GATEWAY_JOIN_BURST", 100, minimum=1),

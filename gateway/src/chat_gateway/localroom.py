@@ -47,7 +47,7 @@ JOINING = 2**63
 class LocalRoom:
     __slots__ = ("name", "stream", "subject", "members", "live_sub", "state_sub",
                  "presence_sub", "last_seq", "recent", "ready", "pending", "archived", "chains",
-                 "removals", "repairing", "backlog", "typing", "closed")
+                 "removals", "repairing", "backlog", "typing", "closed", "idle_since")
 
     def __init__(self, name: str, layout: StreamSettings | None = None) -> None:
         self.name = name
@@ -76,6 +76,7 @@ class LocalRoom:
         self.backlog: list[tuple[int, int, bytes]] | None = None
         self.typing = Incoming()  # who is typing here, as relayed to the members
         self.closed = False
+        self.idle_since = 0.0  # monotonic time its last member left (rooms.RoomHub.linger)
 
     @property
     def live_subject(self) -> str:

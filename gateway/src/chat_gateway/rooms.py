@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,12 +95,16 @@ Admitted = Callable[[Admission, list[User], bool], None]
 
 class RoomHub:
     def __init__(self, nc: Client, relay: Relay, presence: Presence | None = None,
-                 layout: StreamSettings | None = None) -> None:
+                 layout: StreamSettings | None = None, linger: float = 0.0) -> None:
         self.nc = nc
         self.relay = relay
         # None: no presence entries or signals (tests of the live path alone).
         self.presence = presence
         self.layout = layout or StreamSettings()
+        # Seconds a room stays held (subscribed, its replay buffer current)
+        # after its last member left: members who reconnect within it rejoin
+        # from memory (CHAT_GATEWAY_ROOM_LINGER).
+        self.linger = linger
         self.rooms: dict[str, LocalRoom] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -214,7 +219,17 @@ class RoomHub:
 
     async def _close_if_unused(self, room: LocalRoom) -> None:
         if not room.members and room.pending <= 0 and room.ready.is_set():
+            if self.linger > 0 and not room.closed:
+                room.idle_since = time.monotonic()
+                asyncio.get_running_loop().call_later(self.linger, self._linger_over, room)
+                return
             await self._close(room)
+
+    def _linger_over(self, room: LocalRoom) -> None:
+        """A lingering room with nobody back for the whole linger closes."""
+        if (self.rooms.get(room.name) is room and not room.members and room.pending <= 0
+                and time.monotonic() - room.idle_since >= self.linger * 0.99):
+            self._spawn(self._close(room))
 
     async def _close(self, room: LocalRoom) -> None:
         if self.rooms.get(room.name) is room:
