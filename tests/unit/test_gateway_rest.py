@@ -22,6 +22,16 @@ def test_int_param_refuses_non_plain_integers(raw: str) -> None:
     assert exc.value.code == ErrorCode.BAD_REQUEST
 
 
+@pytest.mark.parametrize("query", ["before=x&before=", "before=1&before=2", "before=&before=3"])
+def test_int_param_refuses_a_repeated_parameter(query: str) -> None:
+    """Found by the schemathesis run (tests/e2e/test_rest_schemathesis.py): the
+    last of several values was used, so ``?before=false&before=`` passed as
+    no bound at all."""
+    with pytest.raises(ChatError) as exc:
+        int_param(_request(query), "before", None)
+    assert exc.value.code == ErrorCode.BAD_REQUEST and "more than once" in exc.value.message
+
+
 def test_bounded_and_flag() -> None:
     assert _bounded(_request(""), "limit", 20, 1, 50) == 20
     assert _bounded(_request("limit=50"), "limit", 20, 1, 50) == 50

@@ -177,6 +177,10 @@ _INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 def int_param(request: Request, name: str, default: int | None) -> int | None:
+    # Once at most: `?before=x&before=` was read as its last value (absent),
+    # so an invalid bound passed unnoticed (schemathesis, issue 15).
+    if len(request.query_params.getlist(name)) > 1:
+        raise ChatError(ErrorCode.BAD_REQUEST, f"{name} given more than once")
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
