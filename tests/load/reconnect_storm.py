@@ -43,6 +43,7 @@ from collections import Counter
 from pathlib import Path
 
 import msgspec
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -262,6 +263,13 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         if args.drop == "gateway":
             del procs["gateway-1"]
         cpu0 = cpu_seconds(procs)
+        # Caddy and this generator share the cores: what they took is what the
+        # servers could not have (reported beside, not in storm_cpu_s).
+        assert caddy._proc is not None
+        lb = psutil.Process(caddy._proc.pid)
+        me = psutil.Process()
+        side0 = (sum(lb.cpu_times()[:2]), sum(me.cpu_times()[:2]))
+        box0 = psutil.cpu_times()
         JOIN_ERRORS.clear()
         profiles: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         for name in args.profile:
@@ -289,6 +297,9 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         recovered = [m.recovered_at - t0 for m in dropped if m.recovered_at is not None]
         storm_s = loop.time() - t0
         cpu1 = cpu_seconds(procs)
+        side1 = (sum(lb.cpu_times()[:2]), sum(me.cpu_times()[:2]))
+        box1 = psutil.cpu_times()
+        busy = sum(box1) - box1.idle - box1.iowait - (sum(box0) - box0.idle - box0.iowait)
         join_errors = dict(JOIN_ERRORS)
         await asyncio.sleep(args.after)
         stop.set()
@@ -326,6 +337,10 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
             # CPU seconds per server process from the drop until the last rejoin
             # (Caddy not included): which one the storm waits for.
             "storm_cpu_s": {k: round(cpu1[k] - cpu0[k], 2) for k in sorted(cpu1)},
+            "storm_caddy_cpu_s": round(side1[0] - side0[0], 2),
+            "storm_generator_cpu_s": round(side1[1] - side0[1], 2),
+            # every core's busy time during the storm (cores × window is the most)
+            "storm_box_busy_s": round(busy, 2),
             "storm_window_s": round(storm_s, 2),
             "storm_join_errors": join_errors,
             "sent": sent, "acked": sum(len(a) for a in acked.values()),
