@@ -32,8 +32,17 @@ down: ## stop a stack started with `make up`
 status: venv ## show what `make up` started
 	$(BIN)/chat-stack status
 
-test: venv ## run every test (unit, integration, end-to-end) on real servers
+AXE := tests/e2e/axe/node_modules/axe-core/axe.min.js
+
+test: venv $(AXE) ## run every test (unit, integration, end-to-end) on real servers
 	$(BIN)/pytest -q
+
+# The browser tests' accessibility check (pinned by its lockfile); without
+# npm those checks are skipped with a reason (CI installs npm).
+$(AXE): tests/e2e/axe/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd tests/e2e/axe && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the axe-core checks will be skipped"; fi
 
 test-fast: venv ## unit tests only
 	$(BIN)/pytest -q tests/unit
