@@ -9,7 +9,7 @@ gateway decodes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -19,11 +19,27 @@ from .errors import ErrorCode
 from .events import Attachment, RoomEvent, User
 from .rooms import ROOM_ID_PATTERN, RoomId
 
+# The bounds auth-service and history-service enforce, as JavaScript patterns
+# (these structs only describe bodies; the gateway decodes its own, of the
+# same fields: tests/unit/test_contract_specs.py).
+Username = Annotated[str, msgspec.Meta(pattern=f"^{limits.USERNAME_PATTERN}$")]
+Password = Annotated[str, msgspec.Meta(min_length=limits.PASSWORD_MIN,
+                                       max_length=limits.PASSWORD_MAX)]
+UserId = Annotated[str, msgspec.Meta(pattern=f"^{limits.USER_ID_PATTERN}$")]
+UserRef = Annotated[str, msgspec.Meta(pattern=f"^{limits.USER_REF_PATTERN}$")]
+
 # --- request bodies -----------------------------------------------------------------
 
 
+class Register(msgspec.Struct):
+    """``POST /v1/auth/register``."""
+
+    username: Username
+    password: Password
+
+
 class Login(msgspec.Struct):
-    """``POST /v1/auth/register`` and ``/v1/auth/login``."""
+    """``POST /v1/auth/login`` (a wrong name or password: 401)."""
 
     username: str
     password: str
@@ -34,25 +50,27 @@ class Refresh(msgspec.Struct):
 
 
 class PasswordBody(msgspec.Struct):
-    new_password: str
+    new_password: Password
     password: str | None = None
     current_password: str | None = None  # another name for ``password``
 
 
 class NewRoom(msgspec.Struct):
-    name: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.ROOM_NAME_MAX)]
     visibility: Literal["public", "private"] = "public"
     id: RoomId | None = None
-    password: str | None = None
-    members: list[str] = []
+    password: Annotated[str, msgspec.Meta(min_length=1,
+                                          max_length=limits.ROOM_PASSWORD_MAX)] | None = None
+    members: Annotated[list[UserId],
+                       msgspec.Meta(max_length=limits.ROOM_INITIAL_MEMBERS_MAX)] = []
 
 
 class UserBody(msgspec.Struct):
-    user: str
+    user: UserRef  # invite: a user id; a DM: an id, or else a username
 
 
 class ReadBody(msgspec.Struct):
-    seq: int
+    seq: Annotated[int, msgspec.Meta(ge=0, le=limits.SEQ_MAX)]
 
 
 class LevelBody(msgspec.Struct):
@@ -159,6 +177,8 @@ _SEQ_Q: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": limits.SEQ
 ROOM = Param("room", "path", ROOM_ID_SCHEMA, True, "a room id")
 USER = Param("user", "path", {"type": "string", "pattern": f"^{limits.USER_REF_PATTERN}$"},
              True, "a user id")
+USER_ID = Param("user", "path", {"type": "string", "pattern": f"^{limits.USER_ID_PATTERN}$"},
+                True, "a user id")
 PAGE = (Param("before", "query", _SEQ_Q, description="exclusive upper seq"),
         Param("after", "query", _SEQ_Q, description="exclusive lower seq"),
         Param("limit", "query", {"type": "integer", "minimum": limits.PAGE_MIN,
@@ -169,7 +189,7 @@ _RANGE = Param("Range", "header", {"type": "string"}, description="one range: by
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/auth/register", "register", "Create an account", "auth",
-              auth=False, body=Login, ok={201: UserReply}, errors=(409,)),
+              auth=False, body=Register, ok={201: UserReply}, errors=(409,)),
     Operation("POST", "/v1/auth/login", "login", "Log in: an access and a refresh token",
               "auth", auth=False, body=Login, ok={200: Tokens}, errors=(401, 403)),
     Operation("POST", "/v1/auth/refresh", "refresh", "A new token pair for a refresh token",
@@ -237,13 +257,14 @@ OPERATIONS: tuple[Operation, ...] = (
                             description="a username; repeat for more"),
                       Param("q", "query", {"type": "string", "minLength": 1, "maxLength": 32},
                             description="a name prefix (instead of name)"),
-                      Param("limit", "query", {"type": "integer", "minimum": 1},
+                      Param("limit", "query", {"type": "integer", "minimum": 1,
+                                               "maximum": limits.USERS_PREFIX_MAX},
                             description="with q: at most this many users")),
               ok={200: Users}),
-    Operation("PUT", "/v1/blocks/{user}", "block", "Block a user", "users", params=(USER,),
+    Operation("PUT", "/v1/blocks/{user}", "block", "Block a user", "users", params=(USER_ID,),
               ok={200: Blocked}, errors=(404,)),
     Operation("DELETE", "/v1/blocks/{user}", "unblock", "Unblock a user", "users",
-              params=(USER,), ok={200: Blocked}, errors=(404,)),
+              params=(USER_ID,), ok={200: Blocked}, errors=(404,)),
     Operation("POST", "/v1/rooms/{room}/attachments", "upload", "Upload a file to the room",
               "attachments",
               params=(ROOM, Param("name", "query", {"type": "string"},
