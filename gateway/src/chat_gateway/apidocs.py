@@ -8,6 +8,7 @@ script, no CDN). The documents are rendered once from chat_contract
 from __future__ import annotations
 
 import html
+import json
 from functools import cache
 from typing import Any
 
@@ -28,7 +29,33 @@ def _documents() -> dict[str, bytes]:
 def _schema_text(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
         return str(schema["$ref"]).rsplit("/", 1)[-1]
-    return str(schema.get("type", "object"))
+    if "anyOf" in schema:
+        return " | ".join(_schema_text(s) for s in schema["anyOf"])
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    if schema.get("type") == "array":
+        return f"[{_schema_text(schema.get('items', {}))}]"
+    text = str(schema.get("type", "any"))
+    if "pattern" in schema:
+        text += f" {schema['pattern']}"
+    return text
+
+
+def _schemas_html(*docs: dict[str, Any]) -> str:
+    """Every schema of both documents: its fields, their types, * when required."""
+    rows = []
+    seen: set[str] = set()
+    for doc in docs:
+        for name, schema in doc["components"]["schemas"].items():
+            if name in seen:
+                continue
+            seen.add(name)
+            required = set(schema.get("required", []))
+            fields = ", ".join(f"{key}{'*' if key in required else ''}: {_schema_text(sub)}"
+                               for key, sub in schema.get("properties", {}).items())
+            rows.append(f"<tr><td id=\"{html.escape(name)}\">{html.escape(name)}</td>"
+                        f"<td>{html.escape(fields or _schema_text(schema))}</td></tr>")
+    return "\n".join(rows)
 
 
 def _ops_html(doc: dict[str, Any]) -> str:
@@ -89,6 +116,11 @@ th{{background:#f3f3f3}} code{{white-space:nowrap}}
 <p>{html.escape(ws['info']['description'])}</p>
 <table><tr><th>operation</th><th>action</th><th>messages</th><th>replies</th></tr>
 {_messages_html(ws)}
+</table>
+<h2>Schemas</h2>
+<p>Fields marked * are required.</p>
+<table><tr><th>name</th><th>fields</th></tr>
+{_schemas_html(rest, ws)}
 </table>
 </body></html>
 """.encode()
