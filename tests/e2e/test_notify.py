@@ -3,7 +3,8 @@
 The stack runs notify-service (``Stack.notify_env``) with its webhook pointed
 at a real HTTP receiver on a free port (starlette under uvicorn, in a thread)
 and its HMAC key in a file. A DM to a user with no live session produces one
-webhook whose signature and timestamp verify; ``PUT /v1/rooms/{id}/notify``
+webhook whose signature and timestamp verify, as does an ``@name`` mention of an
+offline member in a public room; ``PUT /v1/rooms/{id}/notify``
 ``none`` stops them; a user online anywhere gets none; the route refuses
 non-members (404) and bad levels (400). The module's NATS server fails the
 run if the notify role was refused anything (tests/e2e/conftest.py).
@@ -160,6 +161,35 @@ async def test_dm_to_an_offline_user_is_one_verified_webhook_until_muted(
                 await bob_ws.close()
         finally:
             await session.close()
+
+
+async def test_an_offline_mention_is_one_verified_webhook(
+        stack: Stack, receiver: Receiver) -> None:
+    """``@name`` in a public room, resolved by the gateway at send time (issue
+    14 item 4), reaches the mentioned member who is offline as a ``mention``
+    webhook; a message without the mention notifies nobody (level default
+    ``mentions``)."""
+    alice, bob = await _user(stack, 1), await _user(stack, 2)
+    room = unique("mentions")
+    bob_ws = await Session.open(stack.ws_url(2), bob["access_token"])
+    await bob_ws.request("join", room=room)  # a member, then offline
+    await bob_ws.close()
+    session = await Session.open(stack.ws_url(1), alice["access_token"])
+    try:
+        await session.request("join", room=room)
+        plain = await _send(session, room, "nobody named here")
+        ack = await session.request("send", room=room,
+                                    text=f"@{bob['user']['name']} please look")
+        hits = await eventually(lambda: receiver.bodies(str(ack["msg_id"])),
+                                what="bob's mention webhook")
+        await asyncio.sleep(QUIET)
+        assert len(receiver.bodies(str(ack["msg_id"]))) == 1
+        _, body = hits[0]
+        assert body["type"] == "mention" and body["room"] == room
+        assert body["user"] == bob["user"] and body["sender"] == alice["user"]
+        assert receiver.bodies(plain) == []
+    finally:
+        await session.close()
 
 
 async def test_notify_route_refusals(stack: Stack) -> None:
