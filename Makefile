@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-MEMBERS := shared services gateway auth-service history-service presence-service notify-service deploy/local
+MEMBERS := shared services gateway auth-service history-service presence-service notify-service deploy/local clients/python
 PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 
 .PHONY: help venv run up down status test test-fast lint check bench clean
@@ -49,7 +49,7 @@ test-fast: venv ## unit tests only
 
 lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared/src services/src gateway/src auth-service/src history-service/src presence-service/src notify-service/src deploy/local/src
+	$(BIN)/mypy shared/src services/src gateway/src auth-service/src history-service/src presence-service/src notify-service/src deploy/local/src clients/python/src
 
 check: lint test ## the gate CI runs
 
