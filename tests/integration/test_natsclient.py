@@ -50,3 +50,21 @@ async def test_request_raw_answers_refuses_and_times_out(nats_url: str) -> None:
         await nc.request_raw("silent", b"x", 0.2)
     assert not nc._replies  # nothing left waiting
     await nc.close()
+
+
+async def test_a_failing_direct_handler_drops_its_message_not_the_connection(
+        nats_url: str) -> None:
+    nc = await bus.connect(nats_url, "test")
+    got: list[bytes] = []
+
+    def handler(data: bytes, headers: bytes) -> None:
+        if data == b"bad":
+            raise ValueError("a bug in a handler")
+        got.append(data)
+
+    await nc.subscribe_direct("direct.y", handler)
+    for data in (b"bad", b"good", b"bad", b"also good"):
+        await nc.publish("direct.y", data)
+    await eventually(lambda: got == [b"good", b"also good"])
+    assert nc.is_connected
+    await nc.close()

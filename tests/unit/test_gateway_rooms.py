@@ -209,3 +209,14 @@ async def test_a_member_back_within_the_linger_keeps_the_room() -> None:
     await asyncio.sleep(0.08)
     await settle(hub)
     assert hub.rooms.get("r") is room and not room.closed
+
+
+async def test_a_linger_that_ends_takes_the_room_out_at_once() -> None:
+    """No join can find the room between the linger's end and its unsubscribe."""
+    hub, room = hub_with_room(FakePresence())
+    hub.linger = 5.0
+    room.idle_since = 0.0  # idle for ages
+    hub._linger_over(room)
+    assert "r" not in hub.rooms and room.closed  # before any task ran
+    await settle(hub)
+    assert cast(Any, room.live_sub) is None

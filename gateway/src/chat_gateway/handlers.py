@@ -218,6 +218,8 @@ class Handlers:
             conn.blocks_fetched(access.blocked, blocks_seen)
             # A room held here knows its last sequence (no stream read per join).
             known = room.known_last_seq()
+            if known is not None and call.since is not None and call.since > known:
+                known = None  # the client saw more (on another gateway): ask the stream
             last_seq = known if known is not None else await self.hub.last_seq(room)
             found = Admission(last_seq=last_seq, floor=last_seq, since=call.since,
                               archived=access.room.archived)

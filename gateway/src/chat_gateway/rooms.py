@@ -128,6 +128,9 @@ class RoomHub:
         try:
             removals = room.removals.get(uid, 0)
             admission = await (admit or self._admit_at_last)(room)
+            if room.closed or self.rooms.get(name) is not room:
+                # Closed under us (it cannot, while pending; a guard all the same).
+                raise ChatError(ErrorCode.UNAVAILABLE, f"room {name} was closed; join again")
             # An ArchiveNotice may have overtaken the access reply; archiving is one-way.
             room.archived = room.archived or admission.archived
             room.members.setdefault(conn, JOINING)  # presence and typing from now on
@@ -199,8 +202,10 @@ class RoomHub:
         try:
             room.live_sub = await self.nc.subscribe_direct(
                 subjects.live_subject(name), functools.partial(self.relay.on_live, room))
-            room.state_sub = await self.nc.subscribe(
-                subjects.state_subject(name), cb=self._on_state(room))
+            # Inline like the live events, so a removal or archive is applied
+            # before any event that came after it on the connection.
+            room.state_sub = await self.nc.subscribe_direct(
+                subjects.state_subject(name), functools.partial(self._state_raw, room))
             if self.presence is not None:
                 room.presence_sub = await self.nc.subscribe(
                     subjects.presence_subject(name), cb=self._on_signal(room),
@@ -226,10 +231,13 @@ class RoomHub:
             await self._close(room)
 
     def _linger_over(self, room: LocalRoom) -> None:
-        """A lingering room with nobody back for the whole linger closes."""
+        """A lingering room with nobody back for the whole linger closes — at
+        once, so no join can find it between this check and the unsubscribe."""
         if (self.rooms.get(room.name) is room and not room.members and room.pending <= 0
                 and time.monotonic() - room.idle_since >= self.linger * 0.99):
-            self._spawn(self._close(room))
+            del self.rooms[room.name]
+            room.closed = True
+            self._spawn(self._unsubscribe(room))
 
     async def _close(self, room: LocalRoom) -> None:
         if self.rooms.get(room.name) is room:
@@ -265,11 +273,8 @@ class RoomHub:
         assert self.presence is not None
         return functools.partial(self.presence.on_signal, room)
 
-    def _on_state(self, room: LocalRoom) -> Callable[[Msg], Awaitable[None]]:
-        async def on_state(msg: Msg) -> None:
-            self.on_state(room, msg.data)
-
-        return on_state
+    def _state_raw(self, room: LocalRoom, data: bytes, _headers: bytes) -> None:
+        self.on_state(room, data)
 
     # --- room state (chat.room.<room>.state) ---------------------------------
 

@@ -38,7 +38,7 @@ _TOKEN = r"[^.\s]+"
 # Stream sequence: the 4th token after the stream and consumer names.
 _V1 = re.compile(rf"\$JS\.ACK\.{_TOKEN}\.{_TOKEN}\.[0-9]+\.([0-9]+)\.[0-9]+\.[0-9]+\.[0-9]+")
 _V2 = re.compile(rf"\$JS\.ACK\.{_TOKEN}\.{_TOKEN}\.{_TOKEN}\.{_TOKEN}"
-                 rf"\.[0-9]+\.([0-9]+)\.[0-9]+\.[0-9]+\.[0-9]+(?:\.{_TOKEN})?")
+                 rf"\.[0-9]+\.([0-9]+)\.[0-9]+\.[0-9]+\.[0-9]+(?:\.{_TOKEN})*")
 
 
 def stream_seq(reply: str | None) -> int | None:

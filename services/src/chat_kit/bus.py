@@ -43,8 +43,10 @@ RETRY_AFTER_HEADER = "Chat-Retry-After"  # seconds, on ``rate_limited`` errors
 # dropped unanswered — the caller already answered ``unavailable``, and
 # serving it anyway is how a burst of retries turns into a collapse.
 DEADLINE_HEADER = "Chat-Deadline"
-# Slack for clocks of different hosts (NTP keeps them far closer).
-DEADLINE_GRACE = 0.5
+# Slack for clocks of different hosts (NTP keeps them far closer), and the
+# least a request is late before it is dropped: a skewed clock shows as
+# `expired` counts and a warning (below) long before it drops everything.
+DEADLINE_GRACE = 2.0
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
@@ -236,6 +238,7 @@ def endpoint(
     the backpressure.
     """
     decoder = msgspec.json.Decoder(request_type)
+    warned = [-10.0]  # when "dropped past their deadline" was last logged
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
 
@@ -249,6 +252,11 @@ def endpoint(
     async def serve(req: Request) -> None:
         if _past_deadline(req):
             metrics.SERVICE_REQUESTS.labels(service, name, "expired").inc()
+            now = time.monotonic()
+            if now - warned[0] >= 10.0:  # once per 10 s per endpoint
+                warned[0] = now
+                event(log, "requests dropped past their deadline", logging.WARNING,
+                      endpoint=name, hint="overload, or this host's clock ahead of callers'")
             return
         started = time.perf_counter()
         outcome = "ok"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
@@ -41,6 +42,8 @@ DirectHandler = Callable[[bytes, bytes], None]
 _SubjectHandler = Callable[[bytes, bytes, bytes], None]
 
 _NO_RESPONDERS = b"NATS/1.0 503"
+
+log = logging.getLogger("chat_kit.natsclient")
 
 
 def header_value(raw: bytes, name: bytes) -> bytes | None:
@@ -65,6 +68,7 @@ class Client(NATS):
         self._replies: dict[bytes, asyncio.Future[bytes]] = {}
         self._reply_prefix = b""
         self._reply_tokens = itertools.count()
+        self._reply_setup = asyncio.Lock()
 
     # --- direct subscriptions -----------------------------------------------
 
@@ -87,7 +91,13 @@ class Client(NATS):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        handler(subject, data, headers or b"")
+        try:
+            handler(subject, data, headers or b"")
+        except Exception:
+            # An exception here would end nats-py's read loop for good (the
+            # connection would look alive and deliver nothing): drop the message.
+            log.exception("direct subscription handler failed",
+                          extra={"fields": {"subject": subject.decode(errors="replace")}})
 
     # --- lean requests ------------------------------------------------------
 
@@ -95,9 +105,11 @@ class Client(NATS):
                           headers: dict[str, str] | None = None) -> bytes:
         """Publish ``payload`` with a reply subject and return the reply's data."""
         if not self._reply_prefix:
-            prefix = (self.new_inbox() + ".").encode()
-            await self._subscribe_direct(prefix.decode() + "*", self._on_reply)
-            self._reply_prefix = prefix
+            async with self._reply_setup:  # two first requests at once: one inbox
+                if not self._reply_prefix:
+                    prefix = (self.new_inbox() + ".").encode()
+                    await self._subscribe_direct(prefix.decode() + "*", self._on_reply)
+                    self._reply_prefix = prefix
         token = b"%x" % next(self._reply_tokens)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
