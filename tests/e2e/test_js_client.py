@@ -46,6 +46,10 @@ async def test_js_client_against_the_stack(stack: Stack) -> None:
             r = await http.post("/v1/auth/register", json=user)
             assert r.status_code == 201, r.text
             users.append(user)
+        # The gateway serves the module the page imports (GET /chat-client.js).
+        r = await http.get("/chat-client.js")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+        assert r.content == (ROOT / "clients/js/chat-client.js").read_bytes()
     gw1 = stack.gateway(1)
     assert gw1.proc is not None
     env = dict(os.environ,
@@ -59,9 +63,8 @@ async def test_js_client_against_the_stack(stack: Stack) -> None:
             subprocess.run, [NODE, *flags, "--test", "--test-reporter=spec", "clients/js/test/"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     finally:  # the drain test stopped gateway-1: bring it back for the module's other tests
-        if gw1.proc is not None and gw1.proc.poll() is not None:
+        if gw1.proc is None or gw1.proc.poll() is not None:
             gw1.stop()
-        if gw1.proc is None:
             await stack.astart("gateway-1")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output

@@ -30,8 +30,9 @@ from chat_contract.rooms import ROOM_ID_PATTERN, is_valid_room_id
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GATEWAY = ROOT / "gateway" / "src" / "chat_gateway"
-# Served by the gateway but no REST operation: the page and the socket (AsyncAPI).
-NOT_REST = {("GET", "/"), ("GET", "/ws")}
+# Served by the gateway but no REST operation: the page, its JavaScript client
+# (clients/js) and the socket (AsyncAPI).
+NOT_REST = {("GET", "/"), ("GET", "/chat-client.js"), ("GET", "/ws")}
 
 
 def documents() -> dict[str, dict[str, Any]]:

@@ -57,6 +57,12 @@ from .usercap import SessionRegistry
 
 log = logging.getLogger("chat_gateway")
 STATIC = Path(__file__).parent / "static"
+# The JavaScript client (clients/js/chat-client.js) the page imports: packaged
+# into static/ by the wheel (gateway/pyproject.toml), read from the repository
+# in a source checkout.
+CLIENT_JS = next((p for p in (STATIC / "chat-client.js",
+                              Path(__file__).resolve().parents[3] / "clients/js/chat-client.js")
+                  if p.is_file()), STATIC / "chat-client.js")
 # How often the reconnect counter is looked at (and a failed reconcile retried).
 RECONCILE_TICK = 1.0
 
@@ -134,10 +140,14 @@ class App:
         async def index(_: Request) -> Response:
             return FileResponse(STATIC / "index.html")
 
+        async def client_js(_: Request) -> Response:
+            return FileResponse(CLIENT_JS, media_type="text/javascript")
+
         files = attachments.Attachments(ctx, js, attachments.UploadLimits(
             max_bytes=s.attachment_max_bytes, thumb_px=s.attachment_thumb_px,
             max_pixels=s.attachment_max_pixels))
         self._routes = [WebSocketRoute("/ws", endpoint.serve), Route("/", index, methods=["GET"]),
+                        Route("/chat-client.js", client_js, methods=["GET"]),
                         *rest.routes(ctx), *rest_rooms.routes(ctx),
                         *attachments.routes(ctx, files), *apidocs.routes()]
         # Rare traffic (a block or unblock), so one subscription for all users.
