@@ -1,26 +1,34 @@
-"""A small protocol client for tests: REST helpers and a WebSocket session
-that matches acks to requests and queues every other event."""
+"""The e2e tests' protocol client: REST helpers and ``Session``, a thin adapter
+over ``chat_client.ChatClient`` (clients/python) that matches acks to
+requests and queues every other frame as the decoded JSON object.
+
+A ``Session`` is a plain socket (``resilient=False``): no reconnect, no
+rejoin, no filtering — the tests look at exactly what the server sends.
+``session.ws`` stays the raw socket for tests of the server's answer to a bad
+client (protocol violations, oversize frames); bad handshakes use
+``websockets`` or tests/e2e/hardening.py's ``RawWs`` directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 from typing import Any
 
 import httpx
 from waiting import QUIET, scaled
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection
+
+from chat_client import ChatClient, ChatRequestError
 
 TIMEOUT = scaled(10.0)  # one request, one REST call, one awaited event
 
 
-class RequestFailed(Exception):
-    def __init__(self, frame: dict[str, Any]) -> None:
-        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
-        self.frame = frame
-        self.code = frame.get("code")
+class RequestFailed(ChatRequestError):
+    """An ``error`` answer: ``code`` (an ``ErrorCode``, equal to its string) and the ``frame``."""
+
+    @classmethod
+    def of(cls, exc: ChatRequestError) -> RequestFailed:
+        return cls(exc.code, exc.message, exc.retry_after, exc.frame)
 
 
 async def register_and_login(base_url: str, username: str,
@@ -35,51 +43,40 @@ async def register_and_login(base_url: str, username: str,
 
 
 class Session:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.welcome: dict[str, Any] = {}
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-        self._reader: asyncio.Task[None] | None = None
-        self.close_code: int | None = None
+
+    @property
+    def ws(self) -> ClientConnection:
+        assert self.client.ws is not None
+        return self.client.ws
+
+    @property
+    def _reader(self) -> asyncio.Task[None] | None:
+        return self.client.reader_task
+
+    @property
+    def close_code(self) -> int | None:
+        task = self.client.reader_task
+        return self.client.close_code if task is not None and task.done() else None
 
     @classmethod
     async def open(cls, url: str, token: str | None = None, **kwargs: Any) -> Session:
-        ws = await connect(f"{url}?token={token}" if token else url, max_size=None, **kwargs)
-        session = cls(ws)
-        first = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-        assert first["type"] == "welcome", first
-        session.welcome = first
-        session._reader = asyncio.create_task(session._read())
+        client = ChatClient(ws_url=url, token=token or None, resilient=False,
+                            request_timeout=TIMEOUT, queue_events=False, connect_kwargs=kwargs)
+        session = cls(client)
+        client.on_frame = session.events.put_nowait
+        await client.connect()
+        session.welcome = client.welcome_frame
         return session
 
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                frame = json.loads(raw)
-                rid = frame.get("id")
-                if frame["type"] in ("ack", "error") and rid in self._pending:
-                    self._pending.pop(rid).set_result(frame)
-                else:
-                    await self.events.put(frame)
-        except ConnectionClosed:
-            pass  # the close code is what tests look at
-        finally:
-            self.close_code = self.ws.close_code
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError(f"closed {self.close_code}"))
-
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
-        rid = f"r{next(self._ids)}"
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        await self.ws.send(json.dumps({"type": type_, "id": rid, **fields}, ensure_ascii=False))
-        frame = await asyncio.wait_for(fut, TIMEOUT)
-        if frame["type"] == "error":
-            raise RequestFailed(frame)
-        return frame
+        try:
+            return await self.client.request_raw(type_, **fields)
+        except ChatRequestError as exc:
+            raise RequestFailed.of(exc) from None
 
     async def next_event(self, type_: str = "message", timeout: float = TIMEOUT) -> dict[str, Any]:
         while True:
@@ -91,9 +88,7 @@ class Session:
         return [await self.next_event("message", timeout) for _ in range(n)]
 
     async def close(self) -> None:
-        await self.ws.close()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.client.close()
 
 
 # --- helpers added for the rooms tests (issue 3) ---------------------------

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +63,7 @@ class Tokens:
     access_token: str
     refresh_token: str | None = None
     expires_at: float | None = None  # time.monotonic() when the access token expires
+    lifetime: float | None = None  # its expires_in
 
 
 def _ws_url(base_url: str) -> str:
@@ -79,7 +80,7 @@ class ChatClient:
     drop room events already delivered. ``resilient=False`` is one plain socket.
     """
 
-    def __init__(self, base_url: str | None = None, *, ws_url: str | None = None,
+    def __init__(self, base_url: str | None = None, *, ws_url: str | Sequence[str] | None = None,
                  token: str | None = None, refresh_token: str | None = None,
                  expires_in: float | None = None, resilient: bool = True,
                  backoff: Backoff | None = None, request_timeout: float = 10.0,
@@ -90,7 +91,11 @@ class ChatClient:
         if base_url is None and ws_url is None:
             raise ValueError("base_url or ws_url is required")
         self.base_url = base_url
-        self.ws_url = ws_url or _ws_url(base_url or "")
+        # Several addresses (gateways without a load balancer): each reconnect
+        # attempt tries the next one.
+        urls = [ws_url] if isinstance(ws_url, str) else list(ws_url or [])
+        self.ws_urls = urls or [_ws_url(base_url or "")]
+        self._url_index = 0
         self.tokens: Tokens | None = None
         if token is not None:
             self._set_tokens(token, refresh_token, expires_in)
@@ -125,7 +130,7 @@ class ChatClient:
 
     def _set_tokens(self, access: str, refresh: str | None, expires_in: float | None) -> None:
         expires_at = time.monotonic() + expires_in if expires_in else None
-        self.tokens = Tokens(access, refresh, expires_at)
+        self.tokens = Tokens(access, refresh, expires_at, expires_in)
 
     def http(self) -> httpx.AsyncClient:
         if self.base_url is None:
@@ -178,7 +183,7 @@ class ChatClient:
         return self.welcome
 
     async def _open(self) -> None:
-        url = self.ws_url
+        url = self.ws_urls[self._url_index % len(self.ws_urls)]
         if self.tokens is not None:
             url += ("&" if "?" in url else "?") + "token=" + quote(self.tokens.access_token)
         ws = await connect(url, max_size=None, **self.connect_kwargs)
@@ -213,7 +218,8 @@ class ChatClient:
                     continue
                 if self.on_frame is not None:
                     self.on_frame(frame)
-                self._inbox.put_nowait(("frame", (frame, raw)))
+                if self.resilient or self._queue_events or self.on_event is not None:
+                    self._inbox.put_nowait(("frame", (frame, raw)))
         except ConnectionClosed:
             pass
         finally:
@@ -396,6 +402,7 @@ class ChatClient:
             refresh = action is CloseAction.REFRESH_AND_RECONNECT
             while self._stopped is None:
                 await asyncio.sleep(self.backoff.next_delay())
+                self._url_index += 1
                 try:
                     if refresh:
                         await self._token_call_refresh()
@@ -439,7 +446,10 @@ class ChatClient:
             tokens = self.tokens
             if tokens is None or tokens.expires_at is None or tokens.refresh_token is None:
                 return
-            wait = tokens.expires_at - self.refresh_margin - time.monotonic()
+            margin = self.refresh_margin
+            if tokens.lifetime is not None:  # short-lived tokens: at a third of their life left
+                margin = min(margin, tokens.lifetime / 3)
+            wait = tokens.expires_at - margin - time.monotonic()
             await asyncio.sleep(max(wait, 1.0))
             if self.tokens is not tokens:
                 continue  # refreshed meanwhile (a 4401)
