@@ -20,6 +20,8 @@ export declare class ChatError extends Error {
   readonly request?: string;
   /** the close code, when the socket was closed for good */
   readonly closeCode?: number;
+  /** true when the request was in flight as the connection dropped */
+  readonly lost?: boolean;
 }
 
 export interface User { id: string; name: string }
@@ -85,6 +87,8 @@ export interface EventMap {
   /** an `error` frame without an id */
   error: ChatError;
   tokens: Tokens;
+  /** a room rejoined after a reconnect (its missed messages came as events) */
+  joined: { room: string; ack: JoinAck; rejoin: true };
   rejoinFailed: { room: string; error: unknown };
 }
 

@@ -309,7 +309,9 @@ export class ChatClient {
   /** @param {number} code @param {string} reason */
   async _closed(code, reason) {
     this.socket = null;
-    this._fail(new ChatError("unavailable", "connection lost (" + code + ")"));
+    const lost = new ChatError("unavailable", "connection lost (" + code + ")");
+    /** @type {any} */ (lost).lost = true;
+    this._fail(lost);
     for (const r of this.rooms.values()) r.joined = false;
     if (this.state === "stopped") return;
     const action = closeAction(code);
@@ -360,10 +362,14 @@ export class ChatClient {
     this.user = f.user;
     this.attempt = 0;
     this.triedRefresh = false;
+    const held = [...this.rooms]; // rooms joined before; a join made by a welcome listener is not doubled
     for (const w of this.waiters.splice(0)) w.resolve(f);
     this.emit("state", { state: "open", node: f.node });
     this.emit("welcome", f);
-    for (const [id, r] of this.rooms) this._join(id, r).catch((e) => this.emit("rejoinFailed", { room: id, error: e }));
+    for (const [id, r] of held) {
+      this._join(id, r).then((ack) => this.emit("joined", { room: id, ack, rejoin: true }),
+        (e) => this.emit("rejoinFailed", { room: id, error: e }));
+    }
   }
 
   /**
