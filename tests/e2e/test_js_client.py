@@ -29,10 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
 
 
-def _node_major() -> int:
+def _websocket_flags() -> list[str]:
+    """The flags that give node a global WebSocket: none (22+) or the 20.10+ flag."""
     assert NODE is not None
-    out = subprocess.run([NODE, "--version"], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().lstrip("v").split(".")[0])
+    for flags in ([], ["--experimental-websocket"]):
+        script = "process.exit(typeof WebSocket === 'function' ? 0 : 3)"
+        probe = subprocess.run([NODE, *flags, "-e", script], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return flags
+    version = subprocess.run([NODE, "--version"], capture_output=True, text=True).stdout.strip()
+    raise AssertionError(f"node {version} has no WebSocket: the JS client's tests need Node 20.10+")
 
 
 @pytest.mark.skipif(NODE is None,
@@ -56,7 +62,7 @@ async def test_js_client_against_the_stack(stack: Stack) -> None:
                CHAT_JS_GATEWAYS=f"{gw1.url},{stack.gateway(2).url}",
                CHAT_JS_USERS=json.dumps(users),
                CHAT_JS_DRAIN_PID=str(gw1.proc.pid))
-    flags = ["--experimental-websocket"] if _node_major() < 22 else []
+    flags = _websocket_flags()
     assert NODE is not None
     try:
         proc = await asyncio.to_thread(
