@@ -302,6 +302,7 @@ class ChatClient:
         while True:
             item = await self._events.get()
             if isinstance(item, ChatClosed):
+                self._events.put_nowait(item)  # every later reader ends the same way
                 if item.close_code == 1000 and item.reason == "closed by the client":
                     return
                 raise item
