@@ -37,6 +37,8 @@ def test_caddyfile_contents() -> None:
         "flush_interval -1",
         "admin off",
         "auto_https off",
+        "@metrics path /metrics",  # not public through the balancer
+        "respond @metrics 404",
     ):
         assert directive in text
 

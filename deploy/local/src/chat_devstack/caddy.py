@@ -62,6 +62,12 @@ def render_caddyfile(
 
 :{lb_port} {{
 	bind {LOOPBACK}
+	# /metrics is for Prometheus, which scrapes the gateways directly: never
+	# served through the public port. (The probes stay reachable here: the
+	# local tools wait on the balancer's /readyz; compose and the Ingress
+	# keep them internal too.)
+	@metrics path /metrics
+	respond @metrics 404
 	reverse_proxy {upstreams} {{
 		lb_policy round_robin
 		lb_try_duration 5s
