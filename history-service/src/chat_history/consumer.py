@@ -41,6 +41,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from chat_kit import bus
 from chat_kit.stream import StreamSettings
 
 from . import metrics
@@ -154,11 +155,7 @@ class HistoryConsumer:
             if sub is not None:
                 # Drain: no new deliveries, and what the server already sent
                 # reaches the buffer (unsubscribing would drop it until ACK_WAIT).
-                try:
-                    await asyncio.wait_for(sub.drain(), 2.0)  # type: ignore[no-untyped-call]
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                await bus.drain_or_unsubscribe(sub)
             self._drained = True
             self._wake.set()
             self._full.set()

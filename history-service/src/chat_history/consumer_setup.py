@@ -13,11 +13,12 @@ consumers. The stream is created when missing and otherwise only verified
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
-from chat_kit.stream import StreamSettings, ensure_chat_stream
+from chat_kit.stream import StreamSettings, ensure_chat_stream, push_consumer_config
+from chat_kit.stream import deliver_subject as stream_deliver_subject
 
 DURABLE = "history-push"
 # Where JetStream pushes the stream; every instance subscribes in DELIVER_GROUP.
@@ -35,24 +36,16 @@ IDLE_HEARTBEAT = 5.0
 
 def deliver_subject(stream: str = subjects.CHAT_STREAM) -> str:
     """Where a chat stream pushes to us: one subject per partition stream."""
-    return DELIVER_SUBJECT if stream == subjects.CHAT_STREAM else f"{DELIVER_SUBJECT}.{stream}"
+    return stream_deliver_subject(DELIVER_SUBJECT, stream)
 
 
 def consumer_config(stream: str = subjects.CHAT_STREAM) -> ConsumerConfig:
     """Our durable on ``stream``, new: it starts at the stream's first message."""
-    return ConsumerConfig(
-        name=DURABLE,
-        durable_name=DURABLE,
+    return push_consumer_config(
+        stream, durable=DURABLE,
         description="history-service: stores every chat event in PostgreSQL",
-        deliver_subject=deliver_subject(stream),
-        deliver_group=DELIVER_GROUP,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT,
-        max_ack_pending=MAX_ACK_PENDING,
-        flow_control=True,
-        idle_heartbeat=IDLE_HEARTBEAT,
-    )
+        deliver_prefix=DELIVER_SUBJECT, group=DELIVER_GROUP, deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING, idle_heartbeat=IDLE_HEARTBEAT)
 
 
 def updated_config(current: ConsumerConfig, stream: str) -> ConsumerConfig:

@@ -29,14 +29,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from chat_contract import subjects
 from chat_contract.errors import ChatError
+from chat_kit import bus
 from chat_kit.db import DB_UNAVAILABLE
 from chat_kit.logs import event
-from chat_kit.stream import StreamSettings
+from chat_kit.stream import StreamSettings, push_consumer_config
+from chat_kit.stream import deliver_subject as stream_deliver_subject
 
 from . import metrics
 from .notifier import BadRecord
@@ -63,23 +65,15 @@ Handler = Callable[[bytes, str, int, float | None], Awaitable[object]]
 
 
 def deliver_subject(stream: str = subjects.CHAT_STREAM) -> str:
-    return DELIVER_SUBJECT if stream == subjects.CHAT_STREAM else f"{DELIVER_SUBJECT}.{stream}"
+    return stream_deliver_subject(DELIVER_SUBJECT, stream)
 
 
 def consumer_config(stream: str, max_ack_pending: int) -> ConsumerConfig:
-    return ConsumerConfig(
-        name=DURABLE,
-        durable_name=DURABLE,
+    return push_consumer_config(
+        stream, durable=DURABLE,
         description="notify-service: webhooks for DMs and mentions to offline users",
-        deliver_subject=deliver_subject(stream),
-        deliver_group=DELIVER_GROUP,
-        deliver_policy=DeliverPolicy.NEW,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT,
-        max_ack_pending=max_ack_pending,
-        flow_control=True,
-        idle_heartbeat=IDLE_HEARTBEAT,
-    )
+        deliver_prefix=DELIVER_SUBJECT, group=DELIVER_GROUP, deliver_policy=DeliverPolicy.NEW,
+        ack_wait=ACK_WAIT, max_ack_pending=max_ack_pending, idle_heartbeat=IDLE_HEARTBEAT)
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, max_ack_pending: int) -> None:
@@ -138,11 +132,7 @@ class NotifyConsumer:
             await asyncio.gather(self._setup, return_exceptions=True)
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await asyncio.wait_for(sub.drain(), 2.0)  # type: ignore[no-untyped-call]
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+            await bus.drain_or_unsubscribe(sub)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_BUDGET)
             for task in pending:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro import add_service
@@ -301,6 +302,16 @@ def serves(
     """One entry of :func:`start_service`'s endpoints: ``rpc`` answered by ``handler``."""
     return rpc.name, (rpc.subject, endpoint(service, rpc.name, rpc.request, handler,
                                             concurrency))
+
+
+async def drain_or_unsubscribe(sub: Subscription, timeout: float = 2.0) -> None:
+    """Stop a subscription keeping what the server already sent (drain), or,
+    if that fails or takes longer than ``timeout``, at least unsubscribe."""
+    try:
+        await asyncio.wait_for(sub.drain(), timeout)  # type: ignore[no-untyped-call]
+    except Exception:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 async def sync(nc: NATS) -> None:

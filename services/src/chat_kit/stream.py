@@ -43,7 +43,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RePublish, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import Gauge
 
@@ -263,3 +272,32 @@ async def first_seq(js: JetStreamContext, stream: str = subjects.CHAT_STREAM) ->
     out or was erased. Readers go to history-service for those."""
     info = await js.stream_info(stream)
     return int(info.state.first_seq)
+
+
+# --- durable push consumers of the chat streams (history, notify) -----------
+
+
+def deliver_subject(prefix: str, stream: str = subjects.CHAT_STREAM) -> str:
+    """Where a chat stream pushes to a service's durable: ``prefix`` for the
+    one stream, ``prefix.<stream>`` for each partition stream."""
+    return prefix if stream == subjects.CHAT_STREAM else f"{prefix}.{stream}"
+
+
+def push_consumer_config(stream: str, *, durable: str, description: str, deliver_prefix: str,
+                         group: str, deliver_policy: DeliverPolicy, ack_wait: float,
+                         max_ack_pending: int, idle_heartbeat: float) -> ConsumerConfig:
+    """A service's durable push consumer on ``stream``: a deliver group so its
+    replicas share the messages, explicit acks, flow control and heartbeats."""
+    return ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        description=description,
+        deliver_subject=deliver_subject(deliver_prefix, stream),
+        deliver_group=group,
+        deliver_policy=deliver_policy,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        flow_control=True,
+        idle_heartbeat=idle_heartbeat,
+    )
