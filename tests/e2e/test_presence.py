@@ -18,6 +18,7 @@ from waiting import QUIET, scaled
 
 from .client import TIMEOUT, RequestFailed, Session, collect, register_and_login
 from .conftest import unique
+from .hardening import make_stack
 from .stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -28,12 +29,7 @@ ENV = {"CHAT_PRESENCE_TTL": str(TTL), "CHAT_PRESENCE_LEASE": "1"}
 
 @pytest.fixture(scope="module")
 def stack(e2e_nats: str, e2e_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(e2e_nats, e2e_db, tmp_path_factory.mktemp("presence-logs"), extra_env=dict(ENV))
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
+    yield from make_stack(e2e_nats, e2e_db, tmp_path_factory.mktemp("presence-logs"), **ENV)
 
 
 async def _user(stack: Stack, gw: int = 1) -> dict[str, Any]:

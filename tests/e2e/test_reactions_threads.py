@@ -7,7 +7,6 @@ unread mentions, and every refusal with its error code."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from .client import (
 from .client import expect_error as _err
 from .client import user_id as _uid
 from .conftest import unique
+from .hardening import make_stack
 from .stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +34,8 @@ CAP = 3  # CHAT_HISTORY_REACTIONS_PER_MESSAGE here: the cap is reached in a few 
 @pytest.fixture(scope="module")
 def stack(e2e_nats: str, e2e_db: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
-    logs: Path = tmp_path_factory.mktemp("stack-logs")
-    s = Stack(e2e_nats, e2e_db, logs,
-              extra_env={"CHAT_HISTORY_REACTIONS_PER_MESSAGE": str(CAP)})
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
+    yield from make_stack(e2e_nats, e2e_db, tmp_path_factory.mktemp("stack-logs"),
+                          CHAT_HISTORY_REACTIONS_PER_MESSAGE=str(CAP))
 
 
 async def _user(stack: Stack, gw: int = 1) -> dict[str, Any]:
