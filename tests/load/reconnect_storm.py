@@ -265,8 +265,8 @@ async def run(args: argparse.Namespace, stack: Stack, nats_pid: int | None,
         cpu0 = cpu_seconds(procs)
         # Caddy and this generator share the cores: what they took is what the
         # servers could not have (reported beside, not in storm_cpu_s).
-        assert caddy._proc is not None
-        lb = psutil.Process(caddy._proc.pid)
+        assert caddy.pid is not None
+        lb = psutil.Process(caddy.pid)
         me = psutil.Process()
         side0 = (sum(lb.cpu_times()[:2]), sum(me.cpu_times()[:2]))
         box0 = psutil.cpu_times()
